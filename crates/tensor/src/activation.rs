@@ -1,0 +1,124 @@
+//! Element-wise activations, forward and backward, applied in place row by row.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The activation applied to a dense layer's output, with Keras' names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    Linear,
+    Relu,
+    Sigmoid,
+    Tanh,
+    Softmax,
+}
+
+impl Activation {
+    pub const ALL: [Activation; 5] = [
+        Activation::Linear,
+        Activation::Relu,
+        Activation::Sigmoid,
+        Activation::Tanh,
+        Activation::Softmax,
+    ];
+
+    /// Keras' name for it (`"relu"`, `"softmax"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Linear => "linear",
+            Activation::Relu => "relu",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::Softmax => "softmax",
+        }
+    }
+
+    /// Applies the activation to `values`, a row-major matrix of `cols` columns.
+    pub fn forward_inplace(self, values: &mut [f32], cols: usize) {
+        match self {
+            Activation::Linear => {}
+            Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Activation::Sigmoid => values.iter_mut().for_each(|v| *v = sigmoid(*v)),
+            Activation::Tanh => values.iter_mut().for_each(|v| *v = v.tanh()),
+            Activation::Softmax => values.chunks_mut(cols).for_each(softmax_row),
+        }
+    }
+
+    /// Turns `grad`, the gradient with respect to the activation's output `out`,
+    /// into the gradient with respect to its input. Every activation here can be
+    /// differentiated from its output alone, so the input need not be kept.
+    pub fn backward_inplace(self, grad: &mut [f32], out: &[f32], cols: usize) {
+        debug_assert_eq!(grad.len(), out.len());
+        match self {
+            Activation::Linear => {}
+            Activation::Relu => relu_backward_inplace(grad, out),
+            Activation::Sigmoid => grad
+                .iter_mut()
+                .zip(out)
+                .for_each(|(g, &s)| *g *= s * (1.0 - s)),
+            Activation::Tanh => grad
+                .iter_mut()
+                .zip(out)
+                .for_each(|(g, &t)| *g *= 1.0 - t * t),
+            Activation::Softmax => {
+                for (g, s) in grad.chunks_mut(cols).zip(out.chunks(cols)) {
+                    let dot: f32 = g.iter().zip(s).map(|(a, b)| a * b).sum();
+                    g.iter_mut().zip(s).for_each(|(g, &s)| *g = s * (*g - dot));
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An activation name that kerno does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown activation '{0}' (expected linear, relu, sigmoid, tanh or softmax)")]
+pub struct UnknownActivation(pub String);
+
+impl FromStr for Activation {
+    type Err = UnknownActivation;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Activation::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| UnknownActivation(s.to_string()))
+    }
+}
+
+/// `grad[i] = 0` wherever `out[i] <= 0`.
+pub fn relu_backward_inplace(grad: &mut [f32], out: &[f32]) {
+    grad.iter_mut().zip(out).for_each(|(g, &h)| {
+        if h <= 0.0 {
+            *g = 0.0
+        }
+    });
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn softmax_row(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    row.iter_mut().for_each(|v| *v /= sum);
+}
+
+/// `out[c] = Σ_r m[r, c]` for a row-major `m` of `out.len()` columns (bias gradients).
+pub fn column_sums(m: &[f32], out: &mut [f32]) {
+    out.fill(0.0);
+    for row in m.chunks(out.len()) {
+        out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+    }
+}

@@ -1,0 +1,23 @@
+//! kerno-tensor: tensors, strided matrix views and every numeric kernel kerno runs.
+//!
+//! The training path of a dense network is a handful of kernels: a GEMM with a
+//! fused epilogue ([`gemm()`]), element-wise activations ([`activation`]), the fused
+//! softmax + cross-entropy ([`loss::softmax_xent_fwd_bwd`]) and the optimizer
+//! updates ([`optim`]). Each has a plain f64 twin in [`reference`] that the tests
+//! compare against.
+
+pub mod activation;
+pub mod gemm;
+pub mod loss;
+mod matrix;
+pub mod optim;
+pub mod reference;
+mod samples;
+mod simd;
+mod tensor;
+
+pub use activation::Activation;
+pub use gemm::{gemm, Epilogue};
+pub use matrix::{MatMut, MatRef};
+pub use samples::{Samples, ScaledBytes};
+pub use tensor::{ShapeError, Tensor};

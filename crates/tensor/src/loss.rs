@@ -1,0 +1,144 @@
+//! Losses and the accuracy count, each with its gradient in the same pass.
+
+use crate::tensor::argmax;
+
+/// What a loss compares the model's output with.
+#[derive(Clone, Copy, Debug)]
+pub enum Targets<'a> {
+    /// One row per sample, as wide as the output (one-hot for classification).
+    Dense(&'a [f32]),
+    /// One class index per sample (sparse labels).
+    Classes(&'a [u32]),
+}
+
+impl Targets<'_> {
+    fn class(&self, row: usize, width: usize) -> usize {
+        match self {
+            Targets::Dense(t) => argmax(&t[row * width..(row + 1) * width]),
+            Targets::Classes(c) => c[row] as usize,
+        }
+    }
+
+    /// `target[row, j]`.
+    fn value(&self, row: usize, j: usize, width: usize) -> f32 {
+        match self {
+            Targets::Dense(t) => t[row * width + j],
+            Targets::Classes(c) => (c[row] as usize == j) as u8 as f32,
+        }
+    }
+}
+
+/// Sums over a batch: the loss of every sample and how many were classified right.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LossStats {
+    pub loss_sum: f64,
+    pub correct: usize,
+}
+
+/// Softmax + categorical cross-entropy from the logits, in one pass per row:
+/// the loss, whether the arg-max is right, and (when `grad` is given) the logits'
+/// gradient `(softmax(z) - y) * scale`. As Keras on TensorFlow, no clipping.
+pub fn softmax_xent_fwd_bwd(
+    logits: &[f32],
+    targets: Targets<'_>,
+    classes: usize,
+    mut grad: Option<(&mut [f32], f32)>,
+) -> LossStats {
+    let mut stats = LossStats::default();
+    for (row, z) in logits.chunks_exact(classes).enumerate() {
+        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = z.iter().map(|&v| (v - max).exp()).sum();
+        let log_sum = sum.ln();
+        let loss = match targets {
+            Targets::Classes(c) => log_sum - (z[c[row] as usize] - max),
+            Targets::Dense(_) => (0..classes)
+                .map(|j| targets.value(row, j, classes) * (log_sum - (z[j] - max)))
+                .sum(),
+        };
+        stats.loss_sum += loss as f64;
+        stats.correct += (argmax(z) == targets.class(row, classes)) as usize;
+        if let Some((g, scale)) = grad.as_mut() {
+            let g = &mut g[row * classes..(row + 1) * classes];
+            for (j, (g, &v)) in g.iter_mut().zip(z).enumerate() {
+                *g = ((v - max).exp() / sum - targets.value(row, j, classes)) * *scale;
+            }
+        }
+    }
+    stats
+}
+
+/// Keras' `categorical_crossentropy` on probabilities: each row is normalised to
+/// sum to 1, clipped to `[1e-7, 1 - 1e-7]`, and `-Σ y·log(p)` summed. The gradient
+/// with respect to the un-normalised output, times `scale`, goes to `grad`.
+pub fn categorical_xent_probs(
+    outputs: &[f32],
+    targets: Targets<'_>,
+    classes: usize,
+    mut grad: Option<(&mut [f32], f32)>,
+) -> f64 {
+    const EPS: f32 = 1e-7;
+    let mut loss_sum = 0.0;
+    for (row, o) in outputs.chunks_exact(classes).enumerate() {
+        let total: f32 = o.iter().sum();
+        let mut loss = 0.0f32;
+        // d loss / d p_j, and Σ_j of it times p_j, for the chain rule through the normalisation.
+        let mut weighted = 0.0f32;
+        for (j, &v) in o.iter().enumerate() {
+            let p = v / total;
+            let y = targets.value(row, j, classes);
+            loss -= y * p.clamp(EPS, 1.0 - EPS).ln();
+            if p > EPS && p < 1.0 - EPS {
+                weighted -= y; // (-y / p) * p
+            }
+        }
+        loss_sum += loss as f64;
+        if let Some((g, scale)) = grad.as_mut() {
+            let g = &mut g[row * classes..(row + 1) * classes];
+            for (j, (g, &v)) in g.iter_mut().zip(o).enumerate() {
+                let p = v / total;
+                let dp = if p > EPS && p < 1.0 - EPS {
+                    -targets.value(row, j, classes) / p
+                } else {
+                    0.0
+                };
+                *g = (dp - weighted) / total * *scale;
+            }
+        }
+    }
+    loss_sum
+}
+
+/// Mean squared error over each row (Keras' `mean_squared_error`), summed over
+/// rows; the gradient times `scale` goes to `grad`.
+pub fn mean_squared_error(
+    outputs: &[f32],
+    targets: &[f32],
+    cols: usize,
+    mut grad: Option<(&mut [f32], f32)>,
+) -> f64 {
+    let mut loss_sum = 0.0;
+    for (row, (o, t)) in outputs
+        .chunks_exact(cols)
+        .zip(targets.chunks_exact(cols))
+        .enumerate()
+    {
+        let sq: f32 = o.iter().zip(t).map(|(a, b)| (a - b) * (a - b)).sum();
+        loss_sum += (sq / cols as f32) as f64;
+        if let Some((g, scale)) = grad.as_mut() {
+            let g = &mut g[row * cols..(row + 1) * cols];
+            for ((g, a), b) in g.iter_mut().zip(o).zip(t) {
+                *g = 2.0 * (a - b) / cols as f32 * *scale;
+            }
+        }
+    }
+    loss_sum
+}
+
+/// How many rows of `outputs` have their arg-max at the target class.
+pub fn count_correct(outputs: &[f32], targets: Targets<'_>, classes: usize) -> usize {
+    outputs
+        .chunks_exact(classes)
+        .enumerate()
+        .filter(|(row, o)| argmax(o) == targets.class(*row, classes))
+        .count()
+}

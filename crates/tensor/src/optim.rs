@@ -1,0 +1,57 @@
+//! Optimizer updates, one pass over each parameter tensor, as Keras 3 writes them.
+
+/// RMSprop: `v ← ρv + (1−ρ)g²; w ← w − lr·g/√(v+ε)` (Keras 3, ε inside the root).
+pub fn rmsprop_step(w: &mut [f32], g: &[f32], v: &mut [f32], lr: f32, rho: f32, epsilon: f32) {
+    for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
+        *v = rho * *v + (1.0 - rho) * (g * g);
+        *w -= (lr * g) / (*v + epsilon).sqrt();
+    }
+}
+
+/// SGD. Without momentum `w ← w − lr·g`; with it `m ← μm − lr·g`, then
+/// `w ← w + m` or, Nesterov, `w ← w + μm − lr·g`.
+pub fn sgd_step(
+    w: &mut [f32],
+    g: &[f32],
+    momentum_buf: Option<&mut [f32]>,
+    lr: f32,
+    momentum: f32,
+    nesterov: bool,
+) {
+    match momentum_buf {
+        None => w.iter_mut().zip(g).for_each(|(w, &g)| *w -= lr * g),
+        Some(m) => {
+            for ((w, &g), m) in w.iter_mut().zip(g).zip(m.iter_mut()) {
+                *m = -g * lr + *m * momentum;
+                *w += if nesterov { -g * lr + *m * momentum } else { *m };
+            }
+        }
+    }
+}
+
+/// The step size of Adam's update number `step` (1-based):
+/// `lr·√(1−β₂ᵗ)/(1−β₁ᵗ)`.
+pub fn adam_step_size(lr: f32, beta_1: f32, beta_2: f32, step: u64) -> f32 {
+    let t = step as i32;
+    lr * (1.0 - beta_2.powi(t)).sqrt() / (1.0 - beta_1.powi(t))
+}
+
+/// Adam: `m ← m + (g−m)(1−β₁); v ← v + (g²−v)(1−β₂); w ← w − α·m/(√v+ε)`
+/// with `alpha` from [`adam_step_size`].
+#[allow(clippy::too_many_arguments)]
+pub fn adam_step(
+    w: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    alpha: f32,
+    beta_1: f32,
+    beta_2: f32,
+    epsilon: f32,
+) {
+    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        *m += (g - *m) * (1.0 - beta_1);
+        *v += (g * g - *v) * (1.0 - beta_2);
+        *w -= alpha * *m / (v.sqrt() + epsilon);
+    }
+}

@@ -1,0 +1,113 @@
+//! Where a batch's input rows come from: f32 tensors, or bytes scaled on the fly.
+
+use crate::tensor::Tensor;
+
+/// A table of samples, one row each, that can copy any rows into an f32 batch.
+pub trait Samples: Sync {
+    /// Number of samples.
+    fn len(&self) -> usize;
+    /// Values per sample.
+    fn features(&self) -> usize;
+    /// Copies the rows `indices` into `out` (`indices.len() × features()`, row-major).
+    fn gather(&self, indices: &[usize], out: &mut [f32]);
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Samples for Tensor {
+    fn len(&self) -> usize {
+        self.rows()
+    }
+
+    fn features(&self) -> usize {
+        self.row_len()
+    }
+
+    fn gather(&self, indices: &[usize], out: &mut [f32]) {
+        for (dst, &i) in out.chunks_exact_mut(self.row_len()).zip(indices) {
+            dst.copy_from_slice(self.row(i));
+        }
+    }
+}
+
+/// Rows of bytes read as `byte as f32 / divisor`, so a u8 dataset never needs an
+/// f32 copy. Values are bit-identical to numpy's `x.astype("float32") / divisor`.
+#[derive(Clone, Debug)]
+pub struct ScaledBytes<'a> {
+    bytes: &'a [u8],
+    features: usize,
+    table: [f32; 256],
+}
+
+impl<'a> ScaledBytes<'a> {
+    /// # Panics
+    /// When `bytes.len()` is not a multiple of `features`.
+    pub fn new(bytes: &'a [u8], features: usize, divisor: f32) -> Self {
+        assert!(
+            features > 0 && bytes.len() % features == 0,
+            "{} bytes do not split into rows of {features}",
+            bytes.len()
+        );
+        let mut table = [0.0; 256];
+        for (i, t) in table.iter_mut().enumerate() {
+            *t = i as f32 / divisor;
+        }
+        Self {
+            bytes,
+            features,
+            table,
+        }
+    }
+
+    /// The scaled rows as an owned tensor `[len, features]`.
+    pub fn to_tensor(&self) -> Tensor {
+        let data = self.bytes.iter().map(|&b| self.table[b as usize]).collect();
+        Tensor::from_vec(&[self.len(), self.features], data)
+            .expect("length is a multiple of features")
+    }
+}
+
+impl Samples for ScaledBytes<'_> {
+    fn len(&self) -> usize {
+        self.bytes.len() / self.features
+    }
+
+    fn features(&self) -> usize {
+        self.features
+    }
+
+    fn gather(&self, indices: &[usize], out: &mut [f32]) {
+        for (dst, &i) in out.chunks_exact_mut(self.features).zip(indices) {
+            let src = &self.bytes[i * self.features..(i + 1) * self.features];
+            dst.iter_mut()
+                .zip(src)
+                .for_each(|(d, &b)| *d = self.table[b as usize]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaled_bytes_match_division() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let s = ScaledBytes::new(&bytes, 16, 255.0);
+        let mut out = vec![0.0; 32];
+        s.gather(&[15, 0], &mut out);
+        assert_eq!(out[0], 240.0f32 / 255.0);
+        assert_eq!(out[16], 0.0);
+        assert_eq!(out[31], 15.0f32 / 255.0);
+    }
+
+    #[test]
+    fn tensor_gather_copies_rows() {
+        let t = Tensor::from_vec(&[3, 2], vec![0., 1., 2., 3., 4., 5.]).unwrap();
+        let mut out = vec![0.0; 4];
+        t.gather(&[2, 0], &mut out);
+        assert_eq!(out, vec![4., 5., 0., 1.]);
+    }
+}

@@ -1,0 +1,87 @@
+//! Optimizer steps against values worked by hand from Keras 3's formulas, and
+//! against the f64 reference over many steps.
+
+use kerno_tensor::{optim, reference};
+
+fn close(a: f32, b: f64, tol: f64) -> bool {
+    (a as f64 - b).abs() <= tol * b.abs().max(1e-12)
+}
+
+#[test]
+fn rmsprop_first_step_by_hand() {
+    // Keras 3 defaults: lr 0.001, rho 0.9, epsilon 1e-7.
+    // v = 0.1·g²; w -= 0.001·g/√(v + 1e-7).
+    // g = 0.5: v = 0.025, step = 0.0005/√0.0250001 = 0.0031622713...
+    let first = 0.0005 / (0.025f64 + 1e-7).sqrt();
+    let (mut w, mut v) = ([1.0f32], [0.0f32]);
+    optim::rmsprop_step(&mut w, &[0.5], &mut v, 0.001, 0.9, 1e-7);
+    assert!(close(v[0], 0.025, 1e-6));
+    assert!(close(w[0], 1.0 - first, 1e-7), "{}", w[0]);
+    // A second step with g = -0.2: v = 0.0225 + 0.004 = 0.0265.
+    optim::rmsprop_step(&mut w, &[-0.2], &mut v, 0.001, 0.9, 1e-7);
+    assert!(close(v[0], 0.0265, 1e-6));
+    let want = 1.0 - first + 0.0002 / (0.0265f64 + 1e-7).sqrt();
+    assert!(close(w[0], want, 1e-7), "{} vs {want}", w[0]);
+}
+
+#[test]
+fn adam_first_step_by_hand() {
+    // t = 1: alpha = lr·√(1−β₂)/(1−β₁) = 0.001·√0.001/0.1; m = 0.1g; v = 0.001g²;
+    // w -= alpha·m/(√v + ε) ≈ lr·sign(g) for |g| ≫ ε.
+    let alpha = optim::adam_step_size(0.001, 0.9, 0.999, 1);
+    // In f32 (as Keras computes it) 1 − 0.999 keeps only about 4 significant digits.
+    assert!(close(alpha, 0.001 * 0.001f64.sqrt() / 0.1, 1e-4));
+    let (mut w, mut m, mut v) = ([0.0f32], [0.0f32], [0.0f32]);
+    optim::adam_step(&mut w, &[2.0], &mut m, &mut v, alpha, 0.9, 0.999, 1e-7);
+    assert!(close(m[0], 0.2, 1e-6) && close(v[0], 0.004, 1e-4));
+    let want = -(0.001 * 0.001f64.sqrt() / 0.1) * 0.2 / (0.004f64.sqrt() + 1e-7);
+    assert!(close(w[0], want, 1e-4), "{} vs {want}", w[0]);
+}
+
+#[test]
+fn sgd_plain_momentum_and_nesterov_by_hand() {
+    let mut w = [1.0f32];
+    optim::sgd_step(&mut w, &[0.5], None, 0.01, 0.0, false);
+    assert!(close(w[0], 0.995, 1e-7));
+
+    // momentum 0.9: m = -0.005, w = 0.995; then g = 0.5 again: m = -0.0095, w = 0.9855.
+    let (mut w, mut m) = ([1.0f32], [0.0f32]);
+    optim::sgd_step(&mut w, &[0.5], Some(&mut m), 0.01, 0.9, false);
+    optim::sgd_step(&mut w, &[0.5], Some(&mut m), 0.01, 0.9, false);
+    assert!(close(m[0], -0.0095, 1e-6) && close(w[0], 0.9855, 1e-7));
+
+    // Nesterov: m = -0.005, w += 0.9·(-0.005) - 0.005 = -0.0095.
+    let (mut w, mut m) = ([1.0f32], [0.0f32]);
+    optim::sgd_step(&mut w, &[0.5], Some(&mut m), 0.01, 0.9, true);
+    assert!(close(w[0], 0.9905, 1e-7));
+}
+
+#[test]
+fn many_steps_track_the_f64_reference() {
+    let n = 37;
+    let grads: Vec<Vec<f32>> = (0..50)
+        .map(|s| (0..n).map(|i| ((s * 31 + i * 7) % 23) as f32 / 11.0 - 1.0).collect())
+        .collect();
+    let g64 = |g: &[f32]| g.iter().map(|&v| v as f64).collect::<Vec<_>>();
+
+    let (mut w, mut v) = (vec![0.5f32; n], vec![0.0f32; n]);
+    let (mut w64, mut v64) = (vec![0.5f64; n], vec![0.0f64; n]);
+    let (mut wa, mut ma, mut va) = (vec![0.5f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+    let (mut wa64, mut ma64, mut va64) = (vec![0.5f64; n], vec![0.0f64; n], vec![0.0f64; n]);
+    let (mut ws, mut ms) = (vec![0.5f32; n], vec![0.0f32; n]);
+    let (mut ws64, mut ms64) = (vec![0.5f64; n], vec![0.0f64; n]);
+    for (step, g) in grads.iter().enumerate() {
+        optim::rmsprop_step(&mut w, g, &mut v, 0.001, 0.9, 1e-7);
+        reference::rmsprop_step(&mut w64, &g64(g), &mut v64, 0.001, 0.9, 1e-7);
+        let alpha = optim::adam_step_size(0.001, 0.9, 0.999, step as u64 + 1);
+        optim::adam_step(&mut wa, g, &mut ma, &mut va, alpha, 0.9, 0.999, 1e-7);
+        reference::adam_step(&mut wa64, &g64(g), &mut ma64, &mut va64, 0.001, 0.9, 0.999, 1e-7, step as i32 + 1);
+        optim::sgd_step(&mut ws, g, Some(&mut ms), 0.01, 0.9, true);
+        reference::sgd_step(&mut ws64, &g64(g), &mut ms64, 0.01, 0.9, true);
+    }
+    for i in 0..n {
+        assert!(close(w[i], w64[i], 1e-5), "rmsprop {i}: {} vs {}", w[i], w64[i]);
+        assert!(close(wa[i], wa64[i], 1e-5), "adam {i}: {} vs {}", wa[i], wa64[i]);
+        assert!(close(ws[i], ws64[i], 1e-5), "sgd {i}: {} vs {}", ws[i], ws64[i]);
+    }
+}
