@@ -1,0 +1,23 @@
+//! kerno-data: dataset readers (IDX raw or gzip, Keras' `mnist.npz`), MNIST
+//! discovery and download, and the seeded order in which samples are batched.
+//!
+//! Every malformed file is a [`DataError`] that names the file and what is wrong
+//! with it; nothing here panics on input, and no header can make it allocate
+//! more than the data that is really there.
+
+mod batches;
+mod dataset;
+mod discover;
+#[cfg(feature = "download")]
+pub mod download;
+mod error;
+pub mod idx;
+pub mod npz;
+
+pub use batches::EpochOrder;
+pub use dataset::{to_categorical, Dataset, Images, Split};
+pub use discover::{load, load_dir, DatasetKind};
+pub use error::{DataError, Malformation};
+
+/// The most bytes a single array may declare (1 GiB); more is refused before reading.
+pub const MAX_ARRAY_BYTES: u64 = 1 << 30;

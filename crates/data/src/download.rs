@@ -1,0 +1,126 @@
+//! Fetching MNIST from its public mirrors: each file's content is checked against
+//! its known SHA-256 before it is written, and written atomically.
+
+use crate::error::DataError;
+use crate::MAX_ARRAY_BYTES;
+use flate2::read::MultiGzDecoder;
+use sha2::{Digest, Sha256};
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+/// The most bytes one download may bring (the largest MNIST file is about 10 MB).
+const MAX_DOWNLOAD: u64 = 64 << 20;
+
+/// A file to fetch and the SHA-256 of its content (after gunzip, for `.gz` files).
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteFile {
+    pub name: &'static str,
+    pub sha256: &'static str,
+}
+
+/// MNIST's four files with the SHA-256 of their uncompressed content.
+pub const MNIST_FILES: [RemoteFile; 4] = [
+    RemoteFile {
+        name: "train-images-idx3-ubyte.gz",
+        sha256: "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    },
+    RemoteFile {
+        name: "train-labels-idx1-ubyte.gz",
+        sha256: "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    },
+    RemoteFile {
+        name: "t10k-images-idx3-ubyte.gz",
+        sha256: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    },
+    RemoteFile {
+        name: "t10k-labels-idx1-ubyte.gz",
+        sha256: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
+];
+
+/// Public MNIST mirrors, tried in order.
+pub const MNIST_MIRRORS: [&str; 2] = [
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+];
+
+/// Downloads every file of `files` that `dest` lacks, trying each mirror in turn.
+/// A file is written (atomically) only once its content matches its SHA-256.
+pub fn fetch_missing(files: &[RemoteFile], mirrors: &[&str], dest: &Path) -> Result<(), DataError> {
+    for file in files {
+        if dest.join(file.name).is_file() {
+            continue;
+        }
+        std::fs::create_dir_all(dest).map_err(|e| DataError::io(dest, e))?;
+        let mut last_error = None;
+        for mirror in mirrors {
+            let url = format!("{}{}", mirror, file.name);
+            eprintln!("downloading {url}");
+            match fetch_verified(&url, file.sha256) {
+                Ok(body) => {
+                    write_atomically(&dest.join(file.name), &body)?;
+                    last_error = None;
+                    break;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        if let Some(e) = last_error {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn fetch_verified(url: &str, sha256: &str) -> Result<Vec<u8>, DataError> {
+    let fail = |problem: String| DataError::Download {
+        url: url.to_string(),
+        problem,
+    };
+    let response = ureq::get(url)
+        .timeout(Duration::from_secs(120))
+        .call()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut body = Vec::new();
+    response
+        .into_reader()
+        .take(MAX_DOWNLOAD + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| fail(e.to_string()))?;
+    if body.len() as u64 > MAX_DOWNLOAD {
+        return Err(fail(format!("larger than {MAX_DOWNLOAD} bytes")));
+    }
+    let got = content_sha256(&body).map_err(|e| fail(format!("corrupt gzip data: {e}")))?;
+    if got != sha256 {
+        return Err(DataError::Checksum {
+            url: url.to_string(),
+            expected: sha256.to_string(),
+            got,
+        });
+    }
+    Ok(body)
+}
+
+/// SHA-256 of the bytes, gunzipped first when they are gzip.
+fn content_sha256(bytes: &[u8]) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        io::copy(&mut MultiGzDecoder::new(bytes).take(MAX_ARRAY_BYTES + 1024), &mut hasher)?;
+    } else {
+        hasher.update(bytes);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `bytes` to a temporary file beside `path`, flushes it to disk and renames
+/// it over `path`, so a crash leaves either the old file or the whole new one.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io(dir, e))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| DataError::io(path, e))?;
+    tmp.persist(path).map_err(|e| DataError::io(path, e.error))?;
+    Ok(())
+}

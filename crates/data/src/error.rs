@@ -1,0 +1,110 @@
+//! Typed errors for everything that can be wrong with a dataset file.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// What was wrong inside a file that could be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Malformation {
+    /// The first bytes are not those of the expected format.
+    BadMagic { found: Vec<u8> },
+    /// An IDX element type other than unsigned bytes, or an npy dtype other than `u1`.
+    UnsupportedType(String),
+    /// The array has the wrong number of dimensions for what it should hold.
+    WrongRank { expected: usize, found: usize },
+    /// A dimension of size zero.
+    EmptyDimension,
+    /// The header declares more data than kerno will read.
+    TooLarge { declared: u128, limit: u64 },
+    /// The file ends before the data the header declares.
+    Truncated { expected: u64, found: u64 },
+    /// Bytes follow the data the header declares.
+    TrailingData,
+    /// A label is not below the number of classes.
+    LabelOutOfRange {
+        index: usize,
+        label: u8,
+        classes: usize,
+    },
+    /// An npy header kerno cannot read.
+    BadHeader(String),
+    /// A member the archive must contain is missing.
+    MissingMember(String),
+    /// The compressed stream is corrupt.
+    Corrupt(String),
+}
+
+impl fmt::Display for Malformation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Malformation::BadMagic { found } => write!(f, "not a recognised file (starts with {found:02x?})"),
+            Malformation::UnsupportedType(t) => write!(f, "unsupported element type {t} (kerno reads unsigned bytes)"),
+            Malformation::WrongRank { expected, found } => {
+                write!(f, "has {found} dimensions, expected {expected}")
+            }
+            Malformation::EmptyDimension => write!(f, "has a dimension of size 0"),
+            Malformation::TooLarge { declared, limit } => {
+                write!(f, "header declares {declared} bytes of data, more than the {limit}-byte limit")
+            }
+            Malformation::Truncated { expected, found } => {
+                write!(f, "truncated: header declares {expected} bytes of data, found {found}")
+            }
+            Malformation::TrailingData => write!(f, "has bytes after the data its header declares"),
+            Malformation::LabelOutOfRange { index, label, classes } => {
+                write!(f, "label {label} at index {index} is out of range for {classes} classes")
+            }
+            Malformation::BadHeader(detail) => write!(f, "bad npy header: {detail}"),
+            Malformation::MissingMember(name) => write!(f, "archive has no member '{name}'"),
+            Malformation::Corrupt(detail) => write!(f, "corrupt compressed data: {detail}"),
+        }
+    }
+}
+
+/// Any failure to find, fetch or read a dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: {problem}", path.display())]
+    Malformed { path: PathBuf, problem: Malformation },
+    #[error("{}: missing (the folder must hold {expected})", path.display())]
+    Missing { path: PathBuf, expected: String },
+    #[error("{images} holds {image_count} images but {labels} holds {label_count} labels")]
+    CountMismatch {
+        images: String,
+        image_count: usize,
+        labels: String,
+        label_count: usize,
+    },
+    #[error("{dataset} not found; looked in {searched}{hint}")]
+    NotFound {
+        dataset: String,
+        searched: String,
+        hint: String,
+    },
+    #[error("{url}: {problem}")]
+    Download { url: String, problem: String },
+    #[error("{url}: SHA-256 of the content is {got}, expected {expected}; nothing was saved")]
+    Checksum {
+        url: String,
+        expected: String,
+        got: String,
+    },
+}
+
+impl DataError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn malformed(path: impl Into<PathBuf>, problem: Malformation) -> Self {
+        DataError::Malformed {
+            path: path.into(),
+            problem,
+        }
+    }
+}
