@@ -65,6 +65,9 @@ mod tests {
         assert_ne!(b.indices(), &first[..]);
         b.arrange(0, false);
         assert_eq!(b.indices(), &sorted[..]);
-        assert_eq!(b.batches(32).map(|c| c.len()).collect::<Vec<_>>(), vec![32, 32, 32, 4]);
+        assert_eq!(
+            b.batches(32).map(|c| c.len()).collect::<Vec<_>>(),
+            vec![32, 32, 32, 4]
+        );
     }
 }

@@ -16,7 +16,11 @@ impl Images {
     /// # Panics
     /// When `pixels` does not hold `count × height × width` bytes.
     pub fn new(count: usize, height: usize, width: usize, pixels: Vec<u8>) -> Self {
-        assert_eq!(pixels.len(), count * height * width, "pixel count does not match the shape");
+        assert_eq!(
+            pixels.len(),
+            count * height * width,
+            "pixel count does not match the shape"
+        );
         Self {
             count,
             height,
@@ -64,7 +68,8 @@ impl Images {
     /// The images as an f32 tensor `[count, height, width]`, as numpy's `x.astype("float32")`.
     pub fn to_tensor(&self) -> Tensor {
         let data = self.pixels.iter().map(|&p| p as f32).collect();
-        Tensor::from_vec(&[self.count, self.height, self.width], data).expect("shape matches pixels")
+        Tensor::from_vec(&[self.count, self.height, self.width], data)
+            .expect("shape matches pixels")
     }
 }
 
@@ -94,7 +99,10 @@ pub struct Dataset {
 pub fn to_categorical(labels: &[u8], classes: usize) -> Tensor {
     let mut data = vec![0.0; labels.len() * classes];
     for (row, &label) in labels.iter().enumerate() {
-        assert!((label as usize) < classes, "label {label} out of range for {classes} classes");
+        assert!(
+            (label as usize) < classes,
+            "label {label} out of range for {classes} classes"
+        );
         data[row * classes + label as usize] = 1.0;
     }
     Tensor::from_vec(&[labels.len(), classes], data).expect("shape matches data")

@@ -77,7 +77,9 @@ impl FromStr for DatasetKind {
         match s {
             "mnist" => Ok(DatasetKind::Mnist),
             "fashion-mnist" | "fashion_mnist" => Ok(DatasetKind::FashionMnist),
-            other => Err(format!("unknown dataset '{other}' (expected mnist or fashion-mnist)")),
+            other => Err(format!(
+                "unknown dataset '{other}' (expected mnist or fashion-mnist)"
+            )),
         }
     }
 }
@@ -112,7 +114,11 @@ pub fn load(kind: DatasetKind, explicit: Option<&Path>) -> Result<Dataset, DataE
         if holds_dataset(cache) || cfg!(feature = "download") && kind == DatasetKind::Mnist {
             #[cfg(feature = "download")]
             if kind == DatasetKind::Mnist {
-                crate::download::fetch_missing(&crate::download::MNIST_FILES, &crate::download::MNIST_MIRRORS, cache)?;
+                crate::download::fetch_missing(
+                    &crate::download::MNIST_FILES,
+                    &crate::download::MNIST_MIRRORS,
+                    cache,
+                )?;
             }
             return load_place(kind, cache);
         }
@@ -174,18 +180,37 @@ fn load_place(kind: DatasetKind, place: &Path) -> Result<Dataset, DataError> {
 /// Reads a Keras-style `.npz` holding `x_train`, `y_train`, `x_test`, `y_test`.
 pub fn load_npz(file: &Path, name: &str, classes: usize) -> Result<Dataset, DataError> {
     let arrays = npz::read_members(file, &NPZ_MEMBERS)?;
-    let [train_x, train_y, test_x, test_y]: [IdxArray; 4] = arrays.try_into().expect("four members");
+    let [train_x, train_y, test_x, test_y]: [IdxArray; 4] =
+        arrays.try_into().expect("four members");
     let member = |m: &str| file.join(format!("{m}.npy"));
     Ok(Dataset {
         name: name.to_string(),
         classes,
-        train: split(train_x, &member("x_train"), train_y, &member("y_train"), classes)?,
-        test: split(test_x, &member("x_test"), test_y, &member("y_test"), classes)?,
+        train: split(
+            train_x,
+            &member("x_train"),
+            train_y,
+            &member("y_train"),
+            classes,
+        )?,
+        test: split(
+            test_x,
+            &member("x_test"),
+            test_y,
+            &member("y_test"),
+            classes,
+        )?,
         source: file.to_path_buf(),
     })
 }
 
-fn split(images: IdxArray, images_path: &Path, labels: IdxArray, labels_path: &Path, classes: usize) -> Result<Split, DataError> {
+fn split(
+    images: IdxArray,
+    images_path: &Path,
+    labels: IdxArray,
+    labels_path: &Path,
+    classes: usize,
+) -> Result<Split, DataError> {
     let [count, height, width] = images.dims[..] else {
         return Err(DataError::malformed(
             images_path,
@@ -212,10 +237,19 @@ fn split(images: IdxArray, images_path: &Path, labels: IdxArray, labels_path: &P
             label_count: labels.data.len(),
         });
     }
-    if let Some((index, &label)) = labels.data.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
+    if let Some((index, &label)) = labels
+        .data
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= classes)
+    {
         return Err(DataError::malformed(
             labels_path,
-            Malformation::LabelOutOfRange { index, label, classes },
+            Malformation::LabelOutOfRange {
+                index,
+                label,
+                classes,
+            },
         ));
     }
     Ok(Split {

@@ -106,11 +106,18 @@ fn fetch_verified(url: &str, sha256: &str) -> Result<Vec<u8>, DataError> {
 fn content_sha256(bytes: &[u8]) -> io::Result<String> {
     let mut hasher = Sha256::new();
     if bytes.starts_with(&[0x1f, 0x8b]) {
-        io::copy(&mut MultiGzDecoder::new(bytes).take(MAX_ARRAY_BYTES + 1024), &mut hasher)?;
+        io::copy(
+            &mut MultiGzDecoder::new(bytes).take(MAX_ARRAY_BYTES + 1024),
+            &mut hasher,
+        )?;
     } else {
         hasher.update(bytes);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Writes `bytes` to a temporary file beside `path`, flushes it to disk and renames
@@ -121,6 +128,7 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DataErro
     tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .map_err(|e| DataError::io(path, e))?;
-    tmp.persist(path).map_err(|e| DataError::io(path, e.error))?;
+    tmp.persist(path)
+        .map_err(|e| DataError::io(path, e.error))?;
     Ok(())
 }

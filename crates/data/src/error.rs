@@ -38,21 +38,39 @@ pub enum Malformation {
 impl fmt::Display for Malformation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Malformation::BadMagic { found } => write!(f, "not a recognised file (starts with {found:02x?})"),
-            Malformation::UnsupportedType(t) => write!(f, "unsupported element type {t} (kerno reads unsigned bytes)"),
+            Malformation::BadMagic { found } => {
+                write!(f, "not a recognised file (starts with {found:02x?})")
+            }
+            Malformation::UnsupportedType(t) => write!(
+                f,
+                "unsupported element type {t} (kerno reads unsigned bytes)"
+            ),
             Malformation::WrongRank { expected, found } => {
                 write!(f, "has {found} dimensions, expected {expected}")
             }
             Malformation::EmptyDimension => write!(f, "has a dimension of size 0"),
             Malformation::TooLarge { declared, limit } => {
-                write!(f, "header declares {declared} bytes of data, more than the {limit}-byte limit")
+                write!(
+                    f,
+                    "header declares {declared} bytes of data, more than the {limit}-byte limit"
+                )
             }
             Malformation::Truncated { expected, found } => {
-                write!(f, "truncated: header declares {expected} bytes of data, found {found}")
+                write!(
+                    f,
+                    "truncated: header declares {expected} bytes of data, found {found}"
+                )
             }
             Malformation::TrailingData => write!(f, "has bytes after the data its header declares"),
-            Malformation::LabelOutOfRange { index, label, classes } => {
-                write!(f, "label {label} at index {index} is out of range for {classes} classes")
+            Malformation::LabelOutOfRange {
+                index,
+                label,
+                classes,
+            } => {
+                write!(
+                    f,
+                    "label {label} at index {index} is out of range for {classes} classes"
+                )
             }
             Malformation::BadHeader(detail) => write!(f, "bad npy header: {detail}"),
             Malformation::MissingMember(name) => write!(f, "archive has no member '{name}'"),
@@ -67,7 +85,10 @@ pub enum DataError {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("{}: {problem}", path.display())]
-    Malformed { path: PathBuf, problem: Malformation },
+    Malformed {
+        path: PathBuf,
+        problem: Malformation,
+    },
     #[error("{}: missing (the folder must hold {expected})", path.display())]
     Missing { path: PathBuf, expected: String },
     #[error("{images} holds {image_count} images but {labels} holds {label_count} labels")]

@@ -41,7 +41,10 @@ pub fn read(mut reader: impl Read, path: &Path) -> Result<IdxArray, DataError> {
         }));
     }
     if magic[2] != UNSIGNED_BYTE {
-        return Err(fail(Malformation::UnsupportedType(format!("0x{:02x}", magic[2]))));
+        return Err(fail(Malformation::UnsupportedType(format!(
+            "0x{:02x}",
+            magic[2]
+        ))));
     }
     let rank = magic[3] as usize;
     let mut dims = Vec::with_capacity(rank);
@@ -71,7 +74,11 @@ pub fn read(mut reader: impl Read, path: &Path) -> Result<IdxArray, DataError> {
 
 /// Reads exactly `len` bytes and checks that nothing follows. The buffer grows with
 /// the bytes that really arrive, so a lying header cannot force a large allocation.
-pub(crate) fn read_declared(mut reader: impl Read, len: u64, path: &Path) -> Result<Vec<u8>, DataError> {
+pub(crate) fn read_declared(
+    mut reader: impl Read,
+    len: u64,
+    path: &Path,
+) -> Result<Vec<u8>, DataError> {
     let mut data = Vec::new();
     (&mut reader)
         .take(len)
@@ -94,7 +101,12 @@ pub(crate) fn read_declared(mut reader: impl Read, len: u64, path: &Path) -> Res
     }
 }
 
-fn read_exact_or(reader: &mut impl Read, buf: &mut [u8], path: &Path, expected: u64) -> Result<(), DataError> {
+fn read_exact_or(
+    reader: &mut impl Read,
+    buf: &mut [u8],
+    path: &Path,
+    expected: u64,
+) -> Result<(), DataError> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {

@@ -14,8 +14,12 @@ const MAX_HEADER: usize = 64 * 1024;
 /// Reads the members `names` (without `.npy`) of the archive at `path`, in order.
 pub fn read_members(path: &Path, names: &[&str]) -> Result<Vec<IdxArray>, DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut archive = zip::ZipArchive::new(BufReader::new(file))
-        .map_err(|e| DataError::malformed(path, Malformation::Corrupt(format!("not a zip archive: {e}"))))?;
+    let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| {
+        DataError::malformed(
+            path,
+            Malformation::Corrupt(format!("not a zip archive: {e}")),
+        )
+    })?;
     names
         .iter()
         .map(|name| {
@@ -38,7 +42,8 @@ fn member_path(archive: &Path, member: &str) -> PathBuf {
 
 /// Reads one `.npy` array of unsigned bytes in C order.
 pub fn read_npy(mut reader: impl Read, path: &Path) -> Result<IdxArray, DataError> {
-    let bad = |detail: &str| DataError::malformed(path, Malformation::BadHeader(detail.to_string()));
+    let bad =
+        |detail: &str| DataError::malformed(path, Malformation::BadHeader(detail.to_string()));
     let mut preamble = [0u8; 8];
     reader
         .read_exact(&mut preamble)
@@ -54,12 +59,16 @@ pub fn read_npy(mut reader: impl Read, path: &Path) -> Result<IdxArray, DataErro
     let header_len = match preamble[6] {
         1 => {
             let mut len = [0u8; 2];
-            reader.read_exact(&mut len).map_err(|_| bad("truncated header length"))?;
+            reader
+                .read_exact(&mut len)
+                .map_err(|_| bad("truncated header length"))?;
             u16::from_le_bytes(len) as usize
         }
         2 | 3 => {
             let mut len = [0u8; 4];
-            reader.read_exact(&mut len).map_err(|_| bad("truncated header length"))?;
+            reader
+                .read_exact(&mut len)
+                .map_err(|_| bad("truncated header length"))?;
             u32::from_le_bytes(len) as usize
         }
         v => return Err(bad(&format!("unknown npy version {v}"))),
@@ -68,13 +77,18 @@ pub fn read_npy(mut reader: impl Read, path: &Path) -> Result<IdxArray, DataErro
         return Err(bad(&format!("header of {header_len} bytes")));
     }
     let mut header = vec![0u8; header_len];
-    reader.read_exact(&mut header).map_err(|_| bad("truncated header"))?;
+    reader
+        .read_exact(&mut header)
+        .map_err(|_| bad("truncated header"))?;
     let header = String::from_utf8(header).map_err(|_| bad("header is not text"))?;
 
     let descr = dict_value(&header, "descr").ok_or_else(|| bad("no 'descr'"))?;
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
     if !matches!(descr, "|u1" | "<u1" | ">u1" | "u1") {
-        return Err(DataError::malformed(path, Malformation::UnsupportedType(descr.to_string())));
+        return Err(DataError::malformed(
+            path,
+            Malformation::UnsupportedType(descr.to_string()),
+        ));
     }
     if dict_value(&header, "fortran_order").ok_or_else(|| bad("no 'fortran_order'"))? != "False" {
         return Err(bad("Fortran-ordered arrays are not supported"));
@@ -86,7 +100,10 @@ pub fn read_npy(mut reader: impl Read, path: &Path) -> Result<IdxArray, DataErro
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| bad(&format!("bad shape {shape}"))))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| bad(&format!("bad shape {shape}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if dims.contains(&0) {
         return Err(DataError::malformed(path, Malformation::EmptyDimension));
@@ -108,7 +125,9 @@ pub fn read_npy(mut reader: impl Read, path: &Path) -> Result<IdxArray, DataErro
 /// The text of `key`'s value in a Python dict literal such as numpy's npy header.
 fn dict_value<'h>(header: &'h str, key: &str) -> Option<&'h str> {
     let quoted = [format!("'{key}'"), format!("\"{key}\"")];
-    let at = quoted.iter().find_map(|q| header.find(q.as_str()).map(|i| i + q.len()))?;
+    let at = quoted
+        .iter()
+        .find_map(|q| header.find(q.as_str()).map(|i| i + q.len()))?;
     let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
     let end = if rest.starts_with('(') {
         rest.find(')')? + 1

@@ -1,12 +1,24 @@
-//! Matrix multiplication with a fused epilogue, split over rayon in a fixed partition.
+//! GEMM in the BLIS structure: cache blocks of B (`KC × NC`) and A (`MR × KC`)
+//! packed into contiguous panels, a register-blocked microkernel per tile, and
+//! the epilogue applied as each finished tile is stored.
 
 use crate::matrix::{MatMut, MatRef};
-use crate::simd;
+use crate::simd::{Isa, Microkernel, MAX_MR, MAX_NR};
 use rayon::prelude::*;
+use std::cell::RefCell;
 
+/// Depth of a packed panel: `KC × NR` floats of B stay in L1 across a tile row.
+const KC: usize = 256;
+/// Width of a packed block of B: `KC × NC` floats (512 KiB) stay in L2.
+const NC: usize = 512;
 /// Rows of C per parallel task. The partition depends only on the shape, never on
 /// the thread count, so results are bit-identical for any number of threads.
 const BLOCK_ROWS: usize = 32;
+
+thread_local! {
+    /// Packing buffers of this thread, grown once and reused: no allocation per call.
+    static PANELS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
 
 /// What happens to each tile of C once its products are summed.
 #[derive(Clone, Copy, Debug)]
@@ -22,14 +34,35 @@ pub enum Epilogue<'a> {
     ReluMask(MatRef<'a>),
 }
 
-/// `C = A·B` (or `C += A·B` with `accumulate`), then the epilogue.
+/// `C = A·B` (or `C += A·B` with `accumulate`), then the epilogue, with the best
+/// instruction set of this machine.
 ///
 /// # Panics
 /// When the shapes do not agree (`A: m×k`, `B: k×n`, `C: m×n`, bias of `n`,
 /// mask of `m×n`).
 pub fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>, accumulate: bool, epilogue: Epilogue<'_>) {
+    gemm_with(Isa::detected(), a, b, c, accumulate, epilogue)
+}
+
+/// [`gemm`] with a chosen instruction set (tests and benches force each one).
+///
+/// # Panics
+/// As [`gemm`], and when `isa` is not supported by this CPU.
+pub fn gemm_with(
+    isa: Isa,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: MatMut<'_>,
+    accumulate: bool,
+    epilogue: Epilogue<'_>,
+) {
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
-    assert_eq!(b.rows(), k, "gemm: A is {m}x{k} but B has {} rows", b.rows());
+    assert_eq!(
+        b.rows(),
+        k,
+        "gemm: A is {m}x{k} but B has {} rows",
+        b.rows()
+    );
     assert_eq!(
         (c.rows(), c.cols()),
         (m, n),
@@ -41,42 +74,183 @@ pub fn gemm(a: MatRef<'_>, b: MatRef<'_>, c: MatMut<'_>, accumulate: bool, epilo
         Epilogue::Bias(bias) | Epilogue::BiasRelu(bias) => {
             assert_eq!(bias.len(), n, "gemm: bias must have {n} elements")
         }
-        Epilogue::ReluMask(mask) => assert_eq!(
-            (mask.rows(), mask.cols()),
-            (m, n),
-            "gemm: relu mask must be {m}x{n}"
-        ),
+        Epilogue::ReluMask(mask) => {
+            assert_eq!(
+                (mask.rows(), mask.cols()),
+                (m, n),
+                "gemm: relu mask must be {m}x{n}"
+            )
+        }
         Epilogue::None => {}
     }
-    let beta = if accumulate { 1.0 } else { 0.0 };
-    c.into_row_blocks(BLOCK_ROWS)
-        .into_par_iter()
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kernel = isa.kernel();
+    let stride = c.row_stride();
+    let used = (m - 1) * stride + n;
+    let data = &mut c.into_data()[..used];
+    data.par_chunks_mut(BLOCK_ROWS * stride)
         .enumerate()
-        .for_each(|(block, mut c_block)| {
-            let start = block * BLOCK_ROWS;
-            let rows = c_block.rows();
-            simd::sgemm_views(a.rows_range(start, rows), b, beta, &mut c_block);
-            apply_epilogue(&mut c_block, epilogue, start);
+        .for_each(|(block, chunk)| {
+            let first_row = block * BLOCK_ROWS;
+            let rows = BLOCK_ROWS.min(m - first_row);
+            let c_block = MatMut::new(chunk, rows, n, stride);
+            let a_block = a.rows_range(first_row, rows);
+            gemm_block(kernel, a_block, b, c_block, accumulate, epilogue, first_row);
         });
 }
 
-fn apply_epilogue(c: &mut MatMut<'_>, epilogue: Epilogue<'_>, first_row: usize) {
-    for r in 0..c.rows() {
-        let row = c.row_mut(r);
-        match epilogue {
-            Epilogue::None => {}
-            Epilogue::Bias(bias) => row.iter_mut().zip(bias).for_each(|(v, b)| *v += b),
-            Epilogue::BiasRelu(bias) => row
-                .iter_mut()
-                .zip(bias)
-                .for_each(|(v, b)| *v = (*v + b).max(0.0)),
-            Epilogue::ReluMask(mask) => {
-                for (j, v) in row.iter_mut().enumerate() {
-                    if mask.get(first_row + r, j) <= 0.0 {
-                        *v = 0.0;
+/// One task's rows of C, computed sequentially.
+fn gemm_block(
+    kernel: Microkernel,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    mut c: MatMut<'_>,
+    accumulate: bool,
+    epilogue: Epilogue<'_>,
+    first_row: usize,
+) {
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    let (mr, nr) = (kernel.mr, kernel.nr);
+    let mut acc = [0.0f32; MAX_MR * MAX_NR];
+    if k == 0 {
+        for ir in (0..m).step_by(mr) {
+            for jc in (0..n).step_by(nr) {
+                let tile = Tile {
+                    row: ir,
+                    col: jc,
+                    rows: mr.min(m - ir),
+                    cols: nr.min(n - jc),
+                    nr,
+                };
+                store_tile(&mut c, &acc, tile, !accumulate, epilogue, first_row);
+            }
+        }
+        return;
+    }
+    PANELS.with(|panels| {
+        let (a_panel, b_panel) = &mut *panels.borrow_mut();
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
+            let strips = nc.div_ceil(nr);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                let b_packed = grow(b_panel, strips * kc * nr);
+                pack_b(b, pc, kc, jc, nc, nr, b_packed);
+                let overwrite = pc == 0 && !accumulate;
+                let tile_epilogue = if pc + kc == k {
+                    epilogue
+                } else {
+                    Epilogue::None
+                };
+                for ir in (0..m).step_by(mr) {
+                    let rows = mr.min(m - ir);
+                    let a_packed = grow(a_panel, kc * mr);
+                    pack_a(a, ir, rows, pc, kc, mr, a_packed);
+                    for (s, b_strip) in b_packed.chunks_exact(kc * nr).enumerate() {
+                        (kernel.run)(kc, a_packed, b_strip, &mut acc[..mr * nr]);
+                        let col = jc + s * nr;
+                        let tile = Tile {
+                            row: ir,
+                            col,
+                            rows,
+                            cols: nr.min(n - col),
+                            nr,
+                        };
+                        store_tile(&mut c, &acc, tile, overwrite, tile_epilogue, first_row);
                     }
                 }
             }
+        }
+    });
+}
+
+/// The first `len` elements of `buf`, growing it when it is shorter.
+fn grow(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
+/// Packs `B[pc..pc+kc, jc..jc+nc]` as strips of `nr` columns, each `kc × nr`
+/// row-major and zero-padded on the right.
+fn pack_b(b: MatRef<'_>, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
+    for (s, strip) in out.chunks_exact_mut(kc * nr).enumerate() {
+        let j0 = jc + s * nr;
+        let cols = nr.min(jc + nc - j0);
+        for (p, dst) in strip.chunks_exact_mut(nr).enumerate() {
+            if b.col_stride() == 1 {
+                let start = (pc + p) * b.row_stride() + j0;
+                dst[..cols].copy_from_slice(&b.data()[start..start + cols]);
+            } else {
+                for (j, d) in dst[..cols].iter_mut().enumerate() {
+                    *d = b.get(pc + p, j0 + j);
+                }
+            }
+            dst[cols..].fill(0.0);
+        }
+    }
+}
+
+/// Packs `A[ir..ir+rows, pc..pc+kc]` column by column (`kc × mr`), zero-padded below.
+fn pack_a(a: MatRef<'_>, ir: usize, rows: usize, pc: usize, kc: usize, mr: usize, out: &mut [f32]) {
+    if a.row_stride() == 1 {
+        // A is a transposed view: each column of the panel is contiguous.
+        for (p, dst) in out.chunks_exact_mut(mr).enumerate() {
+            let start = (pc + p) * a.col_stride() + ir;
+            dst[..rows].copy_from_slice(&a.data()[start..start + rows]);
+            dst[rows..].fill(0.0);
+        }
+        return;
+    }
+    if rows < mr {
+        out.fill(0.0);
+    }
+    for i in 0..rows {
+        for p in 0..kc {
+            out[p * mr + i] = a.get(ir + i, pc + p);
+        }
+    }
+}
+
+/// Where a microkernel's tile lands in C.
+#[derive(Clone, Copy)]
+struct Tile {
+    row: usize,
+    col: usize,
+    rows: usize,
+    cols: usize,
+    /// Row stride of the accumulator.
+    nr: usize,
+}
+
+fn store_tile(
+    c: &mut MatMut<'_>,
+    acc: &[f32],
+    t: Tile,
+    overwrite: bool,
+    epilogue: Epilogue<'_>,
+    first_row: usize,
+) {
+    for i in 0..t.rows {
+        let dst = &mut c.row_mut(t.row + i)[t.col..t.col + t.cols];
+        let src = &acc[i * t.nr..i * t.nr + t.cols];
+        for (j, (d, &s)) in dst.iter_mut().zip(src).enumerate() {
+            let v = if overwrite { s } else { *d + s };
+            *d = match epilogue {
+                Epilogue::None => v,
+                Epilogue::Bias(bias) => v + bias[t.col + j],
+                Epilogue::BiasRelu(bias) => (v + bias[t.col + j]).max(0.0),
+                Epilogue::ReluMask(mask) => {
+                    if mask.get(first_row + t.row + i, t.col + j) > 0.0 {
+                        v
+                    } else {
+                        0.0
+                    }
+                }
+            };
         }
     }
 }

@@ -17,7 +17,8 @@ mod simd;
 mod tensor;
 
 pub use activation::Activation;
-pub use gemm::{gemm, Epilogue};
+pub use gemm::{gemm, gemm_with, Epilogue};
 pub use matrix::{MatMut, MatRef};
 pub use samples::{Samples, ScaledBytes};
+pub use simd::Isa;
 pub use tensor::{ShapeError, Tensor};

@@ -83,7 +83,11 @@ impl<'a> MatRef<'a> {
     /// The rows `start..start + count`, as a view.
     pub fn rows_range(&self, start: usize, count: usize) -> Self {
         assert!(start + count <= self.rows, "row range out of bounds");
-        let offset = if count == 0 { 0 } else { start * self.row_stride };
+        let offset = if count == 0 {
+            0
+        } else {
+            start * self.row_stride
+        };
         Self::new(
             &self.data[offset.min(self.data.len())..],
             count,
@@ -96,7 +100,11 @@ impl<'a> MatRef<'a> {
     /// The columns `start..start + count`, as a view.
     pub fn cols_range(&self, start: usize, count: usize) -> Self {
         assert!(start + count <= self.cols, "column range out of bounds");
-        let offset = if count == 0 { 0 } else { start * self.col_stride };
+        let offset = if count == 0 {
+            0
+        } else {
+            start * self.col_stride
+        };
         Self::new(
             &self.data[offset.min(self.data.len())..],
             self.rows,
@@ -161,6 +169,11 @@ impl<'a> MatMut<'a> {
         self.data
     }
 
+    /// The slice the view writes into, for the view's whole lifetime.
+    pub fn into_data(self) -> &'a mut [f32] {
+        self.data
+    }
+
     pub fn as_ref(&self) -> MatRef<'_> {
         MatRef::new(self.data, self.rows, self.cols, self.row_stride, 1)
     }
@@ -170,27 +183,6 @@ impl<'a> MatMut<'a> {
         let start = r * self.row_stride;
         &mut self.data[start..start + self.cols]
     }
-
-    /// Splits the view into disjoint blocks of `block_rows` rows each (the last may be shorter).
-    pub fn into_row_blocks(self, block_rows: usize) -> Vec<MatMut<'a>> {
-        let (rows, cols, stride) = (self.rows, self.cols, self.row_stride);
-        let mut blocks = Vec::with_capacity(rows.div_ceil(block_rows.max(1)));
-        let mut rest = self.data;
-        let mut start = 0;
-        while start < rows {
-            let count = block_rows.min(rows - start);
-            let take = if start + count == rows {
-                rest.len()
-            } else {
-                count * stride
-            };
-            let (head, tail) = rest.split_at_mut(take);
-            blocks.push(MatMut::new(head, count, cols, stride));
-            rest = tail;
-            start += count;
-        }
-        blocks
-    }
 }
 
 /// Whether a `rows x cols` view with these strides stays inside `len` elements.
@@ -198,9 +190,11 @@ fn fits(len: usize, rows: usize, cols: usize, row_stride: usize, col_stride: usi
     if rows == 0 || cols == 0 {
         return true;
     }
-    let last = (rows - 1)
-        .checked_mul(row_stride)
-        .and_then(|a| (cols - 1).checked_mul(col_stride).and_then(|b| a.checked_add(b)));
+    let last = (rows - 1).checked_mul(row_stride).and_then(|a| {
+        (cols - 1)
+            .checked_mul(col_stride)
+            .and_then(|b| a.checked_add(b))
+    });
     matches!(last, Some(last) if last < len)
 }
 
@@ -222,13 +216,5 @@ mod tests {
     fn overrunning_view_is_rejected() {
         let data = [0.0f32; 5];
         let _ = MatRef::row_major(&data, 2, 3);
-    }
-
-    #[test]
-    fn row_blocks_cover_the_matrix() {
-        let mut data = vec![0.0f32; 7 * 3];
-        let blocks = MatMut::row_major(&mut data, 7, 3).into_row_blocks(3);
-        let rows: Vec<usize> = blocks.iter().map(|b| b.rows()).collect();
-        assert_eq!(rows, vec![3, 3, 1]);
     }
 }

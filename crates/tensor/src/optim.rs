@@ -23,7 +23,11 @@ pub fn sgd_step(
         Some(m) => {
             for ((w, &g), m) in w.iter_mut().zip(g).zip(m.iter_mut()) {
                 *m = -g * lr + *m * momentum;
-                *w += if nesterov { -g * lr + *m * momentum } else { *m };
+                *w += if nesterov {
+                    -g * lr + *m * momentum
+                } else {
+                    *m
+                };
             }
         }
     }

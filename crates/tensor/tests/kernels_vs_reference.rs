@@ -1,7 +1,7 @@
 //! Every fast kernel against its plain f64 reference, on random and odd shapes.
 
 use kerno_tensor::loss::{self, Targets};
-use kerno_tensor::{gemm, reference, Activation, Epilogue, MatMut, MatRef};
+use kerno_tensor::{gemm_with, reference, Activation, Epilogue, Isa, MatMut, MatRef};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -34,7 +34,12 @@ fn view(storage: &[f32], rows: usize, cols: usize, transposed: bool) -> MatRef<'
 #[test]
 fn gemm_matches_reference_on_odd_and_transposed_shapes() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let mut cases = vec![(128, 784, 512), (784, 128, 512), (128, 10, 512), (512, 128, 10)];
+    let mut cases = vec![
+        (128, 784, 512),
+        (784, 128, 512),
+        (128, 10, 512),
+        (512, 128, 10),
+    ];
     for _ in 0..30 {
         let pick = |rng: &mut ChaCha8Rng| ODD[rng.gen_range(0..ODD.len())];
         cases.push((pick(&mut rng), pick(&mut rng), pick(&mut rng)));
@@ -44,10 +49,23 @@ fn gemm_matches_reference_on_odd_and_transposed_shapes() {
             let a = random(&mut rng, m * k);
             let b = random(&mut rng, k * n);
             let (a, b) = (view(&a, m, k, ta), view(&b, k, n, tb));
-            let mut c = vec![f32::NAN; m * n];
-            gemm(a, b, MatMut::row_major(&mut c, m, n), false, Epilogue::None);
-            let err = rel_err(&c, &reference::matmul(a, b));
-            assert!(err < 1e-5, "{m}x{k}x{n} ta={ta} tb={tb}: rel err {err}");
+            let exact = reference::matmul(a, b);
+            for isa in Isa::available() {
+                let mut c = vec![f32::NAN; m * n];
+                gemm_with(
+                    isa,
+                    a,
+                    b,
+                    MatMut::row_major(&mut c, m, n),
+                    false,
+                    Epilogue::None,
+                );
+                let err = rel_err(&c, &exact);
+                assert!(
+                    err < 1e-5,
+                    "{isa:?} {m}x{k}x{n} ta={ta} tb={tb}: rel err {err}"
+                );
+            }
         }
     }
 }
@@ -58,19 +76,31 @@ fn gemm_accumulates_and_handles_padded_rows_of_c() {
     let (m, k, n, stride) = (37, 19, 11, 16);
     let (a, b) = (random(&mut rng, m * k), random(&mut rng, k * n));
     let start = random(&mut rng, m * stride);
-    let mut c = start.clone();
     let (a, b) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
-    gemm(a, b, MatMut::new(&mut c, m, n, stride), true, Epilogue::None);
     let product = reference::matmul(a, b);
-    for i in 0..m {
-        for j in 0..stride {
-            let got = c[i * stride + j] as f64;
-            let want = if j < n {
-                start[i * stride + j] as f64 + product[i * n + j]
-            } else {
-                start[i * stride + j] as f64 // padding is never written
-            };
-            assert!((got - want).abs() < 1e-5, "({i},{j}): {got} vs {want}");
+    for isa in Isa::available() {
+        let mut c = start.clone();
+        gemm_with(
+            isa,
+            a,
+            b,
+            MatMut::new(&mut c, m, n, stride),
+            true,
+            Epilogue::None,
+        );
+        for i in 0..m {
+            for j in 0..stride {
+                let got = c[i * stride + j] as f64;
+                let want = if j < n {
+                    start[i * stride + j] as f64 + product[i * n + j]
+                } else {
+                    start[i * stride + j] as f64 // padding is never written
+                };
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "{isa:?} ({i},{j}): {got} vs {want}"
+                );
+            }
         }
     }
 }
@@ -78,28 +108,59 @@ fn gemm_accumulates_and_handles_padded_rows_of_c() {
 #[test]
 fn gemm_epilogues_match_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    for &(m, k, n) in &[(1, 7, 17), (33, 10, 129), (128, 784, 10)] {
-        let (a, b) = (random(&mut rng, m * k), random(&mut rng, k * n));
-        let bias = random(&mut rng, n);
-        let mask = random(&mut rng, m * n);
-        let (a, b) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
-        let product = reference::matmul(a, b);
-        let mut c = vec![0.0; m * n];
+    for isa in Isa::available() {
+        for &(m, k, n) in &[
+            (1, 7, 17),
+            (33, 10, 129),
+            (128, 784, 10),
+            (5, 0, 3),
+            (300, 600, 600),
+        ] {
+            let (a, b) = (random(&mut rng, m * k), random(&mut rng, k * n));
+            let bias = random(&mut rng, n);
+            let mask = random(&mut rng, m * n);
+            let (a, b) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+            let product = reference::matmul(a, b);
+            let mut c = vec![0.0; m * n];
 
-        gemm(a, b, MatMut::row_major(&mut c, m, n), false, Epilogue::Bias(&bias));
-        let want: Vec<f64> = (0..m * n).map(|i| product[i] + bias[i % n] as f64).collect();
-        assert!(rel_err(&c, &want) < 1e-5);
+            gemm_with(
+                isa,
+                a,
+                b,
+                MatMut::row_major(&mut c, m, n),
+                false,
+                Epilogue::Bias(&bias),
+            );
+            let want: Vec<f64> = (0..m * n)
+                .map(|i| product[i] + bias[i % n] as f64)
+                .collect();
+            assert!(rel_err(&c, &want) < 1e-5);
 
-        gemm(a, b, MatMut::row_major(&mut c, m, n), false, Epilogue::BiasRelu(&bias));
-        let want: Vec<f64> = want.iter().map(|v| v.max(0.0)).collect();
-        assert!(rel_err(&c, &want) < 1e-5);
+            gemm_with(
+                isa,
+                a,
+                b,
+                MatMut::row_major(&mut c, m, n),
+                false,
+                Epilogue::BiasRelu(&bias),
+            );
+            let want: Vec<f64> = want.iter().map(|v| v.max(0.0)).collect();
+            assert!(rel_err(&c, &want) < 1e-5);
 
-        let mask_view = MatRef::row_major(&mask, m, n);
-        gemm(a, b, MatMut::row_major(&mut c, m, n), false, Epilogue::ReluMask(mask_view));
-        let want: Vec<f64> = (0..m * n)
-            .map(|i| if mask[i] > 0.0 { product[i] } else { 0.0 })
-            .collect();
-        assert!(rel_err(&c, &want) < 1e-5);
+            let mask_view = MatRef::row_major(&mask, m, n);
+            gemm_with(
+                isa,
+                a,
+                b,
+                MatMut::row_major(&mut c, m, n),
+                false,
+                Epilogue::ReluMask(mask_view),
+            );
+            let want: Vec<f64> = (0..m * n)
+                .map(|i| if mask[i] > 0.0 { product[i] } else { 0.0 })
+                .collect();
+            assert!(rel_err(&c, &want) < 1e-5);
+        }
     }
 }
 
@@ -123,7 +184,10 @@ fn activations_match_reference_forward_and_backward() {
             let objective = |x: &[f64]| {
                 let mut y = x.to_vec();
                 reference::activation(act, &mut y, cols);
-                y.iter().zip(&upstream).map(|(y, &u)| y * u as f64).sum::<f64>()
+                y.iter()
+                    .zip(&upstream)
+                    .map(|(y, &u)| y * u as f64)
+                    .sum::<f64>()
             };
             let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
             let h = 1e-6;
@@ -135,7 +199,10 @@ fn activations_match_reference_forward_and_backward() {
                     (objective(&plus) - objective(&minus)) / (2.0 * h)
                 })
                 .collect();
-            assert!(rel_err(&grad, &numeric) < 1e-4, "{act} backward, cols {cols}");
+            assert!(
+                rel_err(&grad, &numeric) < 1e-4,
+                "{act} backward, cols {cols}"
+            );
         }
     }
 }
@@ -144,10 +211,18 @@ fn activations_match_reference_forward_and_backward() {
 fn fused_softmax_xent_matches_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     for &(rows, classes) in &[(1, 1), (7, 2), (128, 10), (96, 17)] {
-        let logits: Vec<f32> = random(&mut rng, rows * classes).iter().map(|v| v * 8.0).collect();
-        let labels: Vec<u32> = (0..rows).map(|_| rng.gen_range(0..classes as u32)).collect();
+        let logits: Vec<f32> = random(&mut rng, rows * classes)
+            .iter()
+            .map(|v| v * 8.0)
+            .collect();
+        let labels: Vec<u32> = (0..rows)
+            .map(|_| rng.gen_range(0..classes as u32))
+            .collect();
         let mut one_hot = vec![0.0f32; rows * classes];
-        labels.iter().enumerate().for_each(|(r, &c)| one_hot[r * classes + c as usize] = 1.0);
+        labels
+            .iter()
+            .enumerate()
+            .for_each(|(r, &c)| one_hot[r * classes + c as usize] = 1.0);
 
         let l64: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
         let y64: Vec<f64> = one_hot.iter().map(|&v| v as f64).collect();
@@ -157,14 +232,17 @@ fn fused_softmax_xent_matches_reference() {
         let want_correct = (0..rows)
             .filter(|&r| {
                 let z = &logits[r * classes..(r + 1) * classes];
-                kerno_tensor::Tensor::from_vec(&[1, classes], z.to_vec()).unwrap().argmax_rows()[0]
+                kerno_tensor::Tensor::from_vec(&[1, classes], z.to_vec())
+                    .unwrap()
+                    .argmax_rows()[0]
                     == labels[r] as usize
             })
             .count();
 
         for targets in [Targets::Dense(&one_hot), Targets::Classes(&labels)] {
             let mut g = vec![0.0; rows * classes];
-            let stats = loss::softmax_xent_fwd_bwd(&logits, targets, classes, Some((&mut g, scale)));
+            let stats =
+                loss::softmax_xent_fwd_bwd(&logits, targets, classes, Some((&mut g, scale)));
             assert!((stats.loss_sum - loss).abs() < 1e-4 * loss.abs().max(1.0));
             assert_eq!(stats.correct, want_correct);
             assert!(rel_err(&g, &want_grad) < 1e-6);
@@ -179,7 +257,9 @@ fn probability_losses_match_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
     let (rows, cols) = (9, 5);
     let outputs: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(0.01..1.0)).collect();
-    let targets: Vec<f32> = (0..rows * cols).map(|i| (i % cols == i / cols % cols) as u8 as f32).collect();
+    let targets: Vec<f32> = (0..rows * cols)
+        .map(|i| (i % cols == i / cols % cols) as u8 as f32)
+        .collect();
     let o64: Vec<f64> = outputs.iter().map(|&v| v as f64).collect();
     let t64: Vec<f64> = targets.iter().map(|&v| v as f64).collect();
 
@@ -200,7 +280,38 @@ fn column_sums_match_reference() {
         let mut out = vec![f32::NAN; cols];
         kerno_tensor::activation::column_sums(&m, &mut out);
         let ones = vec![1.0f32; rows];
-        let want = reference::matmul(MatRef::row_major(&ones, 1, rows), MatRef::row_major(&m, rows, cols));
+        let want = reference::matmul(
+            MatRef::row_major(&ones, 1, rows),
+            MatRef::row_major(&m, rows, cols),
+        );
         assert!(rel_err(&out, &want) < 1e-6);
     }
+}
+
+#[test]
+fn gemm_is_bit_identical_for_any_thread_count() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let (m, k, n) = (200, 300, 70);
+    let (a, b) = (random(&mut rng, m * k), random(&mut rng, k * n));
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut c = vec![0.0; m * n];
+        pool.install(|| {
+            let (a, b) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+            kerno_tensor::gemm(a, b, MatMut::row_major(&mut c, m, n), false, Epilogue::None)
+        });
+        c
+    };
+    let one = run(1);
+    assert!(one
+        .iter()
+        .zip(run(2))
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(one
+        .iter()
+        .zip(run(5))
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
 }

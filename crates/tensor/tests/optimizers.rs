@@ -60,7 +60,11 @@ fn sgd_plain_momentum_and_nesterov_by_hand() {
 fn many_steps_track_the_f64_reference() {
     let n = 37;
     let grads: Vec<Vec<f32>> = (0..50)
-        .map(|s| (0..n).map(|i| ((s * 31 + i * 7) % 23) as f32 / 11.0 - 1.0).collect())
+        .map(|s| {
+            (0..n)
+                .map(|i| ((s * 31 + i * 7) % 23) as f32 / 11.0 - 1.0)
+                .collect()
+        })
         .collect();
     let g64 = |g: &[f32]| g.iter().map(|&v| v as f64).collect::<Vec<_>>();
 
@@ -75,13 +79,38 @@ fn many_steps_track_the_f64_reference() {
         reference::rmsprop_step(&mut w64, &g64(g), &mut v64, 0.001, 0.9, 1e-7);
         let alpha = optim::adam_step_size(0.001, 0.9, 0.999, step as u64 + 1);
         optim::adam_step(&mut wa, g, &mut ma, &mut va, alpha, 0.9, 0.999, 1e-7);
-        reference::adam_step(&mut wa64, &g64(g), &mut ma64, &mut va64, 0.001, 0.9, 0.999, 1e-7, step as i32 + 1);
+        reference::adam_step(
+            &mut wa64,
+            &g64(g),
+            &mut ma64,
+            &mut va64,
+            0.001,
+            0.9,
+            0.999,
+            1e-7,
+            step as i32 + 1,
+        );
         optim::sgd_step(&mut ws, g, Some(&mut ms), 0.01, 0.9, true);
         reference::sgd_step(&mut ws64, &g64(g), &mut ms64, 0.01, 0.9, true);
     }
     for i in 0..n {
-        assert!(close(w[i], w64[i], 1e-5), "rmsprop {i}: {} vs {}", w[i], w64[i]);
-        assert!(close(wa[i], wa64[i], 1e-5), "adam {i}: {} vs {}", wa[i], wa64[i]);
-        assert!(close(ws[i], ws64[i], 1e-5), "sgd {i}: {} vs {}", ws[i], ws64[i]);
+        assert!(
+            close(w[i], w64[i], 1e-5),
+            "rmsprop {i}: {} vs {}",
+            w[i],
+            w64[i]
+        );
+        assert!(
+            close(wa[i], wa64[i], 1e-5),
+            "adam {i}: {} vs {}",
+            wa[i],
+            wa64[i]
+        );
+        assert!(
+            close(ws[i], ws64[i], 1e-5),
+            "sgd {i}: {} vs {}",
+            ws[i],
+            ws64[i]
+        );
     }
 }

@@ -1,35 +1,75 @@
-//! The one place where kerno-tensor uses `unsafe`: calls into raw-pointer kernels.
+//! The instruction-set layer: run-time CPU detection and the GEMM microkernels.
+//! Every `unsafe` block of kerno-tensor lives in this module.
 
-use crate::matrix::{MatMut, MatRef};
+use std::sync::OnceLock;
 
-/// `C = A·B + beta·C` for views whose shapes the caller has checked
-/// (`A: m×k`, `B: k×n`, `C: m×n`).
-pub(crate) fn sgemm_views(a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: &mut MatMut<'_>) {
-    let (m, k, n) = (a.rows(), a.cols(), b.cols());
-    debug_assert!(b.rows() == k && c.rows() == m && c.cols() == n);
-    if m == 0 || n == 0 {
-        return;
+mod microkernel;
+
+pub use microkernel::{MAX_MR, MAX_NR};
+
+/// An instruction set kerno has kernels for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// x86-64 with AVX-512F (and FMA).
+    Avx512,
+    /// x86-64 with AVX2 and FMA.
+    Avx2Fma,
+    /// Any target: plain Rust, vectorised by the compiler for the baseline ISA.
+    Portable,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512f",
+            Isa::Avx2Fma => "avx2+fma",
+            Isa::Portable => "portable",
+        }
     }
-    let row_stride_c = c.row_stride() as isize;
-    // SAFETY: MatRef::new and MatMut::new checked that every element (r, c) of each
-    // view, at its strides, lies inside its slice; `c` is borrowed mutably, so it
-    // cannot alias `a` or `b`; matrixmultiply reads and writes only those elements.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.data().as_ptr(),
-            a.row_stride() as isize,
-            a.col_stride() as isize,
-            b.data().as_ptr(),
-            b.row_stride() as isize,
-            b.col_stride() as isize,
-            beta,
-            c.data_mut().as_mut_ptr(),
-            row_stride_c,
-            1,
+
+    /// Whether this machine can run the instruction set.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Every instruction set this machine can run, best first.
+    pub fn available() -> Vec<Isa> {
+        [Isa::Avx512, Isa::Avx2Fma, Isa::Portable]
+            .into_iter()
+            .filter(|i| i.is_supported())
+            .collect()
+    }
+
+    /// The best instruction set of this machine, detected once.
+    pub fn detected() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| Isa::available()[0])
+    }
+
+    /// The microkernel for this instruction set.
+    pub(crate) fn kernel(self) -> Microkernel {
+        assert!(
+            self.is_supported(),
+            "{} is not supported on this CPU",
+            self.name()
         );
+        microkernel::table(self)
     }
+}
+
+/// A register-blocked `MR × NR` microkernel:
+/// `acc[i·NR + j] = Σ_p a[p·MR + i] · b[p·NR + j]` over `kc` steps of packed panels.
+#[derive(Clone, Copy)]
+pub(crate) struct Microkernel {
+    pub mr: usize,
+    pub nr: usize,
+    pub run: fn(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32]),
 }
