@@ -2,10 +2,11 @@
 //! its known SHA-256 before it is written, and written atomically.
 
 use crate::error::DataError;
+use crate::write_atomically;
 use crate::MAX_ARRAY_BYTES;
 use flate2::read::MultiGzDecoder;
 use sha2::{Digest, Sha256};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::Path;
 use std::time::Duration;
 
@@ -59,7 +60,8 @@ pub fn fetch_missing(files: &[RemoteFile], mirrors: &[&str], dest: &Path) -> Res
             eprintln!("downloading {url}");
             match fetch_verified(&url, file.sha256) {
                 Ok(body) => {
-                    write_atomically(&dest.join(file.name), &body)?;
+                    let path = dest.join(file.name);
+                    write_atomically(&path, &body).map_err(|e| DataError::io(path, e))?;
                     last_error = None;
                     break;
                 }
@@ -118,17 +120,4 @@ fn content_sha256(bytes: &[u8]) -> io::Result<String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
-}
-
-/// Writes `bytes` to a temporary file beside `path`, flushes it to disk and renames
-/// it over `path`, so a crash leaves either the old file or the whole new one.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io(dir, e))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| DataError::io(path, e))?;
-    tmp.persist(path)
-        .map_err(|e| DataError::io(path, e.error))?;
-    Ok(())
 }

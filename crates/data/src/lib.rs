@@ -5,6 +5,7 @@
 //! with it; nothing here panics on input, and no header can make it allocate
 //! more than the data that is really there.
 
+mod atomic;
 mod batches;
 mod dataset;
 mod discover;
@@ -14,9 +15,10 @@ mod error;
 pub mod idx;
 pub mod npz;
 
+pub use atomic::write_atomically;
 pub use batches::EpochOrder;
 pub use dataset::{to_categorical, Dataset, Images, Split};
-pub use discover::{load, load_dir, DatasetKind};
+pub use discover::{cache_dir, load, load_dir, load_npz, DatasetKind, IDX_FILES};
 pub use error::{DataError, Malformation};
 
 /// The most bytes a single array may declare (1 GiB); more is refused before reading.

@@ -1,1 +1,33 @@
+//! kerno-model: Keras' `Sequential` of `Dense` layers, its optimizers, losses and
+//! metrics, `fit` / `evaluate` / `predict`, callbacks, and weights in safetensors.
+//!
+//! Names and defaults follow Keras 3: Glorot-uniform kernels, zero biases,
+//! `RMSprop(learning_rate=0.001, rho=0.9, epsilon=1e-7)`, and softmax followed by
+//! categorical cross-entropy computed from the logits in one fused kernel.
 
+mod callbacks;
+mod error;
+mod fit;
+mod history;
+mod inference;
+mod layer;
+mod loss;
+mod optimizer;
+mod progress;
+mod sequential;
+mod step;
+mod summary;
+mod targets;
+mod weights;
+mod workspace;
+
+pub use callbacks::{Callback, Control, EarlyStopping, ModelCheckpoint, TerminateOnNaN};
+pub use error::ModelError;
+pub use fit::FitOptions;
+pub use history::{EpochLogs, Evaluation, History};
+pub use kerno_tensor::Activation;
+pub use layer::{Dense, DenseLayer};
+pub use loss::{Loss, Metric};
+pub use optimizer::Optimizer;
+pub use progress::Verbosity;
+pub use sequential::Sequential;

@@ -1,0 +1,252 @@
+//! `fit` and `train_on_batch`: the training loop.
+
+use crate::callbacks::{Callback, Control};
+use crate::error::ModelError;
+use crate::history::{EpochLogs, History};
+use crate::loss::Metric;
+use crate::progress::{Progress, Verbosity};
+use crate::sequential::Sequential;
+use crate::targets::TargetTable;
+use crate::workspace::Workspace;
+use kerno_data::EpochOrder;
+use kerno_tensor::loss::LossStats;
+use kerno_tensor::{Samples, Tensor};
+use std::time::Instant;
+
+/// A different stream of the model's seed for shuffling than for initialisation.
+const SHUFFLE_SEED_SALT: u64 = 0x5348_5546_464c_45;
+
+/// `fit`'s options, with Keras' defaults (`epochs=1`, `batch_size=32`, `shuffle=True`).
+#[derive(Clone, Copy)]
+pub struct FitOptions<'a> {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub shuffle: bool,
+    /// The last fraction of the samples, before shuffling, held out for validation.
+    pub validation_split: f64,
+    pub validation_data: Option<(&'a dyn Samples, &'a Tensor)>,
+    pub verbosity: Verbosity,
+    /// The epoch to start at (0-based), to continue an earlier run.
+    pub initial_epoch: usize,
+}
+
+impl Default for FitOptions<'_> {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            batch_size: 32,
+            shuffle: true,
+            validation_split: 0.0,
+            validation_data: None,
+            verbosity: Verbosity::Auto,
+            initial_epoch: 0,
+        }
+    }
+}
+
+impl<'a> FitOptions<'a> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn epochs(mut self, epochs: usize) -> Self {
+        self.epochs = epochs;
+        self
+    }
+
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+
+    pub fn shuffle(mut self, shuffle: bool) -> Self {
+        self.shuffle = shuffle;
+        self
+    }
+
+    pub fn validation_split(mut self, split: f64) -> Self {
+        self.validation_split = split;
+        self
+    }
+
+    pub fn validation_data(mut self, x: &'a dyn Samples, y: &'a Tensor) -> Self {
+        self.validation_data = Some((x, y));
+        self
+    }
+
+    pub fn verbosity(mut self, verbosity: Verbosity) -> Self {
+        self.verbosity = verbosity;
+        self
+    }
+
+    pub fn initial_epoch(mut self, epoch: usize) -> Self {
+        self.initial_epoch = epoch;
+        self
+    }
+
+    fn validate(&self) -> Result<(), ModelError> {
+        if self.batch_size == 0 {
+            return Err(ModelError::invalid("batch size", "0 (must be at least 1)"));
+        }
+        if !(0.0..1.0).contains(&self.validation_split) {
+            return Err(ModelError::invalid(
+                "validation split",
+                format!("{} (must be in [0, 1))", self.validation_split),
+            ));
+        }
+        if self.validation_split > 0.0 && self.validation_data.is_some() {
+            return Err(ModelError::invalid(
+                "validation",
+                "give validation_split or validation_data, not both",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Validation samples: a held-out tail of the training set, or separate data.
+struct Validation<'a> {
+    x: &'a dyn Samples,
+    targets: TargetTable<'a>,
+    indices: Vec<usize>,
+}
+
+impl Sequential {
+    /// Trains the model, as Keras' `fit`.
+    pub fn fit(&mut self, x: &dyn Samples, y: &Tensor, options: &FitOptions<'_>) -> Result<History, ModelError> {
+        self.fit_with_callbacks(x, y, options, &mut [])
+    }
+
+    /// [`Sequential::fit`] with callbacks, called after each step and epoch.
+    pub fn fit_with_callbacks(
+        &mut self,
+        x: &dyn Samples,
+        y: &Tensor,
+        options: &FitOptions<'_>,
+        callbacks: &mut [&mut dyn Callback],
+    ) -> Result<History, ModelError> {
+        options.validate()?;
+        self.check_inputs(x)?;
+        let compiled = self.compiled()?;
+        let (loss, outputs) = (compiled.loss, self.output_dim());
+        let n = x.len();
+        let train_rows = (n as f64 * (1.0 - options.validation_split)).floor() as usize;
+        if train_rows == 0 {
+            return Err(ModelError::invalid(
+                "training data",
+                format!("{n} samples leave none to train on"),
+            ));
+        }
+        let targets = TargetTable::new(loss, y, n, outputs)?;
+        let validation = match options.validation_data {
+            Some((vx, vy)) => {
+                self.check_inputs(vx)?;
+                Some(Validation {
+                    x: vx,
+                    targets: TargetTable::new(loss, vy, vx.len(), outputs)?,
+                    indices: (0..vx.len()).collect(),
+                })
+            }
+            None if train_rows < n => Some(Validation {
+                x,
+                targets: TargetTable::new(loss, y, n, outputs)?,
+                indices: (train_rows..n).collect(),
+            }),
+            None => None,
+        };
+        let mut ws = self.take_workspace(options.batch_size);
+        let result = self.fit_loop(&mut ws, x, &targets, train_rows, validation.as_ref(), options, callbacks);
+        self.workspace = Some(ws);
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fit_loop(
+        &mut self,
+        ws: &mut Workspace,
+        x: &dyn Samples,
+        targets: &TargetTable<'_>,
+        train_rows: usize,
+        validation: Option<&Validation<'_>>,
+        options: &FitOptions<'_>,
+        callbacks: &mut [&mut dyn Callback],
+    ) -> Result<History, ModelError> {
+        let with_accuracy = self.compiled()?.metrics.contains(&Metric::Accuracy);
+        let steps = train_rows.div_ceil(options.batch_size);
+        let mut order = EpochOrder::new(train_rows, self.seed ^ SHUFFLE_SEED_SALT);
+        let mut progress = Progress::new(options.verbosity, options.epochs, steps);
+        let mut history = History::default();
+        let mut stop = false;
+        for epoch in options.initial_epoch..options.epochs {
+            order.arrange(epoch as u64, options.shuffle);
+            progress.epoch_begin(epoch);
+            let start = Instant::now();
+            let mut total = LossStats::default();
+            let mut seen = 0;
+            let mut steps_done = 0;
+            for (step, batch) in order.batches(options.batch_size).enumerate() {
+                let stats = self.train_step(ws, x, targets, batch);
+                total.loss_sum += stats.loss_sum;
+                total.correct += stats.correct;
+                seen += batch.len();
+                steps_done = step + 1;
+                let batch_loss = (stats.loss_sum / batch.len() as f64) as f32;
+                for cb in callbacks.iter_mut() {
+                    stop |= cb.on_batch_end(epoch, step, batch_loss)? == Control::Stop;
+                }
+                let accuracy = with_accuracy.then(|| total.correct as f64 / seen as f64);
+                progress.batch_end(steps_done, total.loss_sum / seen as f64, accuracy);
+                if stop {
+                    break;
+                }
+            }
+            let mut logs = EpochLogs {
+                epoch,
+                steps: steps_done,
+                samples: seen,
+                loss: total.loss_sum / seen.max(1) as f64,
+                accuracy: with_accuracy.then(|| total.correct as f64 / seen.max(1) as f64),
+                val_loss: None,
+                val_accuracy: None,
+                train_seconds: start.elapsed().as_secs_f64(),
+            };
+            if let Some(v) = validation {
+                let eval = self.evaluate_indices(ws, v.x, &v.targets, &v.indices, options.batch_size);
+                logs.val_loss = Some(eval.loss);
+                logs.val_accuracy = eval.accuracy;
+            }
+            progress.epoch_end(&logs);
+            history.epochs.push(logs.clone());
+            for cb in callbacks.iter_mut() {
+                stop |= cb.on_epoch_end(&logs, self)? == Control::Stop;
+            }
+            if stop {
+                break;
+            }
+        }
+        for cb in callbacks.iter_mut() {
+            cb.on_train_end(self)?;
+        }
+        Ok(history)
+    }
+
+    /// One optimizer step on a whole batch (`x` and `y` hold exactly its samples);
+    /// returns the batch's mean loss and accuracy. After the first call with a given
+    /// batch size, it allocates nothing.
+    pub fn train_on_batch(&mut self, x: &dyn Samples, y: &Tensor) -> Result<(f64, f64), ModelError> {
+        self.check_inputs(x)?;
+        let loss = self.compiled()?.loss;
+        let rows = x.len();
+        if rows == 0 {
+            return Err(ModelError::invalid("batch", "it holds no samples"));
+        }
+        let targets = TargetTable::new(loss, y, rows, self.output_dim())?;
+        let mut ws = self.take_workspace(rows);
+        // Moved out and back so that the step can borrow the workspace mutably.
+        let sequence = std::mem::take(&mut ws.sequence);
+        let stats = self.train_step(&mut ws, x, &targets, &sequence[..rows]);
+        ws.sequence = sequence;
+        self.workspace = Some(ws);
+        Ok((stats.loss_sum / rows as f64, stats.correct as f64 / rows as f64))
+    }
+}

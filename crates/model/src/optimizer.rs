@@ -1,0 +1,222 @@
+//! Optimizers with Keras 3's defaults and update rules, and their per-parameter state.
+
+use crate::error::ModelError;
+use crate::layer::DenseLayer;
+use crate::workspace::Workspace;
+use kerno_tensor::optim;
+use std::fmt;
+use std::str::FromStr;
+
+/// An optimizer and its hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    RmsProp {
+        learning_rate: f32,
+        rho: f32,
+        epsilon: f32,
+    },
+    Sgd {
+        learning_rate: f32,
+        momentum: f32,
+        nesterov: bool,
+    },
+    Adam {
+        learning_rate: f32,
+        beta_1: f32,
+        beta_2: f32,
+        epsilon: f32,
+    },
+}
+
+impl Optimizer {
+    /// `keras.optimizers.RMSprop()`: learning rate 0.001, rho 0.9, epsilon 1e-7.
+    pub fn rmsprop() -> Self {
+        Optimizer::RmsProp {
+            learning_rate: 0.001,
+            rho: 0.9,
+            epsilon: 1e-7,
+        }
+    }
+
+    /// `keras.optimizers.SGD()`: learning rate 0.01, no momentum.
+    pub fn sgd() -> Self {
+        Optimizer::Sgd {
+            learning_rate: 0.01,
+            momentum: 0.0,
+            nesterov: false,
+        }
+    }
+
+    /// `keras.optimizers.Adam()`: learning rate 0.001, betas 0.9 and 0.999, epsilon 1e-7.
+    pub fn adam() -> Self {
+        Optimizer::Adam {
+            learning_rate: 0.001,
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-7,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Optimizer::RmsProp { .. } => "rmsprop",
+            Optimizer::Sgd { .. } => "sgd",
+            Optimizer::Adam { .. } => "adam",
+        }
+    }
+
+    pub fn learning_rate(&self) -> f32 {
+        match *self {
+            Optimizer::RmsProp { learning_rate, .. }
+            | Optimizer::Sgd { learning_rate, .. }
+            | Optimizer::Adam { learning_rate, .. } => learning_rate,
+        }
+    }
+
+    /// The same optimizer with another learning rate.
+    pub fn with_learning_rate(mut self, lr: f32) -> Self {
+        match &mut self {
+            Optimizer::RmsProp { learning_rate, .. }
+            | Optimizer::Sgd { learning_rate, .. }
+            | Optimizer::Adam { learning_rate, .. } => *learning_rate = lr,
+        }
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ModelError> {
+        let lr = self.learning_rate();
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(ModelError::invalid("learning rate", format!("{lr} (must be a finite number above 0)")));
+        }
+        let in_unit = |name, v: f32| {
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(ModelError::invalid(name, format!("{v} (must be in [0, 1))")))
+            }
+        };
+        match *self {
+            Optimizer::RmsProp { rho, epsilon, .. } => {
+                in_unit("rho", rho)?;
+                positive("epsilon", epsilon)
+            }
+            Optimizer::Sgd { momentum, .. } => in_unit("momentum", momentum),
+            Optimizer::Adam {
+                beta_1,
+                beta_2,
+                epsilon,
+                ..
+            } => {
+                in_unit("beta_1", beta_1)?;
+                in_unit("beta_2", beta_2)?;
+                positive("epsilon", epsilon)
+            }
+        }
+    }
+
+    /// Buffers of state per parameter tensor.
+    fn slots(&self) -> usize {
+        match *self {
+            Optimizer::RmsProp { .. } => 1,
+            Optimizer::Sgd { momentum, .. } => (momentum > 0.0) as usize,
+            Optimizer::Adam { .. } => 2,
+        }
+    }
+
+    pub(crate) fn new_state(&self, layers: &[DenseLayer]) -> OptimizerState {
+        let sizes = layers.iter().flat_map(|l| [l.kernel.len(), l.bias.len()]);
+        let slots = sizes
+            .flat_map(|n| std::iter::repeat_n(n, self.slots()))
+            .map(|n| vec![0.0; n])
+            .collect();
+        OptimizerState { slots, iterations: 0 }
+    }
+
+    /// Applies one update to every parameter from the gradients in `ws`.
+    pub(crate) fn apply(&self, state: &mut OptimizerState, layers: &mut [DenseLayer], ws: &Workspace) {
+        state.iterations += 1;
+        let per_param = self.slots();
+        let mut slots = state.slots.chunks_exact_mut(per_param.max(1));
+        for (l, layer) in layers.iter_mut().enumerate() {
+            let params = [
+                (&mut layer.kernel, &ws.dkernels[l]),
+                (&mut layer.bias, &ws.dbiases[l]),
+            ];
+            for (w, g) in params {
+                let slot = if per_param > 0 { slots.next() } else { None };
+                self.step(w, g, slot, state.iterations);
+            }
+        }
+    }
+
+    fn step(&self, w: &mut [f32], g: &[f32], slot: Option<&mut [Vec<f32>]>, iteration: u64) {
+        match (*self, slot) {
+            (
+                Optimizer::RmsProp {
+                    learning_rate,
+                    rho,
+                    epsilon,
+                },
+                Some([v]),
+            ) => optim::rmsprop_step(w, g, v, learning_rate, rho, epsilon),
+            (
+                Optimizer::Sgd {
+                    learning_rate,
+                    momentum,
+                    nesterov,
+                },
+                slot,
+            ) => {
+                let buf = slot.map(|s| s[0].as_mut_slice());
+                optim::sgd_step(w, g, buf, learning_rate, momentum, nesterov)
+            }
+            (
+                Optimizer::Adam {
+                    learning_rate,
+                    beta_1,
+                    beta_2,
+                    epsilon,
+                },
+                Some([m, v]),
+            ) => {
+                let alpha = optim::adam_step_size(learning_rate, beta_1, beta_2, iteration);
+                optim::adam_step(w, g, m, v, alpha, beta_1, beta_2, epsilon)
+            }
+            _ => unreachable!("state holds {} slots per parameter", self.slots()),
+        }
+    }
+}
+
+fn positive(name: &'static str, v: f32) -> Result<(), ModelError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(ModelError::invalid(name, format!("{v} (must be above 0)")))
+    }
+}
+
+impl fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Optimizer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "rmsprop" => Ok(Optimizer::rmsprop()),
+            "sgd" => Ok(Optimizer::sgd()),
+            "adam" => Ok(Optimizer::adam()),
+            other => Err(format!("unknown optimizer '{other}' (expected rmsprop, sgd or adam)")),
+        }
+    }
+}
+
+/// An optimizer's buffers (one or two per parameter tensor) and its step count.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct OptimizerState {
+    pub slots: Vec<Vec<f32>>,
+    pub iterations: u64,
+}

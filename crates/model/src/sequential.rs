@@ -1,0 +1,241 @@
+//! `Sequential`: a stack of dense layers, built, compiled and stepped.
+
+use crate::error::ModelError;
+use crate::layer::{Dense, DenseLayer};
+use crate::loss::{Loss, Metric};
+use crate::optimizer::{Optimizer, OptimizerState};
+use crate::step;
+use crate::targets::TargetTable;
+use crate::workspace::Workspace;
+use kerno_tensor::loss::LossStats;
+use kerno_tensor::{Samples, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// A linear stack of dense layers, as `keras.Sequential`.
+///
+/// ```
+/// use kerno_model::{Activation, Dense, Loss, Metric, Optimizer, Sequential};
+/// let mut model = Sequential::new(784)
+///     .with_seed(1)
+///     .add(Dense::new(512, Activation::Relu))
+///     .add(Dense::new(10, Activation::Softmax));
+/// model.compile(Optimizer::rmsprop(), Loss::CategoricalCrossentropy, &[Metric::Accuracy]).unwrap();
+/// assert_eq!(model.param_count(), 407_050);
+/// ```
+pub struct Sequential {
+    pub(crate) input_dim: usize,
+    pub(crate) seed: u64,
+    pub(crate) layers: Vec<DenseLayer>,
+    pub(crate) compiled: Option<Compiled>,
+    pub(crate) workspace: Option<Workspace>,
+}
+
+/// What `compile` sets: the optimizer with its state, the loss and the metrics.
+pub(crate) struct Compiled {
+    pub optimizer: Optimizer,
+    pub state: OptimizerState,
+    pub loss: Loss,
+    pub metrics: Vec<Metric>,
+}
+
+impl Sequential {
+    /// An empty model taking `input_dim` values per sample, with seed 0.
+    pub fn new(input_dim: usize) -> Self {
+        Self {
+            input_dim,
+            seed: 0,
+            layers: Vec::new(),
+            compiled: None,
+            workspace: None,
+        }
+    }
+
+    /// Sets the seed of the weight initialisation and of the shuffling, and draws
+    /// the weights of the layers added so far again. The same seed gives the same
+    /// weights and the same training run.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        for (index, layer) in self.layers.iter_mut().enumerate() {
+            let mut rng = layer_rng(seed, index);
+            *layer = DenseLayer::glorot(layer.name.clone(), layer.inputs, layer.units, layer.activation, &mut rng);
+        }
+        self
+    }
+
+    /// Adds a layer on top (builder style).
+    pub fn add(mut self, layer: Dense) -> Self {
+        self.push(layer);
+        self
+    }
+
+    /// Adds a layer on top. Its weights are drawn at once (Glorot-uniform, zero bias).
+    pub fn push(&mut self, layer: Dense) {
+        let index = self.layers.len();
+        let name = layer.name.unwrap_or_else(|| match index {
+            0 => "dense".to_string(),
+            i => format!("dense_{i}"),
+        });
+        let mut rng = layer_rng(self.seed, index);
+        let built = DenseLayer::glorot(name, self.output_dim(), layer.units, layer.activation, &mut rng);
+        self.layers.push(built);
+        self.compiled = None;
+        self.workspace = None;
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub fn input_dim(&self) -> usize {
+        self.input_dim
+    }
+
+    /// Values per sample the model outputs (its input width when it has no layers).
+    pub fn output_dim(&self) -> usize {
+        self.layers.last().map_or(self.input_dim, |l| l.units)
+    }
+
+    pub fn layers(&self) -> &[DenseLayer] {
+        &self.layers
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.layers.iter().map(DenseLayer::param_count).sum()
+    }
+
+    /// Sets the optimizer, loss and metrics, and resets the optimizer's state.
+    pub fn compile(&mut self, optimizer: Optimizer, loss: Loss, metrics: &[Metric]) -> Result<(), ModelError> {
+        if self.input_dim == 0 {
+            return Err(ModelError::invalid("input size", "0 (must be at least 1)"));
+        }
+        if self.layers.is_empty() {
+            return Err(ModelError::invalid("model", "it has no layers"));
+        }
+        if let Some(layer) = self.layers.iter().find(|l| l.units == 0) {
+            return Err(ModelError::invalid("units", format!("layer '{}' has 0 units", layer.name)));
+        }
+        optimizer.validate()?;
+        self.compiled = Some(Compiled {
+            optimizer,
+            state: optimizer.new_state(&self.layers),
+            loss,
+            metrics: metrics.to_vec(),
+        });
+        Ok(())
+    }
+
+    pub fn is_compiled(&self) -> bool {
+        self.compiled.is_some()
+    }
+
+    pub fn optimizer(&self) -> Option<Optimizer> {
+        self.compiled.as_ref().map(|c| c.optimizer)
+    }
+
+    pub fn loss(&self) -> Option<Loss> {
+        self.compiled.as_ref().map(|c| c.loss)
+    }
+
+    /// Every parameter tensor, in order: each layer's kernel `[inputs, units]`, then its bias.
+    pub fn weights(&self) -> Vec<Tensor> {
+        self.layers
+            .iter()
+            .flat_map(|l| {
+                [
+                    Tensor::from_vec(&[l.inputs, l.units], l.kernel.clone()),
+                    Tensor::from_vec(&[l.units], l.bias.clone()),
+                ]
+            })
+            .map(|t| t.expect("layer shapes match their parameters"))
+            .collect()
+    }
+
+    /// Replaces every parameter tensor, in the order of [`Sequential::weights`].
+    pub fn set_weights(&mut self, weights: &[Tensor]) -> Result<(), ModelError> {
+        let expected: Vec<Vec<usize>> = self
+            .layers
+            .iter()
+            .flat_map(|l| [vec![l.inputs, l.units], vec![l.units]])
+            .collect();
+        let got: Vec<Vec<usize>> = weights.iter().map(|t| t.shape().to_vec()).collect();
+        if expected != got {
+            return Err(ModelError::Shape {
+                what: "weights",
+                expected: format!("{expected:?}"),
+                got: format!("{got:?}"),
+            });
+        }
+        for (layer, pair) in self.layers.iter_mut().zip(weights.chunks_exact(2)) {
+            layer.kernel.copy_from_slice(pair[0].data());
+            layer.bias.copy_from_slice(pair[1].data());
+        }
+        Ok(())
+    }
+
+    /// Checks that `x` has the model's input width.
+    pub(crate) fn check_inputs(&self, x: &dyn Samples) -> Result<(), ModelError> {
+        if x.features() != self.input_dim {
+            return Err(ModelError::Shape {
+                what: "inputs",
+                expected: format!("{} values per sample", self.input_dim),
+                got: format!("{}", x.features()),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn compiled(&self) -> Result<&Compiled, ModelError> {
+        self.compiled.as_ref().ok_or(ModelError::NotCompiled)
+    }
+
+    /// The workspace for batches of up to `rows`, reused when it fits.
+    pub(crate) fn take_workspace(&mut self, rows: usize) -> Workspace {
+        match self.workspace.take() {
+            Some(ws) if ws.fits(&self.layers, self.input_dim, rows) => ws,
+            _ => Workspace::new(&self.layers, self.input_dim, rows.max(1)),
+        }
+    }
+
+    /// One optimizer step on the samples `indices`. Allocates nothing.
+    pub(crate) fn train_step(&mut self, ws: &mut Workspace, x: &dyn Samples, targets: &TargetTable<'_>, indices: &[usize]) -> LossStats {
+        let compiled = self.compiled.as_mut().expect("fit checks that the model is compiled");
+        let stats = run_batch(&self.layers, self.input_dim, compiled.loss, ws, x, targets, indices, true);
+        step::backward(&self.layers, self.input_dim, ws, indices.len());
+        compiled.optimizer.apply(&mut compiled.state, &mut self.layers, ws);
+        stats
+    }
+}
+
+/// Gathers a batch, runs the forward pass and the loss (with its gradient when `train`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_batch(
+    layers: &[DenseLayer],
+    input_dim: usize,
+    loss: Loss,
+    ws: &mut Workspace,
+    x: &dyn Samples,
+    targets: &TargetTable<'_>,
+    indices: &[usize],
+    train: bool,
+) -> LossStats {
+    let rows = indices.len();
+    x.gather(indices, &mut ws.x[..rows * input_dim]);
+    targets.gather(indices, ws);
+    let fused = step::fused_softmax_xent(layers, loss);
+    step::forward(layers, input_dim, ws, rows, !fused);
+    let last = layers.len() - 1;
+    let len = rows * layers[last].units;
+    let Workspace { outputs, grads, y, classes, .. } = ws;
+    let grad = train.then(|| &mut grads[last][..len]);
+    let batch_targets = targets.batch(y, classes, rows);
+    step::loss_and_grad(layers, loss, &outputs[last][..len], grad, batch_targets)
+}
+
+/// The generator of layer `index`'s initial weights: one ChaCha stream per layer,
+/// so adding a layer never changes the weights of the others.
+fn layer_rng(seed: u64, index: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(index as u64);
+    rng
+}

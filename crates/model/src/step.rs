@@ -1,0 +1,116 @@
+//! The forward pass, the loss, and the backward pass of one batch.
+
+use crate::layer::DenseLayer;
+use crate::loss::Loss;
+use crate::workspace::Workspace;
+use kerno_tensor::activation::column_sums;
+use kerno_tensor::loss::{self, LossStats, Targets};
+use kerno_tensor::{gemm, Activation, Epilogue, MatMut, MatRef};
+
+/// Whether the last layer's softmax and the loss run as one kernel on the logits.
+pub(crate) fn fused_softmax_xent(layers: &[DenseLayer], loss: Loss) -> bool {
+    layers.last().is_some_and(|l| l.activation == Activation::Softmax)
+        && matches!(loss, Loss::CategoricalCrossentropy | Loss::SparseCategoricalCrossentropy)
+}
+
+/// Runs the layers on the first `rows` rows of `ws.x`. With `last_activation`
+/// false the last layer's output stays as logits.
+pub(crate) fn forward(layers: &[DenseLayer], input_dim: usize, ws: &mut Workspace, rows: usize, last_activation: bool) {
+    for (l, layer) in layers.iter().enumerate() {
+        let (before, rest) = ws.outputs.split_at_mut(l);
+        let input = if l == 0 { &ws.x[..] } else { &before[l - 1][..] };
+        let inputs = if l == 0 { input_dim } else { layers[l - 1].units };
+        let out = &mut rest[0][..rows * layer.units];
+        let apply = last_activation || l + 1 < layers.len();
+        let relu = apply && layer.activation == Activation::Relu;
+        let epilogue = if relu {
+            Epilogue::BiasRelu(&layer.bias)
+        } else {
+            Epilogue::Bias(&layer.bias)
+        };
+        gemm(
+            MatRef::row_major(&input[..rows * inputs], rows, inputs),
+            MatRef::row_major(&layer.kernel, inputs, layer.units),
+            MatMut::row_major(out, rows, layer.units),
+            false,
+            epilogue,
+        );
+        if apply && !relu {
+            layer.activation.forward_inplace(out, layer.units);
+        }
+    }
+}
+
+/// The loss summed over the batch and the number of right answers, from the last
+/// layer's output `out` (logits when fused). With `grad`, also the gradient of the
+/// mean loss with respect to the last layer's pre-activation.
+/// Expects `forward` to have run with `last_activation = !fused_softmax_xent(..)`.
+pub(crate) fn loss_and_grad(
+    layers: &[DenseLayer],
+    loss: Loss,
+    out: &[f32],
+    grad: Option<&mut [f32]>,
+    targets: Targets<'_>,
+) -> LossStats {
+    let last = &layers[layers.len() - 1];
+    let units = last.units;
+    let scale = 1.0 / (out.len() / units).max(1) as f32;
+    if fused_softmax_xent(layers, loss) {
+        return loss::softmax_xent_fwd_bwd(out, targets, units, grad.map(|g| (g, scale)));
+    }
+    let mut grad = grad;
+    let grad_arg = grad.as_deref_mut().map(|g| (g, scale));
+    let loss_sum = match (loss, targets) {
+        (Loss::MeanSquaredError, Targets::Dense(y)) => loss::mean_squared_error(out, y, units, grad_arg),
+        (Loss::MeanSquaredError, Targets::Classes(_)) => unreachable!("mse takes dense targets"),
+        _ => loss::categorical_xent_probs(out, targets, units, grad_arg),
+    };
+    if let Some(g) = grad {
+        last.activation.backward_inplace(g, out, units);
+    }
+    LossStats {
+        loss_sum,
+        correct: loss::count_correct(out, targets, units),
+    }
+}
+
+/// Back-propagates from `ws.grads[last]` (already the pre-activation gradient) into
+/// every layer's kernel and bias gradients. The first layer's input gradient is never needed.
+pub(crate) fn backward(layers: &[DenseLayer], input_dim: usize, ws: &mut Workspace, rows: usize) {
+    for l in (0..layers.len()).rev() {
+        let layer = &layers[l];
+        let inputs = if l == 0 { input_dim } else { layers[l - 1].units };
+        let input = if l == 0 { &ws.x[..] } else { &ws.outputs[l - 1][..] };
+        let (lower, upper) = ws.grads.split_at_mut(l);
+        let dz = &upper[0][..rows * layer.units];
+        gemm(
+            MatRef::row_major(&input[..rows * inputs], rows, inputs).t(),
+            MatRef::row_major(dz, rows, layer.units),
+            MatMut::row_major(&mut ws.dkernels[l], inputs, layer.units),
+            false,
+            Epilogue::None,
+        );
+        column_sums(dz, &mut ws.dbiases[l]);
+        if l == 0 {
+            break;
+        }
+        let below = &layers[l - 1];
+        let below_out = &ws.outputs[l - 1][..rows * inputs];
+        let epilogue = if below.activation == Activation::Relu {
+            Epilogue::ReluMask(MatRef::row_major(below_out, rows, inputs))
+        } else {
+            Epilogue::None
+        };
+        let d_below = &mut lower[l - 1][..rows * inputs];
+        gemm(
+            MatRef::row_major(dz, rows, layer.units),
+            MatRef::row_major(&layer.kernel, inputs, layer.units).t(),
+            MatMut::row_major(d_below, rows, inputs),
+            false,
+            epilogue,
+        );
+        if below.activation != Activation::Relu {
+            below.activation.backward_inplace(d_below, below_out, inputs);
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The targets of a dataset, checked once against the loss and the model's output.
+
+use crate::error::ModelError;
+use crate::loss::Loss;
+use crate::workspace::Workspace;
+use kerno_tensor::loss::Targets;
+use kerno_tensor::Tensor;
+
+pub(crate) enum TargetTable<'a> {
+    Dense(&'a Tensor),
+    Classes(Vec<u32>),
+}
+
+impl<'a> TargetTable<'a> {
+    /// Checks `y` against the loss: one-hot (or any dense) rows as wide as the
+    /// output, or for sparse categorical cross-entropy one class index per sample.
+    pub fn new(loss: Loss, y: &'a Tensor, samples: usize, outputs: usize) -> Result<Self, ModelError> {
+        if y.rows() != samples {
+            return Err(ModelError::Shape {
+                what: "targets",
+                expected: format!("{samples} rows, one per input sample"),
+                got: format!("{} rows", y.rows()),
+            });
+        }
+        match loss {
+            Loss::SparseCategoricalCrossentropy => {
+                if y.row_len() != 1 {
+                    return Err(ModelError::Shape {
+                        what: "sparse targets",
+                        expected: format!("shape [{samples}] or [{samples}, 1] of class indices"),
+                        got: format!("{:?}", y.shape()),
+                    });
+                }
+                let classes = y
+                    .data()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        if v >= 0.0 && v.fract() == 0.0 && (v as usize) < outputs {
+                            Ok(v as u32)
+                        } else {
+                            Err(ModelError::invalid(
+                                "sparse target",
+                                format!("{v} at index {i} is not a class index below {outputs}"),
+                            ))
+                        }
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(TargetTable::Classes(classes))
+            }
+            Loss::CategoricalCrossentropy | Loss::MeanSquaredError => {
+                if y.row_len() != outputs {
+                    return Err(ModelError::Shape {
+                        what: "targets",
+                        expected: format!("{outputs} values per sample (the model's output)"),
+                        got: format!("shape {:?}", y.shape()),
+                    });
+                }
+                Ok(TargetTable::Dense(y))
+            }
+        }
+    }
+
+    /// Copies the targets of `indices` into the workspace.
+    pub fn gather(&self, indices: &[usize], ws: &mut Workspace) {
+        match self {
+            TargetTable::Dense(y) => {
+                let w = y.row_len();
+                for (dst, &i) in ws.y.chunks_exact_mut(w).zip(indices) {
+                    dst.copy_from_slice(y.row(i));
+                }
+            }
+            TargetTable::Classes(c) => {
+                for (dst, &i) in ws.classes.iter_mut().zip(indices) {
+                    *dst = c[i];
+                }
+            }
+        }
+    }
+
+    /// The gathered targets of a batch of `rows`, from the workspace's `y` and `classes`.
+    pub fn batch<'w>(&self, y: &'w [f32], classes: &'w [u32], rows: usize) -> Targets<'w> {
+        match self {
+            TargetTable::Dense(t) => Targets::Dense(&y[..rows * t.row_len()]),
+            TargetTable::Classes(_) => Targets::Classes(&classes[..rows]),
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Every buffer a training step touches, allocated once per (model, batch size),
+//! so that the steady-state training loop allocates nothing.
+
+use crate::layer::DenseLayer;
+
+pub(crate) struct Workspace {
+    /// Rows the buffers hold.
+    pub capacity: usize,
+    /// The input batch, `capacity × inputs`.
+    pub x: Vec<f32>,
+    /// Dense targets of the batch, `capacity × outputs`.
+    pub y: Vec<f32>,
+    /// Class targets of the batch.
+    pub classes: Vec<u32>,
+    /// Each layer's output (after its activation; logits for a fused last layer).
+    pub outputs: Vec<Vec<f32>>,
+    /// Gradient with respect to each layer's output, turned in place into the
+    /// gradient with respect to its pre-activation.
+    pub grads: Vec<Vec<f32>>,
+    pub dkernels: Vec<Vec<f32>>,
+    pub dbiases: Vec<Vec<f32>>,
+    /// `0..capacity`, the sample indices of a batch given whole.
+    pub sequence: Vec<usize>,
+}
+
+impl Workspace {
+    pub fn new(layers: &[DenseLayer], input_dim: usize, capacity: usize) -> Self {
+        let outputs_dim = layers.last().map_or(input_dim, |l| l.units);
+        let per_layer = |n: fn(&DenseLayer) -> usize| layers.iter().map(|l| vec![0.0; n(l)]).collect::<Vec<_>>();
+        Self {
+            capacity,
+            x: vec![0.0; capacity * input_dim],
+            y: vec![0.0; capacity * outputs_dim],
+            classes: vec![0; capacity],
+            outputs: layers.iter().map(|l| vec![0.0; capacity * l.units]).collect(),
+            grads: layers.iter().map(|l| vec![0.0; capacity * l.units]).collect(),
+            dkernels: per_layer(|l| l.kernel.len()),
+            dbiases: per_layer(|l| l.bias.len()),
+            sequence: (0..capacity).collect(),
+        }
+    }
+
+    /// Whether this workspace fits `layers` with batches of `rows`.
+    pub fn fits(&self, layers: &[DenseLayer], input_dim: usize, rows: usize) -> bool {
+        rows <= self.capacity
+            && self.x.len() == self.capacity * input_dim
+            && self.outputs.len() == layers.len()
+            && self.outputs.iter().zip(layers).all(|(o, l)| o.len() == self.capacity * l.units)
+    }
+}

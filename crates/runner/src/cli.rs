@@ -1,0 +1,150 @@
+//! Command-line arguments, each checked as it is parsed.
+
+use clap::{Args, Parser, Subcommand};
+use kerno_data::DatasetKind;
+use kerno_model::Optimizer;
+use std::path::PathBuf;
+
+/// Train, evaluate and predict with the Keras MNIST model, fast on a CPU.
+/// With no command, runs the notebook: MNIST, 5 epochs, batch 128, then the test accuracy.
+#[derive(Parser, Debug)]
+#[command(name = "kerno", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train the notebook's model, then report test loss and accuracy.
+    Train(TrainArgs),
+    /// Report test loss and accuracy of a saved model.
+    Evaluate(EvaluateArgs),
+    /// Print a saved model's predictions for test images.
+    Predict(PredictArgs),
+    /// Print the notebook model's summary table.
+    Summary,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Folder holding the dataset's IDX files (or mnist.npz); never downloads.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// mnist or fashion-mnist.
+    #[arg(long, default_value = "mnist", value_parser = parse_dataset)]
+    pub dataset: DatasetKind,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
+    pub batch_size: usize,
+    /// rmsprop, sgd or adam (Keras' defaults for each).
+    #[arg(long, default_value = "rmsprop", value_parser = parse_optimizer)]
+    pub optimizer: Optimizer,
+    /// Learning rate (default: the optimizer's Keras default).
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_learning_rate)]
+    pub lr: Option<f32>,
+    /// Seed of the weight initialisation and the shuffling.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long, env = "KERNO_THREADS", value_parser = at_least_one)]
+    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Fraction of the training set, taken from its end, held out for validation.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true, value_parser = parse_split)]
+    pub validation_split: f64,
+    /// Visit the training samples in order instead of shuffling each epoch.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Start from the weights of a saved model instead of a fresh initialisation.
+    #[arg(long, value_name = "PATH")]
+    pub init_weights: Option<PathBuf>,
+    /// Save the trained model (safetensors, written atomically).
+    #[arg(long, value_name = "PATH")]
+    pub save: Option<PathBuf>,
+}
+
+impl Default for TrainArgs {
+    fn default() -> Self {
+        Self {
+            epochs: 5,
+            batch_size: 128,
+            optimizer: Optimizer::rmsprop(),
+            lr: None,
+            seed: 1,
+            threads: None,
+            data: DataArgs {
+                data: None,
+                dataset: DatasetKind::Mnist,
+            },
+            validation_split: 0.0,
+            no_shuffle: false,
+            init_weights: None,
+            save: None,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EvaluateArgs {
+    /// A model saved by `kerno train --save`.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
+    pub batch_size: usize,
+    #[arg(long, env = "KERNO_THREADS", value_parser = at_least_one)]
+    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PredictArgs {
+    /// A model saved by `kerno train --save`.
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// Index of the first test image.
+    #[arg(long, default_value_t = 0)]
+    pub start: usize,
+    /// How many test images.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    pub count: usize,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("must be a whole number of at least 1".into()),
+    }
+}
+
+fn parse_learning_rate(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err("must be a finite number above 0".into()),
+    }
+}
+
+fn parse_split(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        _ => Err("must be in [0, 1)".into()),
+    }
+}
+
+fn parse_optimizer(s: &str) -> Result<Optimizer, String> {
+    s.parse()
+}
+
+fn parse_dataset(s: &str) -> Result<DatasetKind, String> {
+    s.parse()
+}

@@ -1,0 +1,143 @@
+//! What each command does.
+
+use crate::cli::{Cli, Command, DataArgs, EvaluateArgs, PredictArgs, TrainArgs};
+use anyhow::{Context, Result};
+use kerno_data::{to_categorical, Dataset};
+use kerno_model::{Activation, Dense, FitOptions, Loss, Metric, Optimizer, Sequential, TerminateOnNaN, Verbosity};
+
+/// Pixels are bytes; the notebook divides them by 255.
+const PIXEL_SCALE: f32 = 255.0;
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => train(TrainArgs::default()),
+        Some(Command::Train(args)) => train(args),
+        Some(Command::Evaluate(args)) => evaluate(args),
+        Some(Command::Predict(args)) => predict(args),
+        Some(Command::Summary) => {
+            print!("{}", notebook_model(28 * 28, 10, 1).summary());
+            Ok(())
+        }
+    }
+}
+
+/// The notebook's model: `Dense(512, relu) → Dense(classes, softmax)`.
+fn notebook_model(inputs: usize, classes: usize, seed: u64) -> Sequential {
+    Sequential::new(inputs)
+        .with_seed(seed)
+        .add(Dense::new(512, Activation::Relu))
+        .add(Dense::new(classes, Activation::Softmax))
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("could not start the worker threads")?;
+    }
+    Ok(())
+}
+
+fn load_data(args: &DataArgs) -> Result<Dataset> {
+    Ok(kerno_data::load(args.dataset, args.data.as_deref())?)
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let data = load_data(&args.data)?;
+    let features = data.train.images.features();
+    let mut model = notebook_model(features, data.classes, args.seed);
+    if let Some(path) = &args.init_weights {
+        model.load_weights(path)?;
+    }
+    let optimizer = match args.lr {
+        Some(lr) => args.optimizer.with_learning_rate(lr),
+        None => args.optimizer,
+    };
+    model.compile(optimizer, Loss::CategoricalCrossentropy, &[Metric::Accuracy])?;
+
+    let x_train = data.train.images.scaled(PIXEL_SCALE);
+    let y_train = to_categorical(&data.train.labels, data.classes);
+    let options = FitOptions::new()
+        .epochs(args.epochs)
+        .batch_size(args.batch_size)
+        .shuffle(!args.no_shuffle)
+        .validation_split(args.validation_split)
+        .verbosity(Verbosity::Auto);
+    let history = model.fit_with_callbacks(&x_train, &y_train, &options, &mut [&mut TerminateOnNaN])?;
+    let seconds = history.train_seconds();
+    println!(
+        "trained {} epochs in {seconds:.2} s ({:.0} samples/s)",
+        history.epochs.len(),
+        history.samples() as f64 / seconds.max(f64::MIN_POSITIVE)
+    );
+    if let Some(path) = &args.save {
+        model.save(path)?;
+        println!("saved {}", path.display());
+    }
+    report_test(&mut model, &data, args.batch_size)
+}
+
+fn report_test(model: &mut Sequential, data: &Dataset, batch_size: usize) -> Result<()> {
+    let x_test = data.test.images.scaled(PIXEL_SCALE);
+    let y_test = to_categorical(&data.test.labels, data.classes);
+    let result = model.evaluate(&x_test, &y_test, batch_size)?;
+    println!(
+        "test_loss: {:.4} test_acc: {:.4}",
+        result.loss,
+        result.accuracy.unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
+
+/// A saved model, checked to fit the dataset's images and classes.
+fn load_model(path: &std::path::Path, data: &Dataset) -> Result<Sequential> {
+    let model = Sequential::load(path)?;
+    anyhow::ensure!(
+        model.input_dim() == data.train.images.features() && model.output_dim() == data.classes,
+        "{}: the model maps {} inputs to {} outputs, but {} has {} pixels per image and {} classes",
+        path.display(),
+        model.input_dim(),
+        model.output_dim(),
+        data.name,
+        data.train.images.features(),
+        data.classes
+    );
+    Ok(model)
+}
+
+fn evaluate(args: EvaluateArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let data = load_data(&args.data)?;
+    let mut model = load_model(&args.model, &data)?;
+    model.compile(Optimizer::rmsprop(), Loss::CategoricalCrossentropy, &[Metric::Accuracy])?;
+    report_test(&mut model, &data, args.batch_size)
+}
+
+fn predict(args: PredictArgs) -> Result<()> {
+    let data = load_data(&args.data)?;
+    let mut model = load_model(&args.model, &data)?;
+    let images = &data.test.images;
+    let end = args.start.checked_add(args.count).filter(|&e| e <= images.len());
+    let Some(end) = end else {
+        anyhow::bail!(
+            "--start {} --count {} goes past the {} test images",
+            args.start,
+            args.count,
+            images.len()
+        );
+    };
+    let pixels = &images.pixels()[args.start * images.features()..end * images.features()];
+    let batch = kerno_tensor::ScaledBytes::new(pixels, images.features(), PIXEL_SCALE);
+    let probabilities = model.predict(&batch, 128)?;
+    for (offset, predicted) in probabilities.argmax_rows().into_iter().enumerate() {
+        let index = args.start + offset;
+        println!(
+            "image {index}: predicted {predicted} (p = {:.4}), label {}",
+            probabilities.row(offset)[predicted],
+            data.test.labels[index]
+        );
+    }
+    Ok(())
+}
