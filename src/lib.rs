@@ -22,8 +22,8 @@ pub use kerno_tensor as tensor;
 pub mod prelude {
     pub use kerno_data::{to_categorical, Dataset, DatasetKind};
     pub use kerno_model::{
-        Activation, Callback, Dense, EarlyStopping, FitOptions, History, Loss, Metric, ModelCheckpoint, Optimizer,
-        Sequential, TerminateOnNaN, Verbosity,
+        Activation, Callback, Dense, EarlyStopping, FitOptions, History, Loss, Metric,
+        ModelCheckpoint, Optimizer, Sequential, TerminateOnNaN, Verbosity,
     };
     pub use kerno_tensor::{Samples, Tensor};
 }

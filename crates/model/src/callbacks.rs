@@ -16,12 +16,21 @@ pub enum Control {
 /// Hooks into `fit`. An error stops training and is returned by `fit`.
 pub trait Callback {
     /// After each optimizer step, with the batch's mean loss.
-    fn on_batch_end(&mut self, _epoch: usize, _step: usize, _loss: f32) -> Result<Control, ModelError> {
+    fn on_batch_end(
+        &mut self,
+        _epoch: usize,
+        _step: usize,
+        _loss: f32,
+    ) -> Result<Control, ModelError> {
         Ok(Control::Continue)
     }
 
     /// After each epoch (and its validation).
-    fn on_epoch_end(&mut self, _logs: &EpochLogs, _model: &mut Sequential) -> Result<Control, ModelError> {
+    fn on_epoch_end(
+        &mut self,
+        _logs: &EpochLogs,
+        _model: &mut Sequential,
+    ) -> Result<Control, ModelError> {
         Ok(Control::Continue)
     }
 
@@ -100,10 +109,19 @@ impl EarlyStopping {
 }
 
 impl Callback for EarlyStopping {
-    fn on_epoch_end(&mut self, logs: &EpochLogs, model: &mut Sequential) -> Result<Control, ModelError> {
+    fn on_epoch_end(
+        &mut self,
+        logs: &EpochLogs,
+        model: &mut Sequential,
+    ) -> Result<Control, ModelError> {
         let current = monitored(logs, &self.monitor)?;
         self.wait += 1;
-        if improves(current, self.best, self.min_delta, higher_is_better(&self.monitor)) {
+        if improves(
+            current,
+            self.best,
+            self.min_delta,
+            higher_is_better(&self.monitor),
+        ) {
             self.best = Some(current);
             self.wait = 0;
             if self.restore_best_weights {
@@ -163,7 +181,11 @@ impl ModelCheckpoint {
 }
 
 impl Callback for ModelCheckpoint {
-    fn on_epoch_end(&mut self, logs: &EpochLogs, model: &mut Sequential) -> Result<Control, ModelError> {
+    fn on_epoch_end(
+        &mut self,
+        logs: &EpochLogs,
+        model: &mut Sequential,
+    ) -> Result<Control, ModelError> {
         if self.save_best_only {
             let current = monitored(logs, &self.monitor)?;
             if !improves(current, self.best, 0.0, higher_is_better(&self.monitor)) {
@@ -182,7 +204,12 @@ impl Callback for ModelCheckpoint {
 pub struct TerminateOnNaN;
 
 impl Callback for TerminateOnNaN {
-    fn on_batch_end(&mut self, epoch: usize, step: usize, loss: f32) -> Result<Control, ModelError> {
+    fn on_batch_end(
+        &mut self,
+        epoch: usize,
+        step: usize,
+        loss: f32,
+    ) -> Result<Control, ModelError> {
         if loss.is_finite() {
             Ok(Control::Continue)
         } else {

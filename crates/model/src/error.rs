@@ -16,7 +16,11 @@ pub enum ModelError {
         got: String,
     },
     #[error("loss became {value} at epoch {epoch}, step {step}; training stopped")]
-    NonFiniteLoss { epoch: usize, step: usize, value: f32 },
+    NonFiniteLoss {
+        epoch: usize,
+        step: usize,
+        value: f32,
+    },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("{}: {problem}", path.display())]

@@ -113,7 +113,12 @@ struct Validation<'a> {
 
 impl Sequential {
     /// Trains the model, as Keras' `fit`.
-    pub fn fit(&mut self, x: &dyn Samples, y: &Tensor, options: &FitOptions<'_>) -> Result<History, ModelError> {
+    pub fn fit(
+        &mut self,
+        x: &dyn Samples,
+        y: &Tensor,
+        options: &FitOptions<'_>,
+    ) -> Result<History, ModelError> {
         self.fit_with_callbacks(x, y, options, &mut [])
     }
 
@@ -155,7 +160,15 @@ impl Sequential {
             None => None,
         };
         let mut ws = self.take_workspace(options.batch_size);
-        let result = self.fit_loop(&mut ws, x, &targets, train_rows, validation.as_ref(), options, callbacks);
+        let result = self.fit_loop(
+            &mut ws,
+            x,
+            &targets,
+            train_rows,
+            validation.as_ref(),
+            options,
+            callbacks,
+        );
         self.workspace = Some(ws);
         result
     }
@@ -211,7 +224,8 @@ impl Sequential {
                 train_seconds: start.elapsed().as_secs_f64(),
             };
             if let Some(v) = validation {
-                let eval = self.evaluate_indices(ws, v.x, &v.targets, &v.indices, options.batch_size);
+                let eval =
+                    self.evaluate_indices(ws, v.x, &v.targets, &v.indices, options.batch_size);
                 logs.val_loss = Some(eval.loss);
                 logs.val_accuracy = eval.accuracy;
             }
@@ -233,7 +247,11 @@ impl Sequential {
     /// One optimizer step on a whole batch (`x` and `y` hold exactly its samples);
     /// returns the batch's mean loss and accuracy. After the first call with a given
     /// batch size, it allocates nothing.
-    pub fn train_on_batch(&mut self, x: &dyn Samples, y: &Tensor) -> Result<(f64, f64), ModelError> {
+    pub fn train_on_batch(
+        &mut self,
+        x: &dyn Samples,
+        y: &Tensor,
+    ) -> Result<(f64, f64), ModelError> {
         self.check_inputs(x)?;
         let loss = self.compiled()?.loss;
         let rows = x.len();
@@ -247,6 +265,9 @@ impl Sequential {
         let stats = self.train_step(&mut ws, x, &targets, &sequence[..rows]);
         ws.sequence = sequence;
         self.workspace = Some(ws);
-        Ok((stats.loss_sum / rows as f64, stats.correct as f64 / rows as f64))
+        Ok((
+            stats.loss_sum / rows as f64,
+            stats.correct as f64 / rows as f64,
+        ))
     }
 }

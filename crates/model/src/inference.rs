@@ -13,7 +13,12 @@ use kerno_tensor::{Samples, Tensor};
 impl Sequential {
     /// The mean loss (and accuracy, when compiled with it) over `x` and `y`, in
     /// batches of `batch_size` (Keras' default is 32; the result does not depend on it).
-    pub fn evaluate(&mut self, x: &dyn Samples, y: &Tensor, batch_size: usize) -> Result<Evaluation, ModelError> {
+    pub fn evaluate(
+        &mut self,
+        x: &dyn Samples,
+        y: &Tensor,
+        batch_size: usize,
+    ) -> Result<Evaluation, ModelError> {
         check_batch_size(batch_size)?;
         self.check_inputs(x)?;
         let loss = self.compiled()?.loss;
@@ -33,10 +38,22 @@ impl Sequential {
         indices: &[usize],
         batch_size: usize,
     ) -> Evaluation {
-        let compiled = self.compiled.as_ref().expect("callers check that the model is compiled");
+        let compiled = self
+            .compiled
+            .as_ref()
+            .expect("callers check that the model is compiled");
         let mut total = LossStats::default();
         for batch in indices.chunks(batch_size.min(ws.capacity)) {
-            let stats = run_batch(&self.layers, self.input_dim, compiled.loss, ws, x, targets, batch, false);
+            let stats = run_batch(
+                &self.layers,
+                self.input_dim,
+                compiled.loss,
+                ws,
+                x,
+                targets,
+                batch,
+                false,
+            );
             total.loss_sum += stats.loss_sum;
             total.correct += stats.correct;
         }

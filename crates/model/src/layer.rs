@@ -41,9 +41,17 @@ pub struct DenseLayer {
 
 impl DenseLayer {
     /// Glorot-uniform kernel (`±√(6/(fan_in+fan_out))`) and zero bias, Keras' defaults.
-    pub(crate) fn glorot(name: String, inputs: usize, units: usize, activation: Activation, rng: &mut ChaCha8Rng) -> Self {
+    pub(crate) fn glorot(
+        name: String,
+        inputs: usize,
+        units: usize,
+        activation: Activation,
+        rng: &mut ChaCha8Rng,
+    ) -> Self {
         let limit = (6.0 / (inputs + units).max(1) as f64).sqrt() as f32;
-        let kernel = (0..inputs * units).map(|_| rng.gen_range(-limit..=limit)).collect();
+        let kernel = (0..inputs * units)
+            .map(|_| rng.gen_range(-limit..=limit))
+            .collect();
         Self {
             name,
             inputs,

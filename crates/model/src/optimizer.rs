@@ -86,13 +86,19 @@ impl Optimizer {
     pub(crate) fn validate(&self) -> Result<(), ModelError> {
         let lr = self.learning_rate();
         if !(lr.is_finite() && lr > 0.0) {
-            return Err(ModelError::invalid("learning rate", format!("{lr} (must be a finite number above 0)")));
+            return Err(ModelError::invalid(
+                "learning rate",
+                format!("{lr} (must be a finite number above 0)"),
+            ));
         }
         let in_unit = |name, v: f32| {
             if (0.0..1.0).contains(&v) {
                 Ok(())
             } else {
-                Err(ModelError::invalid(name, format!("{v} (must be in [0, 1))")))
+                Err(ModelError::invalid(
+                    name,
+                    format!("{v} (must be in [0, 1))"),
+                ))
             }
         };
         match *self {
@@ -129,11 +135,19 @@ impl Optimizer {
             .flat_map(|n| std::iter::repeat_n(n, self.slots()))
             .map(|n| vec![0.0; n])
             .collect();
-        OptimizerState { slots, iterations: 0 }
+        OptimizerState {
+            slots,
+            iterations: 0,
+        }
     }
 
     /// Applies one update to every parameter from the gradients in `ws`.
-    pub(crate) fn apply(&self, state: &mut OptimizerState, layers: &mut [DenseLayer], ws: &Workspace) {
+    pub(crate) fn apply(
+        &self,
+        state: &mut OptimizerState,
+        layers: &mut [DenseLayer],
+        ws: &Workspace,
+    ) {
         state.iterations += 1;
         let per_param = self.slots();
         let mut slots = state.slots.chunks_exact_mut(per_param.max(1));
@@ -209,7 +223,9 @@ impl FromStr for Optimizer {
             "rmsprop" => Ok(Optimizer::rmsprop()),
             "sgd" => Ok(Optimizer::sgd()),
             "adam" => Ok(Optimizer::adam()),
-            other => Err(format!("unknown optimizer '{other}' (expected rmsprop, sgd or adam)")),
+            other => Err(format!(
+                "unknown optimizer '{other}' (expected rmsprop, sgd or adam)"
+            )),
         }
     }
 }

@@ -46,7 +46,10 @@ impl Progress {
         }
         println!("Epoch {}/{}", epoch + 1, self.epochs);
         if self.mode == Verbosity::ProgressBar {
-            let bar = ProgressBar::with_draw_target(Some(self.steps as u64), ProgressDrawTarget::stdout());
+            let bar = ProgressBar::with_draw_target(
+                Some(self.steps as u64),
+                ProgressDrawTarget::stdout(),
+            );
             bar.set_style(
                 ProgressStyle::with_template("{pos}/{len} {bar:20} {elapsed} - {msg}")
                     .expect("the template is valid")
@@ -95,7 +98,12 @@ pub(crate) fn epoch_line(logs: &EpochLogs) -> String {
     )
 }
 
-fn metrics_text(loss: f64, accuracy: Option<f64>, val_loss: Option<f64>, val_accuracy: Option<f64>) -> String {
+fn metrics_text(
+    loss: f64,
+    accuracy: Option<f64>,
+    val_loss: Option<f64>,
+    val_accuracy: Option<f64>,
+) -> String {
     let mut parts = Vec::with_capacity(4);
     if let Some(a) = accuracy {
         parts.push(format!("accuracy: {}", format_value(a)));
@@ -135,6 +143,9 @@ mod tests {
             val_accuracy: None,
             train_seconds: 2.3,
         };
-        assert_eq!(epoch_line(&logs), "469/469 - 2s - 5ms/step - accuracy: 0.9250 - loss: 0.2596");
+        assert_eq!(
+            epoch_line(&logs),
+            "469/469 - 2s - 5ms/step - accuracy: 0.9250 - loss: 0.2596"
+        );
     }
 }

@@ -58,7 +58,13 @@ impl Sequential {
         self.seed = seed;
         for (index, layer) in self.layers.iter_mut().enumerate() {
             let mut rng = layer_rng(seed, index);
-            *layer = DenseLayer::glorot(layer.name.clone(), layer.inputs, layer.units, layer.activation, &mut rng);
+            *layer = DenseLayer::glorot(
+                layer.name.clone(),
+                layer.inputs,
+                layer.units,
+                layer.activation,
+                &mut rng,
+            );
         }
         self
     }
@@ -77,7 +83,13 @@ impl Sequential {
             i => format!("dense_{i}"),
         });
         let mut rng = layer_rng(self.seed, index);
-        let built = DenseLayer::glorot(name, self.output_dim(), layer.units, layer.activation, &mut rng);
+        let built = DenseLayer::glorot(
+            name,
+            self.output_dim(),
+            layer.units,
+            layer.activation,
+            &mut rng,
+        );
         self.layers.push(built);
         self.compiled = None;
         self.workspace = None;
@@ -105,7 +117,12 @@ impl Sequential {
     }
 
     /// Sets the optimizer, loss and metrics, and resets the optimizer's state.
-    pub fn compile(&mut self, optimizer: Optimizer, loss: Loss, metrics: &[Metric]) -> Result<(), ModelError> {
+    pub fn compile(
+        &mut self,
+        optimizer: Optimizer,
+        loss: Loss,
+        metrics: &[Metric],
+    ) -> Result<(), ModelError> {
         if self.input_dim == 0 {
             return Err(ModelError::invalid("input size", "0 (must be at least 1)"));
         }
@@ -113,7 +130,10 @@ impl Sequential {
             return Err(ModelError::invalid("model", "it has no layers"));
         }
         if let Some(layer) = self.layers.iter().find(|l| l.units == 0) {
-            return Err(ModelError::invalid("units", format!("layer '{}' has 0 units", layer.name)));
+            return Err(ModelError::invalid(
+                "units",
+                format!("layer '{}' has 0 units", layer.name),
+            ));
         }
         optimizer.validate()?;
         self.compiled = Some(Compiled {
@@ -198,11 +218,31 @@ impl Sequential {
     }
 
     /// One optimizer step on the samples `indices`. Allocates nothing.
-    pub(crate) fn train_step(&mut self, ws: &mut Workspace, x: &dyn Samples, targets: &TargetTable<'_>, indices: &[usize]) -> LossStats {
-        let compiled = self.compiled.as_mut().expect("fit checks that the model is compiled");
-        let stats = run_batch(&self.layers, self.input_dim, compiled.loss, ws, x, targets, indices, true);
+    pub(crate) fn train_step(
+        &mut self,
+        ws: &mut Workspace,
+        x: &dyn Samples,
+        targets: &TargetTable<'_>,
+        indices: &[usize],
+    ) -> LossStats {
+        let compiled = self
+            .compiled
+            .as_mut()
+            .expect("fit checks that the model is compiled");
+        let stats = run_batch(
+            &self.layers,
+            self.input_dim,
+            compiled.loss,
+            ws,
+            x,
+            targets,
+            indices,
+            true,
+        );
         step::backward(&self.layers, self.input_dim, ws, indices.len());
-        compiled.optimizer.apply(&mut compiled.state, &mut self.layers, ws);
+        compiled
+            .optimizer
+            .apply(&mut compiled.state, &mut self.layers, ws);
         stats
     }
 }
@@ -226,7 +266,13 @@ pub(crate) fn run_batch(
     step::forward(layers, input_dim, ws, rows, !fused);
     let last = layers.len() - 1;
     let len = rows * layers[last].units;
-    let Workspace { outputs, grads, y, classes, .. } = ws;
+    let Workspace {
+        outputs,
+        grads,
+        y,
+        classes,
+        ..
+    } = ws;
     let grad = train.then(|| &mut grads[last][..len]);
     let batch_targets = targets.batch(y, classes, rows);
     step::loss_and_grad(layers, loss, &outputs[last][..len], grad, batch_targets)

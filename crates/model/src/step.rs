@@ -9,17 +9,36 @@ use kerno_tensor::{gemm, Activation, Epilogue, MatMut, MatRef};
 
 /// Whether the last layer's softmax and the loss run as one kernel on the logits.
 pub(crate) fn fused_softmax_xent(layers: &[DenseLayer], loss: Loss) -> bool {
-    layers.last().is_some_and(|l| l.activation == Activation::Softmax)
-        && matches!(loss, Loss::CategoricalCrossentropy | Loss::SparseCategoricalCrossentropy)
+    layers
+        .last()
+        .is_some_and(|l| l.activation == Activation::Softmax)
+        && matches!(
+            loss,
+            Loss::CategoricalCrossentropy | Loss::SparseCategoricalCrossentropy
+        )
 }
 
 /// Runs the layers on the first `rows` rows of `ws.x`. With `last_activation`
 /// false the last layer's output stays as logits.
-pub(crate) fn forward(layers: &[DenseLayer], input_dim: usize, ws: &mut Workspace, rows: usize, last_activation: bool) {
+pub(crate) fn forward(
+    layers: &[DenseLayer],
+    input_dim: usize,
+    ws: &mut Workspace,
+    rows: usize,
+    last_activation: bool,
+) {
     for (l, layer) in layers.iter().enumerate() {
         let (before, rest) = ws.outputs.split_at_mut(l);
-        let input = if l == 0 { &ws.x[..] } else { &before[l - 1][..] };
-        let inputs = if l == 0 { input_dim } else { layers[l - 1].units };
+        let input = if l == 0 {
+            &ws.x[..]
+        } else {
+            &before[l - 1][..]
+        };
+        let inputs = if l == 0 {
+            input_dim
+        } else {
+            layers[l - 1].units
+        };
         let out = &mut rest[0][..rows * layer.units];
         let apply = last_activation || l + 1 < layers.len();
         let relu = apply && layer.activation == Activation::Relu;
@@ -61,7 +80,9 @@ pub(crate) fn loss_and_grad(
     let mut grad = grad;
     let grad_arg = grad.as_deref_mut().map(|g| (g, scale));
     let loss_sum = match (loss, targets) {
-        (Loss::MeanSquaredError, Targets::Dense(y)) => loss::mean_squared_error(out, y, units, grad_arg),
+        (Loss::MeanSquaredError, Targets::Dense(y)) => {
+            loss::mean_squared_error(out, y, units, grad_arg)
+        }
         (Loss::MeanSquaredError, Targets::Classes(_)) => unreachable!("mse takes dense targets"),
         _ => loss::categorical_xent_probs(out, targets, units, grad_arg),
     };
@@ -79,8 +100,16 @@ pub(crate) fn loss_and_grad(
 pub(crate) fn backward(layers: &[DenseLayer], input_dim: usize, ws: &mut Workspace, rows: usize) {
     for l in (0..layers.len()).rev() {
         let layer = &layers[l];
-        let inputs = if l == 0 { input_dim } else { layers[l - 1].units };
-        let input = if l == 0 { &ws.x[..] } else { &ws.outputs[l - 1][..] };
+        let inputs = if l == 0 {
+            input_dim
+        } else {
+            layers[l - 1].units
+        };
+        let input = if l == 0 {
+            &ws.x[..]
+        } else {
+            &ws.outputs[l - 1][..]
+        };
         let (lower, upper) = ws.grads.split_at_mut(l);
         let dz = &upper[0][..rows * layer.units];
         gemm(
@@ -110,7 +139,9 @@ pub(crate) fn backward(layers: &[DenseLayer], input_dim: usize, ws: &mut Workspa
             epilogue,
         );
         if below.activation != Activation::Relu {
-            below.activation.backward_inplace(d_below, below_out, inputs);
+            below
+                .activation
+                .backward_inplace(d_below, below_out, inputs);
         }
     }
 }

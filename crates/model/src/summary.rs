@@ -21,7 +21,14 @@ impl Sequential {
         };
         let mut out = String::from("Model: \"sequential\"\n");
         out += &line("┏", "┳", "┓", "━");
-        out += &row("┃", ["Layer (type)".into(), "Output Shape".into(), "Param #".into()]);
+        out += &row(
+            "┃",
+            [
+                "Layer (type)".into(),
+                "Output Shape".into(),
+                "Param #".into(),
+            ],
+        );
         out += &line("┡", "╇", "┩", "━");
         for (i, layer) in self.layers.iter().enumerate() {
             if i > 0 {
@@ -82,8 +89,15 @@ mod tests {
             .add(Dense::new(512, Activation::Relu))
             .add(Dense::new(10, Activation::Softmax));
         let s = model.summary();
-        assert!(s.contains("│ dense (Dense)                   │ (None, 512)            │       401,920 │"), "{s}");
-        assert!(s.contains("│ dense_1 (Dense)                 │ (None, 10)             │         5,130 │"));
+        assert!(
+            s.contains(
+                "│ dense (Dense)                   │ (None, 512)            │       401,920 │"
+            ),
+            "{s}"
+        );
+        assert!(s.contains(
+            "│ dense_1 (Dense)                 │ (None, 10)             │         5,130 │"
+        ));
         assert!(s.contains(" Total params: 407,050 (1.55 MB)"));
     }
 }

@@ -14,7 +14,12 @@ pub(crate) enum TargetTable<'a> {
 impl<'a> TargetTable<'a> {
     /// Checks `y` against the loss: one-hot (or any dense) rows as wide as the
     /// output, or for sparse categorical cross-entropy one class index per sample.
-    pub fn new(loss: Loss, y: &'a Tensor, samples: usize, outputs: usize) -> Result<Self, ModelError> {
+    pub fn new(
+        loss: Loss,
+        y: &'a Tensor,
+        samples: usize,
+        outputs: usize,
+    ) -> Result<Self, ModelError> {
         if y.rows() != samples {
             return Err(ModelError::Shape {
                 what: "targets",

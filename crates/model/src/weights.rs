@@ -59,15 +59,23 @@ impl Sequential {
         let mut names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(ModelError::invalid("layer names", format!("'{}' is used twice", w[0])));
+            return Err(ModelError::invalid(
+                "layer names",
+                format!("'{}' is used twice", w[0]),
+            ));
         }
-        let arch = serde_json::to_string(&self.architecture()).expect("the architecture serialises");
+        let arch =
+            serde_json::to_string(&self.architecture()).expect("the architecture serialises");
         let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
             .layers
             .iter()
             .flat_map(|l| {
                 [
-                    (format!("{}/kernel", l.name), le_bytes(&l.kernel), vec![l.inputs, l.units]),
+                    (
+                        format!("{}/kernel", l.name),
+                        le_bytes(&l.kernel),
+                        vec![l.inputs, l.units],
+                    ),
                     (format!("{}/bias", l.name), le_bytes(&l.bias), vec![l.units]),
                 ]
             })
@@ -75,15 +83,17 @@ impl Sequential {
         let views = bytes
             .iter()
             .map(|(name, data, shape)| {
-                let view = TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches data");
+                let view =
+                    TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches data");
                 (name.clone(), view)
             })
             .collect::<Vec<_>>();
         let metadata = Some(HashMap::from([(METADATA_KEY.to_string(), arch)]));
-        let file = safetensors::serialize(views, &metadata).map_err(|e| ModelError::BadModelFile {
-            path: path.to_path_buf(),
-            problem: e.to_string(),
-        })?;
+        let file =
+            safetensors::serialize(views, &metadata).map_err(|e| ModelError::BadModelFile {
+                path: path.to_path_buf(),
+                problem: e.to_string(),
+            })?;
         kerno_data::write_atomically(path, &file).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
             source,
@@ -97,7 +107,10 @@ impl Sequential {
         let (arch, tensors) = parse(path, &bytes)?;
         let mut model = Sequential::new(arch.input_dim).with_seed(arch.seed);
         for spec in &arch.layers {
-            let activation: Activation = spec.activation.parse().map_err(|e| bad(path, format!("{e}")))?;
+            let activation: Activation = spec
+                .activation
+                .parse()
+                .map_err(|e| bad(path, format!("{e}")))?;
             if spec.units == 0 {
                 return Err(bad(path, format!("layer '{}' has 0 units", spec.name)));
             }
@@ -115,11 +128,18 @@ impl Sequential {
         let (arch, tensors) = parse(path, &bytes)?;
         let mine = self.architecture();
         let shape = |a: &Architecture| {
-            let layers: Vec<String> = a.layers.iter().map(|l| format!("{}:{}", l.units, l.activation)).collect();
+            let layers: Vec<String> = a
+                .layers
+                .iter()
+                .map(|l| format!("{}:{}", l.units, l.activation))
+                .collect();
             format!("input {} -> [{}]", a.input_dim, layers.join(", "))
         };
         if shape(&arch) != shape(&mine) {
-            return Err(bad(path, format!("holds {}, but the model is {}", shape(&arch), shape(&mine))));
+            return Err(bad(
+                path,
+                format!("holds {}, but the model is {}", shape(&arch), shape(&mine)),
+            ));
         }
         // Tensors are looked up by the file's layer names, in layer order.
         let renamed: Vec<(String, String)> = arch
@@ -130,8 +150,18 @@ impl Sequential {
             .collect();
         let mut weights = Vec::with_capacity(self.layers.len() * 2);
         for ((theirs, _), layer) in renamed.iter().zip(&self.layers) {
-            weights.push(tensor(path, &tensors, &format!("{theirs}/kernel"), &[layer.inputs, layer.units])?);
-            weights.push(tensor(path, &tensors, &format!("{theirs}/bias"), &[layer.units])?);
+            weights.push(tensor(
+                path,
+                &tensors,
+                &format!("{theirs}/kernel"),
+                &[layer.inputs, layer.units],
+            )?);
+            weights.push(tensor(
+                path,
+                &tensors,
+                &format!("{theirs}/bias"),
+                &[layer.units],
+            )?);
         }
         for (layer, pair) in self.layers.iter_mut().zip(weights.chunks_exact(2)) {
             layer.kernel = pair[0].clone();
@@ -159,22 +189,33 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
     };
     let len = std::fs::metadata(path).map_err(io)?.len();
     if len > MAX_FILE_BYTES {
-        return Err(bad(path, format!("{len} bytes is larger than any kerno model")));
+        return Err(bad(
+            path,
+            format!("{len} bytes is larger than any kerno model"),
+        ));
     }
     std::fs::read(path).map_err(io)
 }
 
 fn parse<'b>(path: &Path, bytes: &'b [u8]) -> Result<(Architecture, SafeTensors<'b>), ModelError> {
-    let tensors = SafeTensors::deserialize(bytes).map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;
+    let tensors = SafeTensors::deserialize(bytes)
+        .map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| bad(path, e.to_string()))?;
     let arch_text = metadata
         .metadata()
         .as_ref()
         .and_then(|m| m.get(METADATA_KEY))
         .ok_or_else(|| bad(path, "no kerno architecture in its metadata"))?;
-    let arch: Architecture = serde_json::from_str(arch_text).map_err(|e| bad(path, format!("bad architecture: {e}")))?;
+    let arch: Architecture =
+        serde_json::from_str(arch_text).map_err(|e| bad(path, format!("bad architecture: {e}")))?;
     if arch.format != FORMAT || arch.version != VERSION {
-        return Err(bad(path, format!("format {} v{}, expected {FORMAT} v{VERSION}", arch.format, arch.version)));
+        return Err(bad(
+            path,
+            format!(
+                "format {} v{}, expected {FORMAT} v{VERSION}",
+                arch.format, arch.version
+            ),
+        ));
     }
     if arch.input_dim == 0 || arch.layers.is_empty() {
         return Err(bad(path, "the architecture has no input or no layers"));
@@ -182,22 +223,52 @@ fn parse<'b>(path: &Path, bytes: &'b [u8]) -> Result<(Architecture, SafeTensors<
     Ok((arch, tensors))
 }
 
-fn fill_weights(model: &mut Sequential, path: &Path, tensors: &SafeTensors<'_>) -> Result<(), ModelError> {
+fn fill_weights(
+    model: &mut Sequential,
+    path: &Path,
+    tensors: &SafeTensors<'_>,
+) -> Result<(), ModelError> {
     for layer in &mut model.layers {
-        layer.kernel = tensor(path, tensors, &format!("{}/kernel", layer.name), &[layer.inputs, layer.units])?;
-        layer.bias = tensor(path, tensors, &format!("{}/bias", layer.name), &[layer.units])?;
+        layer.kernel = tensor(
+            path,
+            tensors,
+            &format!("{}/kernel", layer.name),
+            &[layer.inputs, layer.units],
+        )?;
+        layer.bias = tensor(
+            path,
+            tensors,
+            &format!("{}/bias", layer.name),
+            &[layer.units],
+        )?;
     }
     Ok(())
 }
 
 /// The named tensor as f32 values, checked for dtype and shape.
-fn tensor(path: &Path, tensors: &SafeTensors<'_>, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-    let view = tensors.tensor(name).map_err(|_| bad(path, format!("no tensor '{name}'")))?;
+fn tensor(
+    path: &Path,
+    tensors: &SafeTensors<'_>,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>, ModelError> {
+    let view = tensors
+        .tensor(name)
+        .map_err(|_| bad(path, format!("no tensor '{name}'")))?;
     if view.dtype() != Dtype::F32 {
-        return Err(bad(path, format!("tensor '{name}' is {:?}, expected F32", view.dtype())));
+        return Err(bad(
+            path,
+            format!("tensor '{name}' is {:?}, expected F32", view.dtype()),
+        ));
     }
     if view.shape() != shape {
-        return Err(bad(path, format!("tensor '{name}' has shape {:?}, expected {shape:?}", view.shape())));
+        return Err(bad(
+            path,
+            format!(
+                "tensor '{name}' has shape {:?}, expected {shape:?}",
+                view.shape()
+            ),
+        ));
     }
     Ok(view
         .data()

@@ -26,14 +26,22 @@ pub(crate) struct Workspace {
 impl Workspace {
     pub fn new(layers: &[DenseLayer], input_dim: usize, capacity: usize) -> Self {
         let outputs_dim = layers.last().map_or(input_dim, |l| l.units);
-        let per_layer = |n: fn(&DenseLayer) -> usize| layers.iter().map(|l| vec![0.0; n(l)]).collect::<Vec<_>>();
+        let per_layer = |n: fn(&DenseLayer) -> usize| {
+            layers.iter().map(|l| vec![0.0; n(l)]).collect::<Vec<_>>()
+        };
         Self {
             capacity,
             x: vec![0.0; capacity * input_dim],
             y: vec![0.0; capacity * outputs_dim],
             classes: vec![0; capacity],
-            outputs: layers.iter().map(|l| vec![0.0; capacity * l.units]).collect(),
-            grads: layers.iter().map(|l| vec![0.0; capacity * l.units]).collect(),
+            outputs: layers
+                .iter()
+                .map(|l| vec![0.0; capacity * l.units])
+                .collect(),
+            grads: layers
+                .iter()
+                .map(|l| vec![0.0; capacity * l.units])
+                .collect(),
             dkernels: per_layer(|l| l.kernel.len()),
             dbiases: per_layer(|l| l.bias.len()),
             sequence: (0..capacity).collect(),
@@ -45,6 +53,10 @@ impl Workspace {
         rows <= self.capacity
             && self.x.len() == self.capacity * input_dim
             && self.outputs.len() == layers.len()
-            && self.outputs.iter().zip(layers).all(|(o, l)| o.len() == self.capacity * l.units)
+            && self
+                .outputs
+                .iter()
+                .zip(layers)
+                .all(|(o, l)| o.len() == self.capacity * l.units)
     }
 }

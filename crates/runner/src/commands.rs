@@ -3,7 +3,9 @@
 use crate::cli::{Cli, Command, DataArgs, EvaluateArgs, PredictArgs, TrainArgs};
 use anyhow::{Context, Result};
 use kerno_data::{to_categorical, Dataset};
-use kerno_model::{Activation, Dense, FitOptions, Loss, Metric, Optimizer, Sequential, TerminateOnNaN, Verbosity};
+use kerno_model::{
+    Activation, Dense, FitOptions, Loss, Metric, Optimizer, Sequential, TerminateOnNaN, Verbosity,
+};
 
 /// Pixels are bytes; the notebook divides them by 255.
 const PIXEL_SCALE: f32 = 255.0;
@@ -55,7 +57,11 @@ fn train(args: TrainArgs) -> Result<()> {
         Some(lr) => args.optimizer.with_learning_rate(lr),
         None => args.optimizer,
     };
-    model.compile(optimizer, Loss::CategoricalCrossentropy, &[Metric::Accuracy])?;
+    model.compile(
+        optimizer,
+        Loss::CategoricalCrossentropy,
+        &[Metric::Accuracy],
+    )?;
 
     let x_train = data.train.images.scaled(PIXEL_SCALE);
     let y_train = to_categorical(&data.train.labels, data.classes);
@@ -65,7 +71,8 @@ fn train(args: TrainArgs) -> Result<()> {
         .shuffle(!args.no_shuffle)
         .validation_split(args.validation_split)
         .verbosity(Verbosity::Auto);
-    let history = model.fit_with_callbacks(&x_train, &y_train, &options, &mut [&mut TerminateOnNaN])?;
+    let history =
+        model.fit_with_callbacks(&x_train, &y_train, &options, &mut [&mut TerminateOnNaN])?;
     let seconds = history.train_seconds();
     println!(
         "trained {} epochs in {seconds:.2} s ({:.0} samples/s)",
@@ -111,7 +118,11 @@ fn evaluate(args: EvaluateArgs) -> Result<()> {
     set_threads(args.threads)?;
     let data = load_data(&args.data)?;
     let mut model = load_model(&args.model, &data)?;
-    model.compile(Optimizer::rmsprop(), Loss::CategoricalCrossentropy, &[Metric::Accuracy])?;
+    model.compile(
+        Optimizer::rmsprop(),
+        Loss::CategoricalCrossentropy,
+        &[Metric::Accuracy],
+    )?;
     report_test(&mut model, &data, args.batch_size)
 }
 
@@ -119,7 +130,10 @@ fn predict(args: PredictArgs) -> Result<()> {
     let data = load_data(&args.data)?;
     let mut model = load_model(&args.model, &data)?;
     let images = &data.test.images;
-    let end = args.start.checked_add(args.count).filter(|&e| e <= images.len());
+    let end = args
+        .start
+        .checked_add(args.count)
+        .filter(|&e| e <= images.len());
     let Some(end) = end else {
         anyhow::bail!(
             "--start {} --count {} goes past the {} test images",

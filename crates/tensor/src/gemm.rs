@@ -3,7 +3,7 @@
 //! the epilogue applied as each finished tile is stored.
 
 use crate::matrix::{MatMut, MatRef};
-use crate::simd::{Isa, Microkernel, MAX_MR, MAX_NR};
+use crate::simd::{flush_subnormals, Isa, Microkernel, MAX_MR, MAX_NR};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -97,7 +97,9 @@ pub fn gemm_with(
             let rows = BLOCK_ROWS.min(m - first_row);
             let c_block = MatMut::new(chunk, rows, n, stride);
             let a_block = a.rows_range(first_row, rows);
-            gemm_block(kernel, a_block, b, c_block, accumulate, epilogue, first_row);
+            flush_subnormals(|| {
+                gemm_block(kernel, a_block, b, c_block, accumulate, epilogue, first_row)
+            });
         });
 }
 

@@ -35,10 +35,38 @@ fn body<const MR: usize, const NR: usize, const FUSED: bool>(
     }
 }
 
+/// AVX-512 `8 × 32`: sixteen zmm accumulators, two loads of B and eight
+/// broadcasts of A per step of `k`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
+#[target_feature(enable = "avx512f,fma")]
 fn avx512_8x32(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32]) {
-    body::<8, 32, true>(kc, a, b, acc)
+    use std::arch::x86_64::*;
+    const MR: usize = 8;
+    const NR: usize = 32;
+    let (a, b, acc) = (&a[..kc * MR], &b[..kc * NR], &mut acc[..MR * NR]);
+    let mut lo = [_mm512_setzero_ps(); MR];
+    let mut hi = [_mm512_setzero_ps(); MR];
+    for (a_col, b_row) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+        // SAFETY: `b_row` holds exactly NR = 32 floats, so both 16-float loads are in bounds.
+        let (b0, b1) = unsafe {
+            (
+                _mm512_loadu_ps(b_row.as_ptr()),
+                _mm512_loadu_ps(b_row.as_ptr().add(16)),
+            )
+        };
+        for i in 0..MR {
+            let av = _mm512_set1_ps(a_col[i]);
+            lo[i] = _mm512_fmadd_ps(av, b0, lo[i]);
+            hi[i] = _mm512_fmadd_ps(av, b1, hi[i]);
+        }
+    }
+    for i in 0..MR {
+        // SAFETY: `acc` holds MR × NR floats; row i's 32 floats start at i·NR.
+        unsafe {
+            _mm512_storeu_ps(acc.as_mut_ptr().add(i * NR), lo[i]);
+            _mm512_storeu_ps(acc.as_mut_ptr().add(i * NR + 16), hi[i]);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
