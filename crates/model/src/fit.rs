@@ -5,7 +5,8 @@ use crate::error::ModelError;
 use crate::history::{EpochLogs, History};
 use crate::loss::Metric;
 use crate::progress::{Progress, Verbosity};
-use crate::sequential::Sequential;
+use crate::sequential::{run_batch, Sequential};
+use crate::step;
 use crate::targets::TargetTable;
 use crate::workspace::Workspace;
 use kerno_data::EpochOrder;
@@ -269,5 +270,42 @@ impl Sequential {
             stats.loss_sum / rows as f64,
             stats.correct as f64 / rows as f64,
         ))
+    }
+
+    /// The gradient of the mean loss over `x` and `y` with respect to every
+    /// parameter, in the order of [`Sequential::weights`]. Changes no weight.
+    pub fn gradients(&mut self, x: &dyn Samples, y: &Tensor) -> Result<Vec<Tensor>, ModelError> {
+        self.check_inputs(x)?;
+        let loss = self.compiled()?.loss;
+        let rows = x.len();
+        let targets = TargetTable::new(loss, y, rows, self.output_dim())?;
+        let mut ws = self.take_workspace(rows);
+        let sequence = std::mem::take(&mut ws.sequence);
+        run_batch(
+            &self.layers,
+            self.input_dim,
+            loss,
+            &mut ws,
+            x,
+            &targets,
+            &sequence[..rows],
+            true,
+        );
+        step::backward(&self.layers, self.input_dim, &mut ws, rows);
+        ws.sequence = sequence;
+        let grads = self
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(l, layer)| {
+                [
+                    Tensor::from_vec(&[layer.inputs, layer.units], ws.dkernels[l].clone()),
+                    Tensor::from_vec(&[layer.units], ws.dbiases[l].clone()),
+                ]
+            })
+            .map(|t| t.expect("gradient shapes match the layers"))
+            .collect();
+        self.workspace = Some(ws);
+        Ok(grads)
     }
 }

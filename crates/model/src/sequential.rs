@@ -31,6 +31,25 @@ pub struct Sequential {
     pub(crate) workspace: Option<Workspace>,
 }
 
+impl std::fmt::Debug for Sequential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sequential")
+            .field("input_dim", &self.input_dim)
+            .field("seed", &self.seed)
+            .field(
+                "layers",
+                &self
+                    .layers
+                    .iter()
+                    .map(|l| (&l.name, l.units, l.activation))
+                    .collect::<Vec<_>>(),
+            )
+            .field("optimizer", &self.optimizer())
+            .field("loss", &self.loss())
+            .finish()
+    }
+}
+
 /// What `compile` sets: the optimizer with its state, the loss and the metrics.
 pub(crate) struct Compiled {
     pub optimizer: Optimizer,

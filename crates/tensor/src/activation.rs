@@ -37,7 +37,7 @@ impl Activation {
     pub fn forward_inplace(self, values: &mut [f32], cols: usize) {
         match self {
             Activation::Linear => {}
-            Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Activation::Relu => values.iter_mut().for_each(|v| *v = relu(*v)),
             Activation::Sigmoid => values.iter_mut().for_each(|v| *v = sigmoid(*v)),
             Activation::Tanh => values.iter_mut().for_each(|v| *v = v.tanh()),
             Activation::Softmax => values.chunks_mut(cols).for_each(softmax_row),
@@ -99,6 +99,17 @@ pub fn relu_backward_inplace(grad: &mut [f32], out: &[f32]) {
             *g = 0.0
         }
     });
+}
+
+/// `max(x, 0)` that keeps NaN, as TensorFlow's relu (`f32::max` would turn NaN into 0
+/// and hide a diverged run).
+#[inline]
+pub fn relu(x: f32) -> f32 {
+    if x < 0.0 {
+        0.0
+    } else {
+        x
+    }
 }
 
 fn sigmoid(x: f32) -> f32 {

@@ -2,6 +2,7 @@
 //! packed into contiguous panels, a register-blocked microkernel per tile, and
 //! the epilogue applied as each finished tile is stored.
 
+use crate::activation::relu;
 use crate::matrix::{MatMut, MatRef};
 use crate::simd::{flush_subnormals, Isa, Microkernel, MAX_MR, MAX_NR};
 use rayon::prelude::*;
@@ -244,7 +245,7 @@ fn store_tile(
             *d = match epilogue {
                 Epilogue::None => v,
                 Epilogue::Bias(bias) => v + bias[t.col + j],
-                Epilogue::BiasRelu(bias) => (v + bias[t.col + j]).max(0.0),
+                Epilogue::BiasRelu(bias) => relu(v + bias[t.col + j]),
                 Epilogue::ReluMask(mask) => {
                     if mask.get(first_row + t.row + i, t.col + j) > 0.0 {
                         v

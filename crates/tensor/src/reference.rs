@@ -35,7 +35,9 @@ pub fn matmul_f64(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64
 pub fn activation(act: Activation, x: &mut [f64], cols: usize) {
     match act {
         Activation::Linear => {}
-        Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::Relu => x
+            .iter_mut()
+            .for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v }),
         Activation::Sigmoid => x.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
         Activation::Tanh => x.iter_mut().for_each(|v| *v = v.tanh()),
         Activation::Softmax => {

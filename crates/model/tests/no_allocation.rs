@@ -1,0 +1,122 @@
+//! The steady-state training step allocates nothing: counted with a global allocator.
+
+use kerno_model::{
+    Activation, Callback, Control, Dense, FitOptions, Loss, Metric, ModelError, Optimizer,
+    Sequential, Verbosity,
+};
+use kerno_tensor::Tensor;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: defers to the system allocator; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn notebook_model() -> Sequential {
+    let mut m = Sequential::new(784)
+        .add(Dense::new(512, Activation::Relu))
+        .add(Dense::new(10, Activation::Softmax));
+    m.compile(
+        Optimizer::rmsprop(),
+        Loss::CategoricalCrossentropy,
+        &[Metric::Accuracy],
+    )
+    .unwrap();
+    m
+}
+
+fn data(rows: usize) -> (Tensor, Tensor) {
+    let x: Vec<f32> = (0..rows * 784).map(|i| (i % 255) as f32 / 255.0).collect();
+    let y: Vec<f32> = (0..rows * 10)
+        .map(|i| (i % 10 == i / 10 % 10) as u8 as f32)
+        .collect();
+    (
+        Tensor::from_vec(&[rows, 784], x).unwrap(),
+        Tensor::from_vec(&[rows, 10], y).unwrap(),
+    )
+}
+
+/// Reads the allocation counter at two steps of the first epoch.
+struct Snapshot {
+    at: [usize; 2],
+    counts: Vec<usize>,
+}
+
+impl Callback for Snapshot {
+    fn on_batch_end(
+        &mut self,
+        epoch: usize,
+        step: usize,
+        _loss: f32,
+    ) -> Result<Control, ModelError> {
+        if epoch == 0 && self.at.contains(&step) {
+            self.counts.push(ALLOCATIONS.load(Ordering::SeqCst));
+        }
+        Ok(Control::Continue)
+    }
+}
+
+#[test]
+fn training_steps_allocate_nothing() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        // train_on_batch, after the first call has built the workspace.
+        let (x, y) = data(128);
+        let mut m = notebook_model();
+        for _ in 0..3 {
+            m.train_on_batch(&x, &y).unwrap();
+        }
+        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        for _ in 0..20 {
+            m.train_on_batch(&x, &y).unwrap();
+        }
+        let during = ALLOCATIONS.load(Ordering::SeqCst) - before;
+        assert_eq!(
+            during, 0,
+            "20 steps of train_on_batch allocated {during} times"
+        );
+
+        // The fit loop itself, between its 5th and 45th steps.
+        let (x, y) = data(128 * 50);
+        let mut m = notebook_model();
+        let mut snap = Snapshot {
+            at: [5, 45],
+            counts: Vec::with_capacity(2),
+        };
+        let options = FitOptions::new()
+            .epochs(1)
+            .batch_size(128)
+            .verbosity(Verbosity::Silent);
+        m.fit_with_callbacks(&x, &y, &options, &mut [&mut snap])
+            .unwrap();
+        assert_eq!(snap.counts.len(), 2);
+        assert_eq!(
+            snap.counts[1] - snap.counts[0],
+            0,
+            "40 steps of fit allocated"
+        );
+    });
+}
