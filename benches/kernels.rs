@@ -1,1 +1,120 @@
-fn main() {}
+//! Kernel benches: GEMM on the training step's shapes (kerno on each instruction
+//! set, matrixmultiply, and the f64 reference), the fused softmax + cross-entropy,
+//! and the RMSprop update. Throughput is reported in FLOP (2 per multiply-add).
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kerno::tensor::loss::{softmax_xent_fwd_bwd, Targets};
+use kerno::tensor::{gemm_with, optim, reference, Epilogue, Isa, MatMut, MatRef};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// (name, m, k, n, A transposed, B transposed): the five GEMMs of a batch-128 step, and 1024³.
+const SHAPES: [(&str, usize, usize, usize, bool, bool); 6] = [
+    ("fwd1 X·W1 128x784x512", 128, 784, 512, false, false),
+    ("fwd2 H·W2 128x512x10", 128, 512, 10, false, false),
+    ("dW2 Ht·dZ 512x128x10", 512, 128, 10, true, false),
+    ("dH dZ·W2t 128x10x512", 128, 10, 512, false, true),
+    ("dW1 Xt·dH 784x128x512", 784, 128, 512, true, false),
+    ("square 1024x1024x1024", 1024, 1024, 1024, false, false),
+];
+
+fn random(n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
+}
+
+/// A `rows × cols` view, stored transposed when `t`.
+fn view(data: &[f32], rows: usize, cols: usize, t: bool) -> MatRef<'_> {
+    if t {
+        MatRef::row_major(data, cols, rows).t()
+    } else {
+        MatRef::row_major(data, rows, cols)
+    }
+}
+
+fn gemm_shapes(c: &mut Criterion) {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    for (name, m, k, n, ta, tb) in SHAPES {
+        let mut group = c.benchmark_group(format!("gemm/{name}"));
+        group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        group.sample_size(20);
+        let (a, b) = (random(m * k, &mut rng), random(k * n, &mut rng));
+        let (av, bv) = (view(&a, m, k, ta), view(&b, k, n, tb));
+        let mut out = vec![0.0f32; m * n];
+        for isa in Isa::available() {
+            group.bench_function(BenchmarkId::new("kerno", isa.name()), |bench| {
+                bench.iter(|| {
+                    gemm_with(
+                        isa,
+                        av,
+                        bv,
+                        MatMut::row_major(&mut out, m, n),
+                        false,
+                        Epilogue::None,
+                    )
+                })
+            });
+        }
+        group.bench_function("matrixmultiply", |bench| {
+            bench.iter(|| {
+                // SAFETY: the views were built over slices of exactly these shapes and strides.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        m,
+                        k,
+                        n,
+                        1.0,
+                        av.data().as_ptr(),
+                        av.row_stride() as isize,
+                        av.col_stride() as isize,
+                        bv.data().as_ptr(),
+                        bv.row_stride() as isize,
+                        bv.col_stride() as isize,
+                        0.0,
+                        out.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    )
+                }
+            })
+        });
+        if m * k * n <= 128 * 784 * 512 {
+            group.sample_size(10);
+            group.bench_function("reference-f64", |bench| {
+                bench.iter(|| black_box(reference::matmul(av, bv)))
+            });
+        }
+        group.finish();
+    }
+}
+
+fn softmax_xent(c: &mut Criterion) {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let logits = random(128 * 10, &mut rng);
+    let classes: Vec<u32> = (0..128).map(|i| i % 10).collect();
+    let mut grad = vec![0.0f32; 128 * 10];
+    c.bench_function("softmax_xent_fwd_bwd 128x10", |b| {
+        b.iter(|| {
+            softmax_xent_fwd_bwd(
+                black_box(&logits),
+                Targets::Classes(&classes),
+                10,
+                Some((&mut grad, 1.0 / 128.0)),
+            )
+        })
+    });
+}
+
+fn rmsprop(c: &mut Criterion) {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let n = 784 * 512;
+    let (mut w, g, mut v) = (random(n, &mut rng), random(n, &mut rng), vec![0.0f32; n]);
+    let mut group = c.benchmark_group("rmsprop_step");
+    group.throughput(Throughput::Bytes((n * 4 * 4) as u64));
+    group.bench_function("784x512", |b| {
+        b.iter(|| optim::rmsprop_step(&mut w, &g, &mut v, 0.001, 0.9, 1e-7))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, gemm_shapes, softmax_xent, rmsprop);
+criterion_main!(benches);

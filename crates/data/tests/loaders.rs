@@ -120,10 +120,13 @@ fn error_with(file: &str, bytes: Vec<u8>) -> DataError {
     err
 }
 
+/// Whether a malformation is the one a case expects.
+type IsExpected = fn(&Malformation) -> bool;
+
 #[test]
 fn malformed_files_give_typed_errors_naming_the_file() {
     let images: Vec<u8> = vec![0; 4 * 6];
-    let cases: Vec<(&str, Vec<u8>, fn(&Malformation) -> bool)> = vec![
+    let cases: Vec<(&str, Vec<u8>, IsExpected)> = vec![
         (
             "train-images-idx3-ubyte",
             b"\x89PNG\r\n\x1a\n".to_vec(),

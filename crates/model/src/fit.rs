@@ -15,7 +15,7 @@ use kerno_tensor::{Samples, Tensor};
 use std::time::Instant;
 
 /// A different stream of the model's seed for shuffling than for initialisation.
-const SHUFFLE_SEED_SALT: u64 = 0x5348_5546_464c_45;
+const SHUFFLE_SEED_SALT: u64 = 0x0053_4855_4646_4c45;
 
 /// `fit`'s options, with Keras' defaults (`epochs=1`, `batch_size=32`, `shuffle=True`).
 #[derive(Clone, Copy)]

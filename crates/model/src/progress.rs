@@ -64,7 +64,7 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.set_position(step as u64);
             // Formatting allocates: refresh the numbers a few times per second at most.
-            if step % 25 == 0 || step == self.steps {
+            if step.is_multiple_of(25) || step == self.steps {
                 bar.set_message(metrics_text(loss, accuracy, None, None));
             }
         }

@@ -89,6 +89,7 @@ impl Sequential {
     }
 
     /// Adds a layer on top (builder style).
+    #[allow(clippy::should_implement_trait)] // Keras' name: `model.add(layer)`.
     pub fn add(mut self, layer: Dense) -> Self {
         self.push(layer);
         self

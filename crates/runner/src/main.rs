@@ -18,12 +18,14 @@ fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            // clap's message, without the blank line and hint that follow it.
+            // clap's first paragraph folded into one line, without the usage and hint after it.
             let text = e.render().to_string();
-            eprintln!(
-                "{}",
-                text.lines().next().unwrap_or("error: invalid arguments")
-            );
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{}", first.join(" "));
             return ExitCode::from(2);
         }
     };

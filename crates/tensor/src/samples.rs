@@ -46,7 +46,7 @@ impl<'a> ScaledBytes<'a> {
     /// When `bytes.len()` is not a multiple of `features`.
     pub fn new(bytes: &'a [u8], features: usize, divisor: f32) -> Self {
         assert!(
-            features > 0 && bytes.len() % features == 0,
+            features > 0 && bytes.len().is_multiple_of(features),
             "{} bytes do not split into rows of {features}",
             bytes.len()
         );

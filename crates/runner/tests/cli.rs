@@ -1,0 +1,229 @@
+//! The `kerno` binary: argument errors, and train → save → evaluate → predict on a
+//! small generated dataset of 28×28 images.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn kerno(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kerno"));
+    cmd.args(args)
+        .env_remove("KERNO_THREADS")
+        .env_remove("KERNO_DATA");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("kerno runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A dataset of `n` train and test images, 28×28, whose label is set by which
+/// quarter of the image is bright, so a model can learn it in an epoch.
+fn write_dataset(dir: &Path, n: u32) {
+    let idx = |dims: &[u32], data: &[u8]| {
+        let mut out = vec![0, 0, 8, dims.len() as u8];
+        dims.iter()
+            .for_each(|d| out.extend_from_slice(&d.to_be_bytes()));
+        out.extend_from_slice(data);
+        out
+    };
+    let labels: Vec<u8> = (0..n).map(|i| (i % 4) as u8).collect();
+    let mut images = vec![0u8; (n * 784) as usize];
+    for (i, &label) in labels.iter().enumerate() {
+        for p in 0..784 {
+            let quarter = (p / 28 / 14) * 2 + (p % 28) / 14;
+            images[i * 784 + p] = if quarter == label as usize {
+                200
+            } else {
+                (p * 7 % 50) as u8
+            };
+        }
+    }
+    for (name, bytes) in [
+        ("train-images-idx3-ubyte", idx(&[n, 28, 28], &images)),
+        ("train-labels-idx1-ubyte", idx(&[n], &labels)),
+        ("t10k-images-idx3-ubyte", idx(&[n, 28, 28], &images)),
+        ("t10k-labels-idx1-ubyte", idx(&[n], &labels)),
+    ] {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+#[test]
+fn out_of_range_arguments_are_one_line_errors() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["train", "--batch-size", "0"], "--batch-size"),
+        (&["train", "--epochs", "0"], "--epochs"),
+        (&["train", "--lr", "-0.1"], "--lr"),
+        (&["train", "--lr", "NaN"], "--lr"),
+        (&["train", "--lr", "inf"], "--lr"),
+        (&["train", "--optimizer", "adagrad"], "adagrad"),
+        (&["train", "--threads", "0"], "--threads"),
+        (&["train", "--validation-split", "1"], "--validation-split"),
+        (
+            &["train", "--validation-split", "-0.5"],
+            "--validation-split",
+        ),
+        (&["train", "--dataset", "cifar"], "cifar"),
+        (&["evaluate"], "--model"),
+        (&["bogus"], "bogus"),
+    ];
+    for (args, names) in cases {
+        let out = kerno(args, &[]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: not one line:\n{err}"
+        );
+        assert!(
+            err.contains(names),
+            "{args:?}: error does not name {names}: {err}"
+        );
+    }
+    let out = kerno(&["train"], &[("KERNO_THREADS", "0")]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("--threads"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_explicit_data_folder_missing_files_is_an_error_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-folder");
+    let out = kerno(&["train", "--data", missing.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("no-such-folder"), "{err}");
+}
+
+#[test]
+fn train_save_evaluate_predict_on_a_generated_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(dir.path(), 512);
+    let data = dir.path().to_str().unwrap();
+    let model = dir.path().join("model.safetensors");
+    let model = model.to_str().unwrap();
+
+    let out = kerno(
+        &[
+            "train",
+            "--data",
+            data,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--save",
+            model,
+        ],
+        &[],
+    );
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}{}", text, stderr(&out));
+    assert!(text.contains("Epoch 2/2"), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("8/8 - ")),
+        "one line per epoch when not a terminal: {text}"
+    );
+    assert!(text.contains("trained 2 epochs in "), "{text}");
+    let last = text.lines().last().unwrap();
+    let acc: f64 = last.split("test_acc: ").nth(1).unwrap().parse().unwrap();
+    assert!(last.starts_with("test_loss: ") && acc > 0.9, "{last}");
+
+    let out = kerno(&["evaluate", "--model", model, "--data", data], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        last,
+        "evaluate reports what train reported"
+    );
+
+    let out = kerno(
+        &[
+            "predict", "--model", model, "--data", data, "--start", "4", "--count", "3",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("image 4: predicted 0 (p = "),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(stdout(&out).lines().count(), 3);
+
+    let out = kerno(
+        &[
+            "predict", "--model", model, "--data", data, "--start", "510", "--count", "3",
+        ],
+        &[],
+    );
+    assert!(
+        !out.status.success() && stderr(&out).contains("--start"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = kerno(
+        &[
+            "train",
+            "--data",
+            data,
+            "--epochs",
+            "1",
+            "--init-weights",
+            data,
+        ],
+        &[],
+    );
+    assert!(!out.status.success(), "a folder is not a model file");
+}
+
+#[test]
+fn one_and_two_threads_save_byte_identical_models() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(dir.path(), 300);
+    let data = dir.path().to_str().unwrap();
+    let save = |threads: &str| {
+        let path = dir.path().join(format!("t{threads}.safetensors"));
+        let out = kerno(
+            &[
+                "train",
+                "--data",
+                data,
+                "--epochs",
+                "1",
+                "--threads",
+                threads,
+                "--save",
+                path.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        std::fs::read(path).unwrap()
+    };
+    assert_eq!(save("1"), save("2"));
+}
+
+#[test]
+fn summary_prints_the_keras_table() {
+    let out = kerno(&["summary"], &[]);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("Total params: 407,050 (1.55 MB)"),
+        "{}",
+        stdout(&out)
+    );
+}
