@@ -25,6 +25,7 @@ pub(crate) struct Workspace {
 
 impl Workspace {
     pub fn new(layers: &[DenseLayer], input_dim: usize, capacity: usize) -> Self {
+        kerno_tensor::reserve_packing_buffers();
         let outputs_dim = layers.last().map_or(input_dim, |l| l.units);
         let per_layer = |n: fn(&DenseLayer) -> usize| {
             layers.iter().map(|l| vec![0.0; n(l)]).collect::<Vec<_>>()

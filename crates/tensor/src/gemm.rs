@@ -12,6 +12,10 @@ use std::cell::RefCell;
 const KC: usize = 256;
 /// Width of a packed block of B: `KC × NC` floats (512 KiB) stay in L2.
 const NC: usize = 512;
+const _: () = assert!(
+    NC.is_multiple_of(MAX_NR),
+    "a block of B splits into whole strips"
+);
 /// Rows of C per parallel task. The partition depends only on the shape, never on
 /// the thread count, so results are bit-identical for any number of threads.
 const BLOCK_ROWS: usize = 32;
@@ -19,6 +23,18 @@ const BLOCK_ROWS: usize = 32;
 thread_local! {
     /// Packing buffers of this thread, grown once and reused: no allocation per call.
     static PANELS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Gives every thread of the current rayon pool its packing buffers at their
+/// largest size now, so that no later GEMM allocates on any thread.
+pub fn reserve_packing_buffers() {
+    rayon::broadcast(|_| {
+        PANELS.with(|panels| {
+            let (a_panel, b_panel) = &mut *panels.borrow_mut();
+            grow(a_panel, KC * MAX_MR);
+            grow(b_panel, KC * NC);
+        })
+    });
 }
 
 /// What happens to each tile of C once its products are summed.

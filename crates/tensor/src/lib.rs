@@ -17,7 +17,7 @@ mod simd;
 mod tensor;
 
 pub use activation::Activation;
-pub use gemm::{gemm, gemm_with, Epilogue};
+pub use gemm::{gemm, gemm_with, reserve_packing_buffers, Epilogue};
 pub use matrix::{MatMut, MatRef};
 pub use samples::{Samples, ScaledBytes};
 pub use simd::Isa;
