@@ -22,6 +22,8 @@ pub enum Command {
     Evaluate(EvaluateArgs),
     /// Print a saved model's predictions for test images.
     Predict(PredictArgs),
+    /// Measure the FMA peak, then time steady-state training epochs against it.
+    Bench(BenchArgs),
     /// Print the notebook model's summary table.
     Summary,
 }
@@ -117,6 +119,22 @@ pub struct PredictArgs {
     pub count: usize,
     #[command(flatten)]
     pub data: DataArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Epochs to time, after one warm-up epoch.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
+    pub batch_size: usize,
+    #[arg(long, env = "KERNO_THREADS", value_parser = at_least_one)]
+    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn at_least_one(s: &str) -> Result<usize, String> {

@@ -8,7 +8,7 @@ use kerno_model::{
 };
 
 /// Pixels are bytes; the notebook divides them by 255.
-const PIXEL_SCALE: f32 = 255.0;
+pub(crate) const PIXEL_SCALE: f32 = 255.0;
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -16,6 +16,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Train(args)) => train(args),
         Some(Command::Evaluate(args)) => evaluate(args),
         Some(Command::Predict(args)) => predict(args),
+        Some(Command::Bench(args)) => crate::bench::run(args),
         Some(Command::Summary) => {
             print!("{}", notebook_model(28 * 28, 10, 1).summary());
             Ok(())
@@ -24,14 +25,14 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// The notebook's model: `Dense(512, relu) → Dense(classes, softmax)`.
-fn notebook_model(inputs: usize, classes: usize, seed: u64) -> Sequential {
+pub(crate) fn notebook_model(inputs: usize, classes: usize, seed: u64) -> Sequential {
     Sequential::new(inputs)
         .with_seed(seed)
         .add(Dense::new(512, Activation::Relu))
         .add(Dense::new(classes, Activation::Softmax))
 }
 
-fn set_threads(threads: Option<usize>) -> Result<()> {
+pub(crate) fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -41,7 +42,7 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-fn load_data(args: &DataArgs) -> Result<Dataset> {
+pub(crate) fn load_data(args: &DataArgs) -> Result<Dataset> {
     Ok(kerno_data::load(args.dataset, args.data.as_deref())?)
 }
 

@@ -1,5 +1,6 @@
 //! `kerno`: train, evaluate and predict with the Keras MNIST notebook's model.
 
+mod bench;
 mod cli;
 mod commands;
 

@@ -227,3 +227,36 @@ fn summary_prints_the_keras_table() {
         stdout(&out)
     );
 }
+
+#[test]
+fn bench_json_has_the_documented_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(dir.path(), 256);
+    let out = kerno(
+        &[
+            "bench",
+            "--json",
+            "--epochs",
+            "1",
+            "--data",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let record: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    for key in [
+        "peak_gflops",
+        "epoch_s",
+        "samples_per_s",
+        "gflops",
+        "fraction_of_peak",
+    ] {
+        let v = record[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing: {record}"));
+        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    }
+    assert!(record["threads"].as_u64().unwrap() >= 1);
+    assert!(record["isa"].as_str().is_some());
+}

@@ -20,5 +20,5 @@ pub use activation::Activation;
 pub use gemm::{gemm, gemm_with, reserve_packing_buffers, Epilogue};
 pub use matrix::{MatMut, MatRef};
 pub use samples::{Samples, ScaledBytes};
-pub use simd::Isa;
+pub use simd::{fma_peak_gflops, Isa};
 pub use tensor::{ShapeError, Tensor};

@@ -4,8 +4,10 @@
 use std::sync::OnceLock;
 
 mod microkernel;
+mod peak;
 
 pub use microkernel::{MAX_MR, MAX_NR};
+pub use peak::fma_peak_gflops;
 
 /// Runs `f` with subnormal floats flushed to zero (x86's FTZ and DAZ), as
 /// TensorFlow runs its CPU kernels: a subnormal operand costs the FMA units ~100×,

@@ -1,0 +1,72 @@
+//! `kerno bench`: the machine's FMA peak, and how close steady-state training gets to it.
+
+use crate::cli::BenchArgs;
+use crate::commands::{load_data, notebook_model, set_threads, PIXEL_SCALE};
+use anyhow::Result;
+use kerno_data::to_categorical;
+use kerno_model::{FitOptions, Loss, Metric, Optimizer, Verbosity};
+use kerno_tensor::{fma_peak_gflops, Isa};
+
+/// Seconds each thread spends measuring the FMA peak.
+const PEAK_SECONDS: f64 = 0.5;
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let isa = Isa::detected();
+    let threads = rayon::current_num_threads();
+    let peak_one_core = fma_peak_gflops(isa, PEAK_SECONDS);
+    // Every worker at once, as training runs them.
+    let peak_all: f64 = rayon::broadcast(|_| fma_peak_gflops(isa, PEAK_SECONDS))
+        .iter()
+        .sum();
+
+    let data = load_data(&args.data)?;
+    let mut model = notebook_model(data.train.images.features(), data.classes, 1);
+    model.compile(
+        Optimizer::rmsprop(),
+        Loss::CategoricalCrossentropy,
+        &[Metric::Accuracy],
+    )?;
+    let x = data.train.images.scaled(PIXEL_SCALE);
+    let y = to_categorical(&data.train.labels, data.classes);
+    let options = FitOptions::new()
+        .epochs(args.epochs + 1)
+        .batch_size(args.batch_size)
+        .verbosity(Verbosity::Silent);
+    let history = model.fit(&x, &y, &options)?;
+    // The first epoch warms caches and builds buffers; the rest are steady state.
+    let mut seconds: Vec<f64> = history.epochs[1..]
+        .iter()
+        .map(|e| e.train_seconds)
+        .collect();
+    seconds.sort_by(f64::total_cmp);
+    let epoch_s = seconds[seconds.len() / 2];
+    let samples = history.epochs[0].samples as f64;
+    let gflops = samples * model.train_flops_per_sample() as f64 / epoch_s / 1e9;
+    let fraction = gflops / peak_all;
+
+    if args.json {
+        let record = serde_json::json!({
+            "peak_gflops": peak_all,
+            "peak_gflops_one_core": peak_one_core,
+            "epoch_s": epoch_s,
+            "samples_per_s": samples / epoch_s,
+            "gflops": gflops,
+            "fraction_of_peak": fraction,
+            "threads": threads,
+            "isa": isa.name(),
+            "epochs_timed": seconds.len(),
+        });
+        println!("{record}");
+    } else {
+        println!("isa {}, {threads} threads", isa.name());
+        println!("FMA peak: {peak_one_core:.1} GFLOP/s on one core, {peak_all:.1} GFLOP/s on {threads} threads");
+        println!(
+            "epoch: {epoch_s:.3} s (median of {}), {:.0} samples/s",
+            seconds.len(),
+            samples / epoch_s
+        );
+        println!("achieved: {gflops:.1} GFLOP/s, {fraction:.2} of the all-core peak");
+    }
+    Ok(())
+}
