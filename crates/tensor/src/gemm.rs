@@ -4,7 +4,7 @@
 
 use crate::activation::relu;
 use crate::matrix::{MatMut, MatRef};
-use crate::simd::{flush_subnormals, Isa, Microkernel, MAX_MR, MAX_NR};
+use crate::simd::{flush_subnormals, Isa, Microkernel, TileEpilogue, TileMut, MAX_MR, MAX_NR};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -168,7 +168,6 @@ fn gemm_block(
                     let a_packed = grow(a_panel, kc * mr);
                     pack_a(a, ir, rows, pc, kc, mr, a_packed);
                     for (s, b_strip) in b_packed.chunks_exact(kc * nr).enumerate() {
-                        (kernel.run)(kc, a_packed, b_strip, &mut acc[..mr * nr]);
                         let col = jc + s * nr;
                         let tile = Tile {
                             row: ir,
@@ -177,12 +176,51 @@ fn gemm_block(
                             cols: nr.min(n - col),
                             nr,
                         };
-                        store_tile(&mut c, &acc, tile, overwrite, tile_epilogue, first_row);
+                        let full = tile.rows == mr && tile.cols == nr;
+                        let in_registers = kernel.into.filter(|_| full).zip(tile_epilogue_of(
+                            tile_epilogue,
+                            first_row + ir,
+                            col,
+                        ));
+                        if let Some((into, epilogue)) = in_registers {
+                            let stride = c.row_stride();
+                            let start = ir * stride + col;
+                            let data = &mut c.data_mut()[start..start + (mr - 1) * stride + nr];
+                            into(
+                                kc,
+                                a_packed,
+                                b_strip,
+                                TileMut {
+                                    data,
+                                    row_stride: stride,
+                                    accumulate: !overwrite,
+                                },
+                                epilogue,
+                            );
+                        } else {
+                            (kernel.run)(kc, a_packed, b_strip, &mut acc[..mr * nr]);
+                            store_tile(&mut c, &acc, tile, overwrite, tile_epilogue, first_row);
+                        }
                     }
                 }
             }
         }
     });
+}
+
+/// The epilogue of the tile at (`row`, `col`), for microkernels that apply it in
+/// registers; `None` when the mask is not row-major and the tile takes the scalar path.
+fn tile_epilogue_of(epilogue: Epilogue<'_>, row: usize, col: usize) -> Option<TileEpilogue<'_>> {
+    Some(match epilogue {
+        Epilogue::None => TileEpilogue::None,
+        Epilogue::Bias(bias) => TileEpilogue::Bias(&bias[col..]),
+        Epilogue::BiasRelu(bias) => TileEpilogue::BiasRelu(&bias[col..]),
+        Epilogue::ReluMask(mask) if mask.col_stride() == 1 => TileEpilogue::ReluMask {
+            mask: &mask.data()[row * mask.row_stride() + col..],
+            row_stride: mask.row_stride(),
+        },
+        Epilogue::ReluMask(_) => return None,
+    })
 }
 
 /// The first `len` elements of `buf`, growing it when it is shorter.

@@ -104,4 +104,25 @@ pub(crate) struct Microkernel {
     pub mr: usize,
     pub nr: usize,
     pub run: fn(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32]),
+    /// The same product written into a full `MR × NR` tile of C with the epilogue
+    /// applied in registers, where the instruction set has it.
+    pub into:
+        Option<fn(kc: usize, a: &[f32], b: &[f32], c: TileMut<'_>, epilogue: TileEpilogue<'_>)>,
+}
+
+/// A full tile of C: `data` starts at its first element; rows are `row_stride` apart.
+pub(crate) struct TileMut<'a> {
+    pub data: &'a mut [f32],
+    pub row_stride: usize,
+    /// Add to C's values instead of overwriting them.
+    pub accumulate: bool,
+}
+
+/// The epilogue as one tile sees it: slices start at the tile's first column (and row).
+#[derive(Clone, Copy)]
+pub(crate) enum TileEpilogue<'a> {
+    None,
+    Bias(&'a [f32]),
+    BiasRelu(&'a [f32]),
+    ReluMask { mask: &'a [f32], row_stride: usize },
 }
