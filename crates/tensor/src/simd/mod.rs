@@ -106,9 +106,12 @@ pub(crate) struct Microkernel {
     pub run: fn(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32]),
     /// The same product written into a full `MR × NR` tile of C with the epilogue
     /// applied in registers, where the instruction set has it.
-    pub into:
-        Option<fn(kc: usize, a: &[f32], b: &[f32], c: TileMut<'_>, epilogue: TileEpilogue<'_>)>,
+    pub into: Option<IntoTile>,
 }
+
+/// A microkernel that writes its product into a full tile of C, epilogue applied.
+pub(crate) type IntoTile =
+    fn(kc: usize, a: &[f32], b: &[f32], c: TileMut<'_>, epilogue: TileEpilogue<'_>);
 
 /// A full tile of C: `data` starts at its first element; rows are `row_stride` apart.
 pub(crate) struct TileMut<'a> {
