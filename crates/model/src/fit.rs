@@ -253,19 +253,11 @@ impl Sequential {
         x: &dyn Samples,
         y: &Tensor,
     ) -> Result<(f64, f64), ModelError> {
-        self.check_inputs(x)?;
-        let loss = self.compiled()?.loss;
+        let targets = self.whole_batch_targets(x, y)?;
         let rows = x.len();
-        if rows == 0 {
-            return Err(ModelError::invalid("batch", "it holds no samples"));
-        }
-        let targets = TargetTable::new(loss, y, rows, self.output_dim())?;
-        let mut ws = self.take_workspace(rows);
-        // Moved out and back so that the step can borrow the workspace mutably.
-        let sequence = std::mem::take(&mut ws.sequence);
-        let stats = self.train_step(&mut ws, x, &targets, &sequence[..rows]);
-        ws.sequence = sequence;
-        self.workspace = Some(ws);
+        let stats = self.on_whole_batch(rows, |model, ws, indices| {
+            model.train_step(ws, x, &targets, indices)
+        });
         Ok((
             stats.loss_sum / rows as f64,
             stats.correct as f64 / rows as f64,
@@ -275,37 +267,62 @@ impl Sequential {
     /// The gradient of the mean loss over `x` and `y` with respect to every
     /// parameter, in the order of [`Sequential::weights`]. Changes no weight.
     pub fn gradients(&mut self, x: &dyn Samples, y: &Tensor) -> Result<Vec<Tensor>, ModelError> {
+        let targets = self.whole_batch_targets(x, y)?;
+        let loss = self.compiled()?.loss;
+        let grads = self.on_whole_batch(x.len(), |model, ws, indices| {
+            run_batch(
+                &model.layers,
+                model.input_dim,
+                loss,
+                ws,
+                x,
+                &targets,
+                indices,
+                true,
+            );
+            step::backward(&model.layers, model.input_dim, ws, indices.len());
+            model
+                .layers
+                .iter()
+                .enumerate()
+                .flat_map(|(l, layer)| {
+                    [
+                        Tensor::from_vec(&[layer.inputs, layer.units], ws.dkernels[l].clone()),
+                        Tensor::from_vec(&[layer.units], ws.dbiases[l].clone()),
+                    ]
+                })
+                .map(|t| t.expect("gradient shapes match the layers"))
+                .collect()
+        });
+        Ok(grads)
+    }
+
+    /// Checks a batch given whole (`x` and `y` hold exactly its samples) and its targets.
+    fn whole_batch_targets<'y>(
+        &self,
+        x: &dyn Samples,
+        y: &'y Tensor,
+    ) -> Result<TargetTable<'y>, ModelError> {
         self.check_inputs(x)?;
         let loss = self.compiled()?.loss;
-        let rows = x.len();
-        let targets = TargetTable::new(loss, y, rows, self.output_dim())?;
+        if x.is_empty() {
+            return Err(ModelError::invalid("batch", "it holds no samples"));
+        }
+        TargetTable::new(loss, y, x.len(), self.output_dim())
+    }
+
+    /// Runs `f` with the workspace and the indices `0..rows` of a batch given whole.
+    fn on_whole_batch<R>(
+        &mut self,
+        rows: usize,
+        f: impl FnOnce(&mut Self, &mut Workspace, &[usize]) -> R,
+    ) -> R {
         let mut ws = self.take_workspace(rows);
+        // Moved out and back so that `f` can borrow the workspace mutably.
         let sequence = std::mem::take(&mut ws.sequence);
-        run_batch(
-            &self.layers,
-            self.input_dim,
-            loss,
-            &mut ws,
-            x,
-            &targets,
-            &sequence[..rows],
-            true,
-        );
-        step::backward(&self.layers, self.input_dim, &mut ws, rows);
+        let result = f(self, &mut ws, &sequence[..rows]);
         ws.sequence = sequence;
-        let grads = self
-            .layers
-            .iter()
-            .enumerate()
-            .flat_map(|(l, layer)| {
-                [
-                    Tensor::from_vec(&[layer.inputs, layer.units], ws.dkernels[l].clone()),
-                    Tensor::from_vec(&[layer.units], ws.dbiases[l].clone()),
-                ]
-            })
-            .map(|t| t.expect("gradient shapes match the layers"))
-            .collect();
         self.workspace = Some(ws);
-        Ok(grads)
+        result
     }
 }
