@@ -15,7 +15,7 @@ mod error;
 pub mod idx;
 pub mod npz;
 
-pub use atomic::write_atomically;
+pub use atomic::{check_writable, write_atomically};
 pub use batches::EpochOrder;
 pub use dataset::{to_categorical, Dataset, Images, Split};
 pub use discover::{cache_dir, load, load_dir, load_npz, DatasetKind, IDX_FILES};

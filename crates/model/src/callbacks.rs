@@ -6,11 +6,18 @@ use crate::sequential::Sequential;
 use kerno_tensor::Tensor;
 use std::path::PathBuf;
 
-/// Whether training goes on after a callback.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Whether training goes on after a callback. When callbacks disagree, the later
+/// variant wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Control {
     Continue,
+    /// Finish this epoch (its validation and epoch-end callbacks run), then stop,
+    /// as Keras' `model.stop_training = True`.
     Stop,
+    /// Stop right after this step, in the middle of the epoch: no validation and no
+    /// epoch-end or train-end callbacks. [`crate::History::interrupted`] says where
+    /// to continue from, for a checkpoint.
+    Interrupt,
 }
 
 /// Hooks into `fit`. An error stops training and is returned by `fit`.

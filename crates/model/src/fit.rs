@@ -1,6 +1,7 @@
 //! `fit` and `train_on_batch`: the training loop.
 
 use crate::callbacks::{Callback, Control};
+use crate::checkpoint::TrainingProgress;
 use crate::error::ModelError;
 use crate::history::{EpochLogs, History};
 use crate::loss::Metric;
@@ -10,7 +11,6 @@ use crate::step;
 use crate::targets::TargetTable;
 use crate::workspace::Workspace;
 use kerno_data::EpochOrder;
-use kerno_tensor::loss::LossStats;
 use kerno_tensor::{Samples, Tensor};
 use std::time::Instant;
 
@@ -27,8 +27,8 @@ pub struct FitOptions<'a> {
     pub validation_split: f64,
     pub validation_data: Option<(&'a dyn Samples, &'a Tensor)>,
     pub verbosity: Verbosity,
-    /// The epoch to start at (0-based), to continue an earlier run.
-    pub initial_epoch: usize,
+    /// Where to start: the beginning of epoch 0, or a point an earlier run reached.
+    pub start: TrainingProgress,
 }
 
 impl Default for FitOptions<'_> {
@@ -40,7 +40,7 @@ impl Default for FitOptions<'_> {
             validation_split: 0.0,
             validation_data: None,
             verbosity: Verbosity::Auto,
-            initial_epoch: 0,
+            start: TrainingProgress::default(),
         }
     }
 }
@@ -80,8 +80,17 @@ impl<'a> FitOptions<'a> {
         self
     }
 
+    /// Starts at the beginning of `epoch` (0-based), as Keras' `initial_epoch`.
     pub fn initial_epoch(mut self, epoch: usize) -> Self {
-        self.initial_epoch = epoch;
+        self.start = TrainingProgress::start_of(epoch);
+        self
+    }
+
+    /// Continues from a point an earlier run with the same settings reached, even in
+    /// the middle of an epoch; with the weights and optimizer state of that point
+    /// (a [`crate::Checkpoint`]), the run ends as if it had never stopped.
+    pub fn resume_from(mut self, progress: TrainingProgress) -> Self {
+        self.start = progress;
         self
     }
 
@@ -190,36 +199,54 @@ impl Sequential {
         let mut order = EpochOrder::new(train_rows, self.seed ^ SHUFFLE_SEED_SALT);
         let mut progress = Progress::new(options.verbosity, options.epochs, steps);
         let mut history = History::default();
-        let mut stop = false;
-        for epoch in options.initial_epoch..options.epochs {
+        if options.start.step > steps || options.start.samples > train_rows {
+            return Err(ModelError::invalid(
+                "resume point",
+                format!(
+                    "step {} ({} samples) of an epoch of {steps} steps",
+                    options.start.step, options.start.samples
+                ),
+            ));
+        }
+        let mut control = Control::Continue;
+        for epoch in options.start.epoch..options.epochs {
             order.arrange(epoch as u64, options.shuffle);
             progress.epoch_begin(epoch);
+            let mut done = if epoch == options.start.epoch {
+                options.start
+            } else {
+                TrainingProgress::start_of(epoch)
+            };
             let start = Instant::now();
-            let mut total = LossStats::default();
-            let mut seen = 0;
-            let mut steps_done = 0;
-            for (step, batch) in order.batches(options.batch_size).enumerate() {
+            let batches = order.batches(options.batch_size).enumerate();
+            for (step, batch) in batches.skip(done.step) {
                 let stats = self.train_step(ws, x, targets, batch);
-                total.loss_sum += stats.loss_sum;
-                total.correct += stats.correct;
-                seen += batch.len();
-                steps_done = step + 1;
+                done.loss_sum += stats.loss_sum;
+                done.correct += stats.correct;
+                done.samples += batch.len();
+                done.step = step + 1;
                 let batch_loss = (stats.loss_sum / batch.len() as f64) as f32;
                 for cb in callbacks.iter_mut() {
-                    stop |= cb.on_batch_end(epoch, step, batch_loss)? == Control::Stop;
+                    control = control.max(cb.on_batch_end(epoch, step, batch_loss)?);
                 }
-                let accuracy = with_accuracy.then(|| total.correct as f64 / seen as f64);
-                progress.batch_end(steps_done, total.loss_sum / seen as f64, accuracy);
-                if stop {
+                let accuracy = with_accuracy.then(|| done.correct as f64 / done.samples as f64);
+                progress.batch_end(done.step, done.loss_sum / done.samples as f64, accuracy);
+                if control != Control::Continue {
                     break;
                 }
             }
+            if control == Control::Interrupt {
+                progress.interrupted();
+                history.interrupted = Some(done);
+                return Ok(history);
+            }
+            let seen = done.samples.max(1) as f64;
             let mut logs = EpochLogs {
                 epoch,
-                steps: steps_done,
-                samples: seen,
-                loss: total.loss_sum / seen.max(1) as f64,
-                accuracy: with_accuracy.then(|| total.correct as f64 / seen.max(1) as f64),
+                steps: done.step,
+                samples: done.samples,
+                loss: done.loss_sum / seen,
+                accuracy: with_accuracy.then(|| done.correct as f64 / seen),
                 val_loss: None,
                 val_accuracy: None,
                 train_seconds: start.elapsed().as_secs_f64(),
@@ -233,9 +260,9 @@ impl Sequential {
             progress.epoch_end(&logs);
             history.epochs.push(logs.clone());
             for cb in callbacks.iter_mut() {
-                stop |= cb.on_epoch_end(&logs, self)? == Control::Stop;
+                control = control.max(cb.on_epoch_end(&logs, self)?);
             }
-            if stop {
+            if control != Control::Continue {
                 break;
             }
         }

@@ -1,5 +1,7 @@
 //! What `fit` and `evaluate` report.
 
+use crate::checkpoint::TrainingProgress;
+
 /// The averages of one epoch, as Keras' `History.history` holds them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpochLogs {
@@ -34,6 +36,9 @@ impl EpochLogs {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct History {
     pub epochs: Vec<EpochLogs>,
+    /// Where the run stood when a callback interrupted it in the middle of an
+    /// epoch ([`crate::Control::Interrupt`]); `None` when every epoch it began finished.
+    pub interrupted: Option<TrainingProgress>,
 }
 
 impl History {

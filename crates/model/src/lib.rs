@@ -6,6 +6,7 @@
 //! categorical cross-entropy computed from the logits in one fused kernel.
 
 mod callbacks;
+mod checkpoint;
 mod error;
 mod fit;
 mod history;
@@ -22,6 +23,7 @@ mod weights;
 mod workspace;
 
 pub use callbacks::{Callback, Control, EarlyStopping, ModelCheckpoint, TerminateOnNaN};
+pub use checkpoint::{Checkpoint, RunSettings, TrainingCheckpoint, TrainingProgress};
 pub use error::ModelError;
 pub use fit::FitOptions;
 pub use history::{EpochLogs, Evaluation, History};

@@ -51,6 +51,14 @@ pub enum Metric {
     Accuracy,
 }
 
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+        }
+    }
+}
+
 impl FromStr for Metric {
     type Err = String;
 

@@ -4,11 +4,13 @@ use crate::error::ModelError;
 use crate::layer::DenseLayer;
 use crate::workspace::Workspace;
 use kerno_tensor::optim;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
 /// An optimizer and its hyper-parameters.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Optimizer {
     RmsProp {
         learning_rate: f32,
@@ -122,10 +124,16 @@ impl Optimizer {
 
     /// Buffers of state per parameter tensor.
     fn slots(&self) -> usize {
+        self.slot_names().len()
+    }
+
+    /// Keras' names of the buffers kept per parameter tensor.
+    pub(crate) fn slot_names(&self) -> &'static [&'static str] {
         match *self {
-            Optimizer::RmsProp { .. } => 1,
-            Optimizer::Sgd { momentum, .. } => (momentum > 0.0) as usize,
-            Optimizer::Adam { .. } => 2,
+            Optimizer::RmsProp { .. } => &["velocity"],
+            Optimizer::Sgd { momentum, .. } if momentum > 0.0 => &["momentum"],
+            Optimizer::Sgd { .. } => &[],
+            Optimizer::Adam { .. } => &["momentum", "velocity"],
         }
     }
 

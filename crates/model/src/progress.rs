@@ -70,6 +70,13 @@ impl Progress {
         }
     }
 
+    /// The run stopped in the middle of an epoch: the bar goes, no epoch line.
+    pub fn interrupted(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.abandon();
+        }
+    }
+
     pub fn epoch_end(&mut self, logs: &EpochLogs) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();

@@ -1,5 +1,6 @@
 //! Models on disk: safetensors, the architecture in its metadata, written atomically.
 
+use crate::checkpoint::TrainingState;
 use crate::error::ModelError;
 use crate::layer::Dense;
 use crate::sequential::Sequential;
@@ -7,7 +8,7 @@ use kerno_tensor::Activation;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The metadata key holding the architecture (one key, so the file's bytes are deterministic).
 const METADATA_KEY: &str = "kerno";
@@ -23,6 +24,9 @@ struct Architecture {
     input_dim: usize,
     seed: u64,
     layers: Vec<LayerSpec>,
+    /// Only in checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    training: Option<TrainingState>,
 }
 
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
@@ -48,6 +52,7 @@ impl Sequential {
                     activation: l.activation.name().to_string(),
                 })
                 .collect(),
+            training: None,
         }
     }
 
@@ -55,7 +60,17 @@ impl Sequential {
     /// `<layer>/bias`), through a temporary file renamed over `path`, so a crash
     /// leaves the previous file whole.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), ModelError> {
-        let path = path.as_ref();
+        self.write_model_file(path.as_ref(), None, Vec::new())
+    }
+
+    /// Writes the architecture, `training` in the metadata, the weights and the
+    /// `extra` tensors, atomically.
+    pub(crate) fn write_model_file(
+        &self,
+        path: &Path,
+        training: Option<TrainingState>,
+        extra: Vec<(String, &[f32])>,
+    ) -> Result<(), ModelError> {
         let mut names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -64,21 +79,27 @@ impl Sequential {
                 format!("'{}' is used twice", w[0]),
             ));
         }
-        let arch =
-            serde_json::to_string(&self.architecture()).expect("the architecture serialises");
-        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = self
-            .layers
-            .iter()
-            .flat_map(|l| {
-                [
-                    (
-                        format!("{}/kernel", l.name),
-                        le_bytes(&l.kernel),
-                        vec![l.inputs, l.units],
-                    ),
-                    (format!("{}/bias", l.name), le_bytes(&l.bias), vec![l.units]),
-                ]
-            })
+        let arch = Architecture {
+            training,
+            ..self.architecture()
+        };
+        let arch = serde_json::to_string(&arch).expect("the architecture serialises");
+        let weights = self.layers.iter().flat_map(|l| {
+            [
+                (
+                    format!("{}/kernel", l.name),
+                    l.kernel.as_slice(),
+                    vec![l.inputs, l.units],
+                ),
+                (format!("{}/bias", l.name), l.bias.as_slice(), vec![l.units]),
+            ]
+        });
+        let extra = extra
+            .into_iter()
+            .map(|(name, values)| (name, values, vec![values.len()]));
+        let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = weights
+            .chain(extra)
+            .map(|(name, values, shape)| (name, le_bytes(values), shape))
             .collect();
         let views = bytes
             .iter()
@@ -90,34 +111,38 @@ impl Sequential {
             .collect::<Vec<_>>();
         let metadata = Some(HashMap::from([(METADATA_KEY.to_string(), arch)]));
         let file =
-            safetensors::serialize(views, &metadata).map_err(|e| ModelError::BadModelFile {
-                path: path.to_path_buf(),
-                problem: e.to_string(),
-            })?;
+            safetensors::serialize(views, &metadata).map_err(|e| bad(path, e.to_string()))?;
         kerno_data::write_atomically(path, &file).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
             source,
         })
     }
 
-    /// Reads a model saved by [`Sequential::save`]: architecture and weights, not compiled.
+    /// Reads a model saved by [`Sequential::save`] (or a checkpoint): architecture
+    /// and weights, not compiled.
     pub fn load(path: impl AsRef<Path>) -> Result<Sequential, ModelError> {
         let path = path.as_ref();
         let bytes = read_file(path)?;
-        let (arch, tensors) = parse(path, &bytes)?;
-        let mut model = Sequential::new(arch.input_dim).with_seed(arch.seed);
-        for spec in &arch.layers {
-            let activation: Activation = spec
-                .activation
-                .parse()
-                .map_err(|e| bad(path, format!("{e}")))?;
-            if spec.units == 0 {
-                return Err(bad(path, format!("layer '{}' has 0 units", spec.name)));
-            }
-            model.push(Dense::new(spec.units, activation).named(spec.name.clone()));
-        }
-        fill_weights(&mut model, path, &tensors)?;
+        Sequential::from_safetensors(&bytes, path)
+    }
+
+    /// [`Sequential::load`] from the bytes of a model file; `origin` names it in errors.
+    pub fn from_safetensors(bytes: &[u8], origin: &Path) -> Result<Sequential, ModelError> {
+        let (model, _, _) = parse_model(origin, bytes)?;
         Ok(model)
+    }
+
+    /// A model file's model, training state (checkpoints only) and tensors.
+    pub(crate) fn read_model_file(
+        path: &Path,
+    ) -> Result<(Sequential, Option<TrainingState>, TensorFile), ModelError> {
+        let bytes = read_file(path)?;
+        let (model, state, _) = parse_model(path, &bytes)?;
+        let file = TensorFile {
+            path: path.to_path_buf(),
+            bytes,
+        };
+        Ok((model, state, file))
     }
 
     /// Replaces this model's weights with those of a file saved from the same
@@ -221,6 +246,42 @@ fn parse<'b>(path: &Path, bytes: &'b [u8]) -> Result<(Architecture, SafeTensors<
         return Err(bad(path, "the architecture has no input or no layers"));
     }
     Ok((arch, tensors))
+}
+
+/// Builds the model a file describes and fills its weights.
+fn parse_model<'b>(
+    path: &Path,
+    bytes: &'b [u8],
+) -> Result<(Sequential, Option<TrainingState>, SafeTensors<'b>), ModelError> {
+    let (arch, tensors) = parse(path, bytes)?;
+    let mut model = Sequential::new(arch.input_dim).with_seed(arch.seed);
+    for spec in &arch.layers {
+        let activation: Activation = spec
+            .activation
+            .parse()
+            .map_err(|e| bad(path, format!("{e}")))?;
+        if spec.units == 0 {
+            return Err(bad(path, format!("layer '{}' has 0 units", spec.name)));
+        }
+        model.push(Dense::new(spec.units, activation).named(spec.name.clone()));
+    }
+    fill_weights(&mut model, path, &tensors)?;
+    Ok((model, arch.training, tensors))
+}
+
+/// The bytes of a model file, for tensors beyond the weights.
+pub(crate) struct TensorFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl TensorFile {
+    /// The named tensor's values, checked for dtype and shape.
+    pub fn f32_values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let tensors = SafeTensors::deserialize(&self.bytes)
+            .map_err(|e| bad(&self.path, format!("not a safetensors file: {e}")))?;
+        tensor(&self.path, &tensors, name, shape)
+    }
 }
 
 fn fill_weights(

@@ -38,10 +38,22 @@ pub struct DataArgs {
     pub dataset: DatasetKind,
 }
 
+/// The options a resumed run takes from its checkpoint.
+const RUN_SETTINGS: [&str; 7] = [
+    "batch_size",
+    "optimizer",
+    "lr",
+    "seed",
+    "validation_split",
+    "no_shuffle",
+    "init_weights",
+];
+
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
-    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
-    pub epochs: usize,
+    /// Epochs to train [default: 5, or with --resume the checkpoint's].
+    #[arg(long, value_parser = at_least_one)]
+    pub epochs: Option<usize>,
     #[arg(long, default_value_t = 128, value_parser = at_least_one)]
     pub batch_size: usize,
     /// rmsprop, sgd or adam (Keras' defaults for each).
@@ -70,12 +82,25 @@ pub struct TrainArgs {
     /// Save the trained model (safetensors, written atomically).
     #[arg(long, value_name = "PATH")]
     pub save: Option<PathBuf>,
+    /// Write a checkpoint (weights, optimizer state, where the run stands) after
+    /// every epoch and on Ctrl-C, for --resume.
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: Option<PathBuf>,
+    /// Continue the run of a checkpoint, with its settings; it ends exactly as the
+    /// run would have without the stop. Later checkpoints go to the same file
+    /// unless --checkpoint says otherwise.
+    #[arg(long, value_name = "PATH", conflicts_with_all = RUN_SETTINGS)]
+    pub resume: Option<PathBuf>,
+    /// Keep training when the loss becomes NaN or infinite (by default training
+    /// stops with an error naming the epoch and step).
+    #[arg(long)]
+    pub no_terminate_on_nan: bool,
 }
 
 impl Default for TrainArgs {
     fn default() -> Self {
         Self {
-            epochs: 5,
+            epochs: None,
             batch_size: 128,
             optimizer: Optimizer::rmsprop(),
             lr: None,
@@ -89,6 +114,9 @@ impl Default for TrainArgs {
             no_shuffle: false,
             init_weights: None,
             save: None,
+            checkpoint: None,
+            resume: None,
+            no_terminate_on_nan: false,
         }
     }
 }

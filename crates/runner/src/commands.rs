@@ -1,11 +1,17 @@
 //! What each command does.
 
 use crate::cli::{Cli, Command, DataArgs, EvaluateArgs, PredictArgs, TrainArgs};
+use crate::interrupt::{self, Interrupted};
 use anyhow::{Context, Result};
-use kerno_data::{to_categorical, Dataset};
+use kerno_data::{to_categorical, Dataset, DatasetKind};
 use kerno_model::{
-    Activation, Dense, FitOptions, Loss, Metric, Optimizer, Sequential, TerminateOnNaN, Verbosity,
+    Activation, Callback, Dense, Loss, Metric, Optimizer, RunSettings, Sequential, TerminateOnNaN,
+    TrainingCheckpoint, TrainingProgress, Verbosity,
 };
+use std::path::{Path, PathBuf};
+
+/// The notebook's `model.fit(..., epochs=5)`.
+const DEFAULT_EPOCHS: usize = 5;
 
 /// Pixels are bytes; the notebook divides them by 255.
 pub(crate) const PIXEL_SCALE: f32 = 255.0;
@@ -48,7 +54,71 @@ pub(crate) fn load_data(args: &DataArgs) -> Result<Dataset> {
 
 fn train(args: TrainArgs) -> Result<()> {
     set_threads(args.threads)?;
+    let checkpoint = args.checkpoint.as_ref().or(args.resume.as_ref());
+    for (flag, path) in [("--save", args.save.as_ref()), ("--checkpoint", checkpoint)] {
+        if let Some(path) = path {
+            kerno_data::check_writable(path)
+                .with_context(|| format!("{flag} {} cannot be written", path.display()))?;
+        }
+    }
     let data = load_data(&args.data)?;
+    let (mut model, settings, start) = match &args.resume {
+        Some(path) => {
+            let ckpt = Sequential::load_checkpoint(path)?;
+            check_fits(&ckpt.model, path, &data)?;
+            let settings = RunSettings {
+                epochs: args.epochs.unwrap_or(ckpt.settings.epochs),
+                ..ckpt.settings
+            };
+            (ckpt.model, settings, ckpt.progress)
+        }
+        None => (
+            new_model(&args, &data)?,
+            RunSettings {
+                epochs: args.epochs.unwrap_or(DEFAULT_EPOCHS),
+                batch_size: args.batch_size,
+                shuffle: !args.no_shuffle,
+                validation_split: args.validation_split,
+            },
+            TrainingProgress::default(),
+        ),
+    };
+
+    let x_train = data.train.images.scaled(PIXEL_SCALE);
+    let y_train = to_categorical(&data.train.labels, data.classes);
+    let options = settings.resume_options(start).verbosity(Verbosity::Auto);
+    let mut stop_on_nan = TerminateOnNaN;
+    let mut saver = checkpoint.map(|path| TrainingCheckpoint::new(path, settings));
+    let mut stop_on_interrupt = interrupt::StopOnInterrupt;
+    let mut callbacks: Vec<&mut dyn Callback> = vec![&mut stop_on_interrupt];
+    if !args.no_terminate_on_nan {
+        callbacks.push(&mut stop_on_nan);
+    }
+    if let Some(saver) = saver.as_mut() {
+        callbacks.push(saver);
+    }
+    interrupt::install()?;
+    let history = model.fit_with_callbacks(&x_train, &y_train, &options, &mut callbacks)?;
+    if let Some(at) = history.interrupted {
+        return Err(interrupted(&model, &args, checkpoint, &at, &settings));
+    }
+    let seconds = history.train_seconds();
+    // A resumed first epoch counts the samples trained before the stop in its logs.
+    let trained_now = history.samples().saturating_sub(start.samples);
+    println!(
+        "trained {} epochs in {seconds:.2} s ({:.0} samples/s)",
+        history.epochs.len(),
+        trained_now as f64 / seconds.max(f64::MIN_POSITIVE)
+    );
+    if let Some(path) = &args.save {
+        model.save(path)?;
+        println!("saved {}", path.display());
+    }
+    report_test(&mut model, &data, settings.batch_size)
+}
+
+/// A fresh notebook model for `args`, compiled.
+fn new_model(args: &TrainArgs, data: &Dataset) -> Result<Sequential> {
     let features = data.train.images.features();
     let mut model = notebook_model(features, data.classes, args.seed);
     if let Some(path) = &args.init_weights {
@@ -63,30 +133,43 @@ fn train(args: TrainArgs) -> Result<()> {
         Loss::CategoricalCrossentropy,
         &[Metric::Accuracy],
     )?;
-
-    let x_train = data.train.images.scaled(PIXEL_SCALE);
-    let y_train = to_categorical(&data.train.labels, data.classes);
-    let options = FitOptions::new()
-        .epochs(args.epochs)
-        .batch_size(args.batch_size)
-        .shuffle(!args.no_shuffle)
-        .validation_split(args.validation_split)
-        .verbosity(Verbosity::Auto);
-    let history =
-        model.fit_with_callbacks(&x_train, &y_train, &options, &mut [&mut TerminateOnNaN])?;
-    let seconds = history.train_seconds();
-    println!(
-        "trained {} epochs in {seconds:.2} s ({:.0} samples/s)",
-        history.epochs.len(),
-        history.samples() as f64 / seconds.max(f64::MIN_POSITIVE)
-    );
-    if let Some(path) = &args.save {
-        model.save(path)?;
-        println!("saved {}", path.display());
-    }
-    report_test(&mut model, &data, args.batch_size)
+    Ok(model)
 }
 
+/// Writes the checkpoint of a run stopped by Ctrl-C, and says how to continue it.
+fn interrupted(
+    model: &Sequential,
+    args: &TrainArgs,
+    checkpoint: Option<&PathBuf>,
+    at: &TrainingProgress,
+    settings: &RunSettings,
+) -> anyhow::Error {
+    let place = format!(
+        "interrupted in epoch {}/{} after step {}",
+        at.epoch + 1,
+        settings.epochs,
+        at.step
+    );
+    let Some(path) = checkpoint else {
+        let hint = "nothing saved (with --checkpoint PATH a stopped run can be continued)";
+        return Interrupted(format!("{place}; {hint}")).into();
+    };
+    if let Err(e) = model.save_checkpoint(path, at, settings) {
+        return anyhow::Error::new(e).context(format!("{place}, and the checkpoint failed"));
+    }
+    let mut resume = format!("kerno train --resume {}", path.display());
+    if let Some(dir) = &args.data.data {
+        resume.push_str(&format!(" --data {}", dir.display()));
+    }
+    if args.data.dataset != DatasetKind::Mnist {
+        resume.push_str(&format!(" --dataset {}", args.data.dataset));
+    }
+    Interrupted(format!(
+        "{place}; checkpoint written to {}; continue with: {resume}",
+        path.display()
+    ))
+    .into()
+}
 fn report_test(model: &mut Sequential, data: &Dataset, batch_size: usize) -> Result<()> {
     let x_test = data.test.images.scaled(PIXEL_SCALE);
     let y_test = to_categorical(&data.test.labels, data.classes);
@@ -100,8 +183,14 @@ fn report_test(model: &mut Sequential, data: &Dataset, batch_size: usize) -> Res
 }
 
 /// A saved model, checked to fit the dataset's images and classes.
-fn load_model(path: &std::path::Path, data: &Dataset) -> Result<Sequential> {
+fn load_model(path: &Path, data: &Dataset) -> Result<Sequential> {
     let model = Sequential::load(path)?;
+    check_fits(&model, path, data)?;
+    Ok(model)
+}
+
+/// Checks that the model read from `path` fits the dataset's images and classes.
+fn check_fits(model: &Sequential, path: &Path, data: &Dataset) -> Result<()> {
     anyhow::ensure!(
         model.input_dim() == data.train.images.features() && model.output_dim() == data.classes,
         "{}: the model maps {} inputs to {} outputs, but {} has {} pixels per image and {} classes",
@@ -112,7 +201,7 @@ fn load_model(path: &std::path::Path, data: &Dataset) -> Result<Sequential> {
         data.train.images.features(),
         data.classes
     );
-    Ok(model)
+    Ok(())
 }
 
 fn evaluate(args: EvaluateArgs) -> Result<()> {

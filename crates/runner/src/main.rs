@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod commands;
+mod interrupt;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -32,6 +33,10 @@ fn main() -> ExitCode {
     };
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<interrupt::Interrupted>() => {
+            eprintln!("{e}");
+            ExitCode::from(interrupt::EXIT_CODE)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -1,59 +1,9 @@
 //! The `kerno` binary: argument errors, and train → save → evaluate → predict on a
 //! small generated dataset of 28×28 images.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn kerno(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kerno"));
-    cmd.args(args)
-        .env_remove("KERNO_THREADS")
-        .env_remove("KERNO_DATA");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("kerno runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A dataset of `n` train and test images, 28×28, whose label is set by which
-/// quarter of the image is bright, so a model can learn it in an epoch.
-fn write_dataset(dir: &Path, n: u32) {
-    let idx = |dims: &[u32], data: &[u8]| {
-        let mut out = vec![0, 0, 8, dims.len() as u8];
-        dims.iter()
-            .for_each(|d| out.extend_from_slice(&d.to_be_bytes()));
-        out.extend_from_slice(data);
-        out
-    };
-    let labels: Vec<u8> = (0..n).map(|i| (i % 4) as u8).collect();
-    let mut images = vec![0u8; (n * 784) as usize];
-    for (i, &label) in labels.iter().enumerate() {
-        for p in 0..784 {
-            let quarter = (p / 28 / 14) * 2 + (p % 28) / 14;
-            images[i * 784 + p] = if quarter == label as usize {
-                200
-            } else {
-                (p * 7 % 50) as u8
-            };
-        }
-    }
-    for (name, bytes) in [
-        ("train-images-idx3-ubyte", idx(&[n, 28, 28], &images)),
-        ("train-labels-idx1-ubyte", idx(&[n], &labels)),
-        ("t10k-images-idx3-ubyte", idx(&[n, 28, 28], &images)),
-        ("t10k-labels-idx1-ubyte", idx(&[n], &labels)),
-    ] {
-        std::fs::write(dir.join(name), bytes).unwrap();
-    }
-}
+use common::{kerno, stderr, stdout, write_dataset};
 
 #[test]
 fn out_of_range_arguments_are_one_line_errors() {
