@@ -22,8 +22,9 @@ pub use kerno_tensor as tensor;
 pub mod prelude {
     pub use kerno_data::{to_categorical, Dataset, DatasetKind};
     pub use kerno_model::{
-        Activation, Callback, Dense, EarlyStopping, FitOptions, History, Loss, Metric,
-        ModelCheckpoint, Optimizer, Sequential, TerminateOnNaN, Verbosity,
+        Activation, Callback, Control, Dense, EarlyStopping, FitOptions, History, Loss, Metric,
+        ModelCheckpoint, Optimizer, RunSettings, Sequential, TerminateOnNaN, TrainingCheckpoint,
+        Verbosity,
     };
     pub use kerno_tensor::{Samples, Tensor};
 }

@@ -1,29 +1,19 @@
 //! The notebook on the real MNIST: fails when MNIST cannot be found (set KERNO_DATA).
 
+mod common;
+
 use kerno::prelude::*;
 
 #[test]
 fn notebook_reaches_keras_accuracy_on_real_mnist() {
-    let mnist = kerno::data::load(DatasetKind::Mnist, None).unwrap_or_else(|e| {
-        panic!("MNIST is required for this test (set KERNO_DATA to its folder): {e}")
-    });
+    let mnist = common::mnist();
     assert_eq!(
         (mnist.train.images.len(), mnist.test.images.len()),
         (60_000, 10_000)
     );
     assert_eq!(mnist.train.images.features(), 784);
 
-    let mut model = Sequential::new(784)
-        .with_seed(1)
-        .add(Dense::new(512, Activation::Relu))
-        .add(Dense::new(10, Activation::Softmax));
-    model
-        .compile(
-            Optimizer::rmsprop(),
-            Loss::CategoricalCrossentropy,
-            &[Metric::Accuracy],
-        )
-        .unwrap();
+    let mut model = common::notebook_model(1);
     let x_train = mnist.train.images.scaled(255.0);
     let y_train = to_categorical(&mnist.train.labels, 10);
     let options = FitOptions::new()

@@ -1,0 +1,27 @@
+//! MNIST and the notebook's model, for the tests that train on the real data.
+
+use kerno::prelude::*;
+
+/// MNIST from `KERNO_DATA` (or the other usual places); the test fails without it.
+pub fn mnist() -> Dataset {
+    kerno::data::load(DatasetKind::Mnist, None).unwrap_or_else(|e| {
+        panic!("MNIST is required for this test (set KERNO_DATA to its folder): {e}")
+    })
+}
+
+/// `Dense(512, relu) → Dense(10, softmax)`, compiled with RMSprop, categorical
+/// cross-entropy and accuracy.
+pub fn notebook_model(seed: u64) -> Sequential {
+    let mut model = Sequential::new(784)
+        .with_seed(seed)
+        .add(Dense::new(512, Activation::Relu))
+        .add(Dense::new(10, Activation::Softmax));
+    model
+        .compile(
+            Optimizer::rmsprop(),
+            Loss::CategoricalCrossentropy,
+            &[Metric::Accuracy],
+        )
+        .unwrap();
+    model
+}
