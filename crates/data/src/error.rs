@@ -129,3 +129,19 @@ impl DataError {
         }
     }
 }
+
+/// Text taken from a file, fit for a one-line message: control characters and
+/// quotes escaped, and cut after 40 characters.
+pub(crate) fn excerpt(text: &str) -> String {
+    const MAX_CHARS: usize = 40;
+    let escaped: String = text
+        .chars()
+        .take(MAX_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().nth(MAX_CHARS).is_some() {
+        format!("{escaped}…")
+    } else {
+        escaped
+    }
+}

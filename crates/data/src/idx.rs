@@ -21,7 +21,11 @@ pub struct IdxArray {
 /// Reads an IDX file, gzip-compressed or not (told apart by its first bytes).
 pub fn read_file(path: &Path) -> Result<IdxArray, DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut reader = BufReader::new(file);
+    read_any(BufReader::new(file), path)
+}
+
+/// [`read_file`] from `reader`, gzip-compressed or not; `path` names it in errors.
+pub fn read_any(mut reader: impl BufRead, path: &Path) -> Result<IdxArray, DataError> {
     let head = reader.fill_buf().map_err(|e| DataError::io(path, e))?;
     if head.starts_with(&GZIP_MAGIC) {
         read(MultiGzDecoder::new(reader), path)

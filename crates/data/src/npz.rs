@@ -1,10 +1,10 @@
 //! numpy's `.npz` archives of `.npy` arrays of unsigned bytes (Keras' `mnist.npz`).
 
-use crate::error::{DataError, Malformation};
+use crate::error::{excerpt, DataError, Malformation};
 use crate::idx::{read_declared, IdxArray};
 use crate::MAX_ARRAY_BYTES;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 
 const NPY_MAGIC: &[u8] = b"\x93NUMPY";
@@ -14,7 +14,16 @@ const MAX_HEADER: usize = 64 * 1024;
 /// Reads the members `names` (without `.npy`) of the archive at `path`, in order.
 pub fn read_members(path: &Path, names: &[&str]) -> Result<Vec<IdxArray>, DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut archive = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| {
+    read_archive(BufReader::new(file), path, names)
+}
+
+/// [`read_members`] from an archive in `reader`; `path` names it in errors.
+pub fn read_archive(
+    reader: impl Read + Seek,
+    path: &Path,
+    names: &[&str],
+) -> Result<Vec<IdxArray>, DataError> {
+    let mut archive = zip::ZipArchive::new(reader).map_err(|e| {
         DataError::malformed(
             path,
             Malformation::Corrupt(format!("not a zip archive: {e}")),
@@ -87,7 +96,7 @@ pub fn read_npy(mut reader: impl Read, path: &Path) -> Result<IdxArray, DataErro
     if !matches!(descr, "|u1" | "<u1" | ">u1" | "u1") {
         return Err(DataError::malformed(
             path,
-            Malformation::UnsupportedType(descr.to_string()),
+            Malformation::UnsupportedType(excerpt(descr)),
         ));
     }
     if dict_value(&header, "fortran_order").ok_or_else(|| bad("no 'fortran_order'"))? != "False" {
@@ -102,7 +111,7 @@ pub fn read_npy(mut reader: impl Read, path: &Path) -> Result<IdxArray, DataErro
         .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<usize>()
-                .map_err(|_| bad(&format!("bad shape {shape}")))
+                .map_err(|_| bad(&format!("bad shape {}", excerpt(shape))))
         })
         .collect::<Result<Vec<_>, _>>()?;
     if dims.contains(&0) {

@@ -1,9 +1,9 @@
 //! Downloads from a local HTTP server on 127.0.0.1 serving generated files.
 #![cfg(feature = "download")]
 
-use flate2::write::GzEncoder;
 use kerno_data::download::{fetch_missing, RemoteFile};
 use kerno_data::DataError;
+use kerno_testkit::files::gzip;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -42,12 +42,6 @@ fn serve(files: Vec<(&'static str, Vec<u8>)>, requests: usize) -> String {
         }
     });
     base
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
 }
 
 fn sha256_hex(bytes: &[u8]) -> &'static str {

@@ -1,24 +1,8 @@
 //! The readers on generated files, and on every kind of malformed file.
 
-use flate2::write::GzEncoder;
 use kerno_data::{load, load_dir, DataError, DatasetKind, Malformation};
-use std::io::Write;
+use kerno_testkit::files::{gzip, idx, npy, npz};
 use std::path::Path;
-
-/// An IDX file of unsigned bytes with the given dimensions and data.
-fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0, 0, 0x08, dims.len() as u8];
-    dims.iter()
-        .for_each(|d| out.extend_from_slice(&d.to_be_bytes()));
-    out.extend_from_slice(data);
-    out
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
-}
 
 /// A small MNIST-style set: `n` train and `n` test images of 3×2 pixels.
 fn write_set(dir: &Path, n: u32, compressed: bool) {
@@ -68,32 +52,13 @@ fn reads_raw_and_gzip_sets_alike() {
 fn reads_keras_npz() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mnist.npz");
-    let npy = |shape: &str, data: &[u8]| {
-        let header = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
-        let mut header = header.into_bytes();
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(b' ');
-        }
-        header.push(b'\n');
-        let mut out = b"\x93NUMPY\x01\x00".to_vec();
-        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-        out.extend_from_slice(&header);
-        out.extend_from_slice(data);
-        out
-    };
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    for (name, bytes) in [
+    let archive = npz(&[
         ("x_train.npy", npy("(2, 2, 2)", &[1, 2, 3, 4, 5, 6, 7, 8])),
         ("y_train.npy", npy("(2,)", &[3, 9])),
         ("x_test.npy", npy("(1, 2, 2)", &[9, 9, 9, 9])),
         ("y_test.npy", npy("(1,)", &[0])),
-    ] {
-        zip.start_file(name, options).unwrap();
-        zip.write_all(&bytes).unwrap();
-    }
-    zip.finish().unwrap();
+    ]);
+    std::fs::write(&path, archive).unwrap();
     let set = load(DatasetKind::Mnist, Some(&path)).unwrap();
     assert_eq!(set.train.images.image(1), &[5, 6, 7, 8]);
     assert_eq!(set.train.labels, vec![3, 9]);

@@ -12,6 +12,7 @@ use crate::history::EpochLogs;
 use crate::loss::{Loss, Metric};
 use crate::optimizer::Optimizer;
 use crate::sequential::Sequential;
+use crate::weights;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -90,6 +91,55 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// [`Sequential::load_checkpoint`] from the bytes of a checkpoint file; `origin`
+    /// names it in errors.
+    pub fn from_safetensors(bytes: &[u8], origin: &Path) -> Result<Checkpoint, ModelError> {
+        let path = origin;
+        let (mut model, state, tensors) = weights::parse_model(path, bytes)?;
+        let bad = |problem: String| ModelError::BadModelFile {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let state = state.ok_or_else(|| {
+            bad("a model file, not a checkpoint: it holds no training state".into())
+        })?;
+        let loss: Loss = state.loss.parse().map_err(bad)?;
+        let metrics = state
+            .metrics
+            .iter()
+            .map(|m| m.parse::<Metric>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let settings = state.settings;
+        if settings.batch_size == 0 || !(0.0..1.0).contains(&settings.validation_split) {
+            return Err(bad(format!("impossible run settings {settings:?}")));
+        }
+        if state.progress.epoch > settings.epochs {
+            return Err(bad(format!(
+                "it is at epoch {} of a {}-epoch run",
+                state.progress.epoch, settings.epochs
+            )));
+        }
+        model
+            .compile(state.optimizer, loss, &metrics)
+            .map_err(|e| bad(e.to_string()))?;
+        let names = model.optimizer_slot_names(state.optimizer);
+        let compiled = model
+            .compiled
+            .as_mut()
+            .expect("compiled just above, without error");
+        for (name, slot) in names.iter().zip(compiled.state.slots.iter_mut()) {
+            let values = weights::tensor(path, &tensors, name, &[slot.len()])?;
+            slot.copy_from_slice(&values);
+        }
+        compiled.state.iterations = state.iterations;
+        Ok(Checkpoint {
+            model,
+            progress: state.progress,
+            settings,
+        })
+    }
+
     /// The options that continue the run where the checkpoint left it.
     pub fn resume_options<'a>(&self) -> FitOptions<'a> {
         self.settings.resume_options(self.progress)
@@ -131,49 +181,7 @@ impl Sequential {
     /// Reads a checkpoint written by [`Sequential::save_checkpoint`].
     pub fn load_checkpoint(path: impl AsRef<Path>) -> Result<Checkpoint, ModelError> {
         let path = path.as_ref();
-        let (mut model, state, tensors) = Sequential::read_model_file(path)?;
-        let bad = |problem: String| ModelError::BadModelFile {
-            path: path.to_path_buf(),
-            problem,
-        };
-        let state = state.ok_or_else(|| {
-            bad("a model file, not a checkpoint: it holds no training state".into())
-        })?;
-        let loss: Loss = state.loss.parse().map_err(bad)?;
-        let metrics = state
-            .metrics
-            .iter()
-            .map(|m| m.parse::<Metric>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(bad)?;
-        let settings = state.settings;
-        if settings.batch_size == 0 || !(0.0..1.0).contains(&settings.validation_split) {
-            return Err(bad(format!("impossible run settings {settings:?}")));
-        }
-        if state.progress.epoch > settings.epochs {
-            return Err(bad(format!(
-                "it is at epoch {} of a {}-epoch run",
-                state.progress.epoch, settings.epochs
-            )));
-        }
-        model
-            .compile(state.optimizer, loss, &metrics)
-            .map_err(|e| bad(e.to_string()))?;
-        let names = model.optimizer_slot_names(state.optimizer);
-        let compiled = model
-            .compiled
-            .as_mut()
-            .expect("compiled just above, without error");
-        for (name, slot) in names.iter().zip(compiled.state.slots.iter_mut()) {
-            let values = tensors.f32_values(name, &[slot.len()])?;
-            slot.copy_from_slice(&values);
-        }
-        compiled.state.iterations = state.iterations;
-        Ok(Checkpoint {
-            model,
-            progress: state.progress,
-            settings,
-        })
+        Checkpoint::from_safetensors(&weights::read_file(path)?, path)
     }
 
     /// The names of the optimizer's buffers in the file, in the order of its state:

@@ -169,7 +169,8 @@ impl Sequential {
             }),
             None => None,
         };
-        let mut ws = self.take_workspace(options.batch_size);
+        // A batch size above the sample count means one batch of them all.
+        let mut ws = self.take_workspace(options.batch_size.min(train_rows));
         let result = self.fit_loop(
             &mut ws,
             x,

@@ -24,7 +24,7 @@ impl Sequential {
         let loss = self.compiled()?.loss;
         let targets = TargetTable::new(loss, y, x.len(), self.output_dim())?;
         let indices: Vec<usize> = (0..x.len()).collect();
-        let mut ws = self.take_workspace(batch_size);
+        let mut ws = self.take_workspace(batch_size.min(x.len()));
         let eval = self.evaluate_indices(&mut ws, x, &targets, &indices, batch_size);
         self.workspace = Some(ws);
         Ok(eval)
@@ -78,7 +78,7 @@ impl Sequential {
         let outputs = self.output_dim();
         let mut result = Vec::with_capacity(x.len() * outputs);
         let indices: Vec<usize> = (0..x.len()).collect();
-        let mut ws = self.take_workspace(batch_size);
+        let mut ws = self.take_workspace(batch_size.min(x.len()));
         for batch in indices.chunks(batch_size.min(ws.capacity)) {
             let rows = batch.len();
             x.gather(batch, &mut ws.x[..rows * self.input_dim]);

@@ -8,7 +8,7 @@ use kerno_tensor::Activation;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The metadata key holding the architecture (one key, so the file's bytes are deterministic).
 const METADATA_KEY: &str = "kerno";
@@ -132,19 +132,6 @@ impl Sequential {
         Ok(model)
     }
 
-    /// A model file's model, training state (checkpoints only) and tensors.
-    pub(crate) fn read_model_file(
-        path: &Path,
-    ) -> Result<(Sequential, Option<TrainingState>, TensorFile), ModelError> {
-        let bytes = read_file(path)?;
-        let (model, state, _) = parse_model(path, &bytes)?;
-        let file = TensorFile {
-            path: path.to_path_buf(),
-            bytes,
-        };
-        Ok((model, state, file))
-    }
-
     /// Replaces this model's weights with those of a file saved from the same
     /// architecture (layer sizes and activations must match). Keeps the compilation.
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<(), ModelError> {
@@ -207,7 +194,7 @@ fn le_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
     let io = |source| ModelError::Io {
         path: path.to_path_buf(),
         source,
@@ -249,7 +236,7 @@ fn parse<'b>(path: &Path, bytes: &'b [u8]) -> Result<(Architecture, SafeTensors<
 }
 
 /// Builds the model a file describes and fills its weights.
-fn parse_model<'b>(
+pub(crate) fn parse_model<'b>(
     path: &Path,
     bytes: &'b [u8],
 ) -> Result<(Sequential, Option<TrainingState>, SafeTensors<'b>), ModelError> {
@@ -267,21 +254,6 @@ fn parse_model<'b>(
     }
     fill_weights(&mut model, path, &tensors)?;
     Ok((model, arch.training, tensors))
-}
-
-/// The bytes of a model file, for tensors beyond the weights.
-pub(crate) struct TensorFile {
-    path: PathBuf,
-    bytes: Vec<u8>,
-}
-
-impl TensorFile {
-    /// The named tensor's values, checked for dtype and shape.
-    pub fn f32_values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-        let tensors = SafeTensors::deserialize(&self.bytes)
-            .map_err(|e| bad(&self.path, format!("not a safetensors file: {e}")))?;
-        tensor(&self.path, &tensors, name, shape)
-    }
 }
 
 fn fill_weights(
@@ -307,7 +279,7 @@ fn fill_weights(
 }
 
 /// The named tensor as f32 values, checked for dtype and shape.
-fn tensor(
+pub(crate) fn tensor(
     path: &Path,
     tensors: &SafeTensors<'_>,
     name: &str,

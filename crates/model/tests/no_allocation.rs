@@ -5,32 +5,10 @@ use kerno_model::{
     Sequential, Verbosity,
 };
 use kerno_tensor::Tensor;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: defers to the system allocator; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use kerno_testkit::alloc::{allocations, TrackingAllocator};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: TrackingAllocator = TrackingAllocator;
 
 fn notebook_model() -> Sequential {
     let mut m = Sequential::new(784)
@@ -70,7 +48,7 @@ impl Callback for Snapshot {
         _loss: f32,
     ) -> Result<Control, ModelError> {
         if epoch == 0 && self.at.contains(&step) {
-            self.counts.push(ALLOCATIONS.load(Ordering::SeqCst));
+            self.counts.push(allocations());
         }
         Ok(Control::Continue)
     }
@@ -89,11 +67,11 @@ fn training_steps_allocate_nothing() {
         for _ in 0..3 {
             m.train_on_batch(&x, &y).unwrap();
         }
-        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        let before = allocations();
         for _ in 0..20 {
             m.train_on_batch(&x, &y).unwrap();
         }
-        let during = ALLOCATIONS.load(Ordering::SeqCst) - before;
+        let during = allocations() - before;
         assert_eq!(
             during, 0,
             "20 steps of train_on_batch allocated {during} times"

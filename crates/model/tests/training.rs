@@ -246,3 +246,14 @@ fn bad_arguments_are_errors_not_panics() {
     let labels = Tensor::from_vec(&[30], (0..30).map(|i| (i % 3) as f32).collect()).unwrap();
     sparse.fit(&x, &labels, &quiet(1)).unwrap();
 }
+
+#[test]
+fn a_batch_size_beyond_the_data_means_one_batch_and_allocates_only_for_the_data() {
+    let (x, y) = blobs(50, 4);
+    let mut m = model(4);
+    let huge = usize::MAX / 2;
+    let history = m.fit(&x, &y, &quiet(1).batch_size(huge)).unwrap();
+    assert_eq!(history.epochs[0].steps, 1);
+    assert!(m.evaluate(&x, &y, huge).is_ok());
+    assert_eq!(m.predict(&x, huge).unwrap().shape(), &[50, 3]);
+}

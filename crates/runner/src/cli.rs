@@ -66,7 +66,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Worker threads (default: all cores).
-    #[arg(long, env = "KERNO_THREADS", value_parser = at_least_one)]
+    #[arg(long, env = "KERNO_THREADS", value_parser = parse_threads)]
     pub threads: Option<usize>,
     #[command(flatten)]
     pub data: DataArgs,
@@ -128,7 +128,7 @@ pub struct EvaluateArgs {
     pub model: PathBuf,
     #[arg(long, default_value_t = 128, value_parser = at_least_one)]
     pub batch_size: usize,
-    #[arg(long, env = "KERNO_THREADS", value_parser = at_least_one)]
+    #[arg(long, env = "KERNO_THREADS", value_parser = parse_threads)]
     pub threads: Option<usize>,
     #[command(flatten)]
     pub data: DataArgs,
@@ -156,7 +156,7 @@ pub struct BenchArgs {
     pub epochs: usize,
     #[arg(long, default_value_t = 128, value_parser = at_least_one)]
     pub batch_size: usize,
-    #[arg(long, env = "KERNO_THREADS", value_parser = at_least_one)]
+    #[arg(long, env = "KERNO_THREADS", value_parser = parse_threads)]
     pub threads: Option<usize>,
     #[command(flatten)]
     pub data: DataArgs,
@@ -165,11 +165,32 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// clap's error as one line: its first paragraph, without the usage and hint after it.
+pub fn one_line(error: &clap::Error) -> String {
+    let text = error.render().to_string();
+    let first: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    first.join(" ")
+}
+
 fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
         Err(_) => Err("must be a whole number of at least 1".into()),
+    }
+}
+
+/// More threads than this is a typo, not a machine.
+const MAX_THREADS: usize = 1024;
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(format!("must be a whole number from 1 to {MAX_THREADS}")),
     }
 }
 

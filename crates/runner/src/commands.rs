@@ -16,6 +16,7 @@ const DEFAULT_EPOCHS: usize = 5;
 /// Pixels are bytes; the notebook divides them by 255.
 pub(crate) const PIXEL_SCALE: f32 = 255.0;
 
+/// Runs a parsed command line. A run stopped by Ctrl-C ends in an [`Interrupted`] error.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => train(TrainArgs::default()),

@@ -1,15 +1,12 @@
 //! `kerno`: train, evaluate and predict with the Keras MNIST notebook's model.
 
-mod bench;
-mod cli;
-mod commands;
-mod interrupt;
-
 use clap::Parser;
+use kerno_runner::cli::{one_line, Cli};
+use kerno_runner::{Interrupted, INTERRUPTED_EXIT_CODE};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
+    let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e)
             if matches!(
@@ -20,22 +17,15 @@ fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            // clap's first paragraph folded into one line, without the usage and hint after it.
-            let text = e.render().to_string();
-            let first: Vec<&str> = text
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            eprintln!("{}", first.join(" "));
+            eprintln!("{}", one_line(&e));
             return ExitCode::from(2);
         }
     };
-    match commands::run(cli) {
+    match kerno_runner::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<interrupt::Interrupted>() => {
+        Err(e) if e.is::<Interrupted>() => {
             eprintln!("{e}");
-            ExitCode::from(interrupt::EXIT_CODE)
+            ExitCode::from(INTERRUPTED_EXIT_CODE)
         }
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,5 +1,6 @@
 //! Running the `kerno` binary on generated datasets, shared by the CLI tests.
 
+use kerno_testkit::files::idx;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -29,13 +30,6 @@ pub fn stdout(out: &Output) -> String {
 /// A dataset of `n` train and test images, 28×28, whose label is set by which
 /// quarter of the image is bright, so a model can learn it in an epoch.
 pub fn write_dataset(dir: &Path, n: u32) {
-    let idx = |dims: &[u32], data: &[u8]| {
-        let mut out = vec![0, 0, 8, dims.len() as u8];
-        dims.iter()
-            .for_each(|d| out.extend_from_slice(&d.to_be_bytes()));
-        out.extend_from_slice(data);
-        out
-    };
     let labels: Vec<u8> = (0..n).map(|i| (i % 4) as u8).collect();
     let mut images = vec![0u8; (n * 784) as usize];
     for (i, &label) in labels.iter().enumerate() {

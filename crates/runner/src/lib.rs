@@ -1,0 +1,10 @@
+//! The `kerno` command as a library: its arguments ([`cli`]) and what each command
+//! does ([`run`]), so that tests and fuzzers can drive them without a process.
+
+mod bench;
+pub mod cli;
+mod commands;
+mod interrupt;
+
+pub use commands::run;
+pub use interrupt::{Interrupted, EXIT_CODE as INTERRUPTED_EXIT_CODE};
