@@ -15,8 +15,9 @@ pub enum Malformation {
     WrongRank { expected: usize, found: usize },
     /// A dimension of size zero.
     EmptyDimension,
-    /// The header declares more data than kerno will read.
-    TooLarge { declared: u128, limit: u64 },
+    /// The header declares more data than kerno will read (`declared` is `None`
+    /// when the dimensions multiply past 2^128).
+    TooLarge { declared: Option<u128>, limit: u64 },
     /// The file ends before the data the header declares.
     Truncated { expected: u64, found: u64 },
     /// Bytes follow the data the header declares.
@@ -50,6 +51,7 @@ impl fmt::Display for Malformation {
             }
             Malformation::EmptyDimension => write!(f, "has a dimension of size 0"),
             Malformation::TooLarge { declared, limit } => {
+                let declared = declared.map_or_else(|| "over 2^128".to_string(), |d| d.to_string());
                 write!(
                     f,
                     "header declares {declared} bytes of data, more than the {limit}-byte limit"

@@ -65,15 +65,24 @@ pub fn read(mut reader: impl Read, path: &Path) -> Result<IdxArray, DataError> {
     if dims.contains(&0) {
         return Err(fail(Malformation::EmptyDimension));
     }
-    let declared: u128 = dims.iter().map(|&d| d as u128).product();
-    if declared > MAX_ARRAY_BYTES as u128 {
-        return Err(fail(Malformation::TooLarge {
+    let declared = declared_len(&dims).map_err(fail)?;
+    let data = read_declared(reader, declared, path)?;
+    Ok(IdxArray { dims, data })
+}
+
+/// The bytes an array of `dims` holds, when within [`MAX_ARRAY_BYTES`]. A header may
+/// carry 255 dimensions of 2^32 each, so the product is checked at every step.
+pub(crate) fn declared_len(dims: &[usize]) -> Result<u64, Malformation> {
+    let declared = dims
+        .iter()
+        .try_fold(1u128, |product, &d| product.checked_mul(d as u128));
+    match declared {
+        Some(len) if len <= MAX_ARRAY_BYTES as u128 => Ok(len as u64),
+        _ => Err(Malformation::TooLarge {
             declared,
             limit: MAX_ARRAY_BYTES,
-        }));
+        }),
     }
-    let data = read_declared(reader, declared as u64, path)?;
-    Ok(IdxArray { dims, data })
 }
 
 /// Reads exactly `len` bytes and checks that nothing follows. The buffer grows with

@@ -1,8 +1,7 @@
 //! numpy's `.npz` archives of `.npy` arrays of unsigned bytes (Keras' `mnist.npz`).
 
 use crate::error::{excerpt, DataError, Malformation};
-use crate::idx::{read_declared, IdxArray};
-use crate::MAX_ARRAY_BYTES;
+use crate::idx::{declared_len, read_declared, IdxArray};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
@@ -117,17 +116,8 @@ pub fn read_npy(mut reader: impl Read, path: &Path) -> Result<IdxArray, DataErro
     if dims.contains(&0) {
         return Err(DataError::malformed(path, Malformation::EmptyDimension));
     }
-    let declared: u128 = dims.iter().map(|&d| d as u128).product();
-    if declared > MAX_ARRAY_BYTES as u128 {
-        return Err(DataError::malformed(
-            path,
-            Malformation::TooLarge {
-                declared,
-                limit: MAX_ARRAY_BYTES,
-            },
-        ));
-    }
-    let data = read_declared(reader, declared as u64, path)?;
+    let declared = declared_len(&dims).map_err(|problem| DataError::malformed(path, problem))?;
+    let data = read_declared(reader, declared, path)?;
     Ok(IdxArray { dims, data })
 }
 

@@ -4,6 +4,7 @@ use crate::error::ModelError;
 use crate::layer::DenseLayer;
 use crate::workspace::Workspace;
 use kerno_tensor::optim;
+use kerno_tensor::profile::{self, Work};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -160,6 +161,12 @@ impl Optimizer {
         let per_param = self.slots();
         let mut slots = state.slots.chunks_exact_mut(per_param.max(1));
         for (l, layer) in layers.iter_mut().enumerate() {
+            let _span = profile::span(|| {
+                let values = (layer.kernel.len() + layer.bias.len()) as u64;
+                // Each value: the weight read and written, its gradient read, each slot read and written.
+                let bytes = 4 * values * (3 + 2 * per_param as u64);
+                Work::kernel("optimizer update").layer(l).bytes(bytes)
+            });
             let params = [
                 (&mut layer.kernel, &ws.dkernels[l]),
                 (&mut layer.bias, &ws.dbiases[l]),

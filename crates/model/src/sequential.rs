@@ -8,6 +8,7 @@ use crate::step;
 use crate::targets::TargetTable;
 use crate::workspace::Workspace;
 use kerno_tensor::loss::LossStats;
+use kerno_tensor::profile::{self, Level, Work};
 use kerno_tensor::{Samples, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -255,6 +256,7 @@ impl Sequential {
         targets: &TargetTable<'_>,
         indices: &[usize],
     ) -> LossStats {
+        let _span = profile::span(|| Work::new("train step", Level::Step));
         let compiled = self
             .compiled
             .as_mut()
@@ -290,8 +292,15 @@ pub(crate) fn run_batch(
     train: bool,
 ) -> LossStats {
     let rows = indices.len();
+    let values = (rows * input_dim) as u64;
+    let span = profile::span(|| {
+        Work::kernel("batch gather (scale to f32)").bytes(values * (x.bytes_per_value() as u64 + 4))
+    });
     x.gather(indices, &mut ws.x[..rows * input_dim]);
+    drop(span);
+    let span = profile::span(|| Work::kernel("targets gather"));
     targets.gather(indices, ws);
+    drop(span);
     let fused = step::fused_softmax_xent(layers, loss);
     step::forward(layers, input_dim, ws, rows, !fused);
     let last = layers.len() - 1;

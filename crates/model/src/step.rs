@@ -5,7 +5,13 @@ use crate::loss::Loss;
 use crate::workspace::Workspace;
 use kerno_tensor::activation::column_sums;
 use kerno_tensor::loss::{self, LossStats, Targets};
+use kerno_tensor::profile::{self, Work};
 use kerno_tensor::{gemm, Activation, Epilogue, MatMut, MatRef};
+
+/// A GEMM of `m×k` by `k×n` as profiled work: `2mkn` operations.
+fn gemm_work(name: &'static str, m: usize, k: usize, n: usize) -> Work {
+    Work::kernel(name).flops(2 * (m * k * n) as u64)
+}
 
 /// Whether the last layer's softmax and the loss run as one kernel on the logits.
 pub(crate) fn fused_softmax_xent(layers: &[DenseLayer], loss: Loss) -> bool {
@@ -47,6 +53,16 @@ pub(crate) fn forward(
         } else {
             Epilogue::Bias(&layer.bias)
         };
+        let name = if relu {
+            "forward GEMM + bias + relu"
+        } else {
+            "forward GEMM + bias"
+        };
+        let span = profile::span(|| {
+            gemm_work(name, rows, inputs, layer.units)
+                .layer(l)
+                .bytes(4 * (rows * inputs + inputs * layer.units + rows * layer.units) as u64)
+        });
         gemm(
             MatRef::row_major(&input[..rows * inputs], rows, inputs),
             MatRef::row_major(&layer.kernel, inputs, layer.units),
@@ -54,7 +70,13 @@ pub(crate) fn forward(
             false,
             epilogue,
         );
+        drop(span);
         if apply && !relu {
+            let _span = profile::span(|| {
+                Work::kernel("activation")
+                    .layer(l)
+                    .bytes(8 * out.len() as u64)
+            });
             layer.activation.forward_inplace(out, layer.units);
         }
     }
@@ -74,6 +96,16 @@ pub(crate) fn loss_and_grad(
     let last = &layers[layers.len() - 1];
     let units = last.units;
     let scale = 1.0 / (out.len() / units).max(1) as f32;
+    let _span = profile::span(|| {
+        let name = if fused_softmax_xent(layers, loss) {
+            "softmax + cross-entropy (fused)"
+        } else {
+            "loss"
+        };
+        Work::kernel(name)
+            .layer(layers.len() - 1)
+            .bytes(4 * 3 * out.len() as u64)
+    });
     if fused_softmax_xent(layers, loss) {
         return loss::softmax_xent_fwd_bwd(out, targets, units, grad.map(|g| (g, scale)));
     }
@@ -112,6 +144,11 @@ pub(crate) fn backward(layers: &[DenseLayer], input_dim: usize, ws: &mut Workspa
         };
         let (lower, upper) = ws.grads.split_at_mut(l);
         let dz = &upper[0][..rows * layer.units];
+        let span = profile::span(|| {
+            gemm_work("weight-gradient GEMM", inputs, rows, layer.units)
+                .layer(l)
+                .bytes(4 * (rows * inputs + rows * layer.units + inputs * layer.units) as u64)
+        });
         gemm(
             MatRef::row_major(&input[..rows * inputs], rows, inputs).t(),
             MatRef::row_major(dz, rows, layer.units),
@@ -119,7 +156,15 @@ pub(crate) fn backward(layers: &[DenseLayer], input_dim: usize, ws: &mut Workspa
             false,
             Epilogue::None,
         );
+        drop(span);
+        let span = profile::span(|| {
+            Work::kernel("bias gradient (column sums)")
+                .layer(l)
+                .flops(dz.len() as u64)
+                .bytes(4 * (dz.len() + layer.units) as u64)
+        });
         column_sums(dz, &mut ws.dbiases[l]);
+        drop(span);
         if l == 0 {
             break;
         }
@@ -131,6 +176,16 @@ pub(crate) fn backward(layers: &[DenseLayer], input_dim: usize, ws: &mut Workspa
             Epilogue::None
         };
         let d_below = &mut lower[l - 1][..rows * inputs];
+        let name = if below.activation == Activation::Relu {
+            "input-gradient GEMM + relu mask"
+        } else {
+            "input-gradient GEMM"
+        };
+        let span = profile::span(|| {
+            gemm_work(name, rows, layer.units, inputs)
+                .layer(l)
+                .bytes(4 * (rows * layer.units + inputs * layer.units + 2 * rows * inputs) as u64)
+        });
         gemm(
             MatRef::row_major(dz, rows, layer.units),
             MatRef::row_major(&layer.kernel, inputs, layer.units).t(),
@@ -138,7 +193,13 @@ pub(crate) fn backward(layers: &[DenseLayer], input_dim: usize, ws: &mut Workspa
             false,
             epilogue,
         );
+        drop(span);
         if below.activation != Activation::Relu {
+            let _span = profile::span(|| {
+                Work::kernel("activation gradient")
+                    .layer(l - 1)
+                    .bytes(12 * d_below.len() as u64)
+            });
             below
                 .activation
                 .backward_inplace(d_below, below_out, inputs);

@@ -1,32 +1,42 @@
 //! `kerno bench`: the machine's FMA peak, and how close steady-state training gets to it.
 
 use crate::cli::BenchArgs;
-use crate::commands::{load_data, notebook_model, set_threads, PIXEL_SCALE};
+use crate::commands::{compiled_notebook_model, load_data, set_threads, PIXEL_SCALE};
 use anyhow::Result;
 use kerno_data::to_categorical;
-use kerno_model::{FitOptions, Loss, Metric, Optimizer, Verbosity};
+use kerno_model::{FitOptions, Optimizer, Verbosity};
 use kerno_tensor::{fma_peak_gflops, Isa};
 
 /// Seconds each thread spends measuring the FMA peak.
 const PEAK_SECONDS: f64 = 0.5;
 
+/// The f32 FMA peak in GFLOP/s, from register-only loops.
+pub(crate) struct Peak {
+    pub one_core: f64,
+    /// Every worker thread at once, as training runs them.
+    pub all_threads: f64,
+}
+
+pub(crate) fn measure_peak(isa: Isa) -> Peak {
+    Peak {
+        one_core: fma_peak_gflops(isa, PEAK_SECONDS),
+        all_threads: rayon::broadcast(|_| fma_peak_gflops(isa, PEAK_SECONDS))
+            .iter()
+            .sum(),
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     set_threads(args.threads)?;
     let isa = Isa::detected();
     let threads = rayon::current_num_threads();
-    let peak_one_core = fma_peak_gflops(isa, PEAK_SECONDS);
-    // Every worker at once, as training runs them.
-    let peak_all: f64 = rayon::broadcast(|_| fma_peak_gflops(isa, PEAK_SECONDS))
-        .iter()
-        .sum();
+    let Peak {
+        one_core: peak_one_core,
+        all_threads: peak_all,
+    } = measure_peak(isa);
 
     let data = load_data(&args.data)?;
-    let mut model = notebook_model(data.train.images.features(), data.classes, 1);
-    model.compile(
-        Optimizer::rmsprop(),
-        Loss::CategoricalCrossentropy,
-        &[Metric::Accuracy],
-    )?;
+    let mut model = compiled_notebook_model(&data, 1, Optimizer::rmsprop())?;
     let x = data.train.images.scaled(PIXEL_SCALE);
     let y = to_categorical(&data.train.labels, data.classes);
     let options = FitOptions::new()

@@ -24,6 +24,8 @@ pub enum Command {
     Predict(PredictArgs),
     /// Measure the FMA peak, then time steady-state training epochs against it.
     Bench(BenchArgs),
+    /// Time every kernel of the training step: a table, JSON, or a Chrome trace.
+    Profile(ProfileArgs),
     /// Print the notebook model's summary table.
     Summary,
 }
@@ -174,6 +176,28 @@ pub fn one_line(error: &clap::Error) -> String {
         .map(str::trim)
         .collect();
     first.join(" ")
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProfileArgs {
+    /// Training steps to profile.
+    #[arg(long, default_value_t = 200, value_parser = at_least_one)]
+    pub steps: usize,
+    /// Steps run first without profiling, to reach the steady state.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
+    pub batch_size: usize,
+    #[arg(long, env = "KERNO_THREADS", value_parser = parse_threads)]
+    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write a Chrome trace (JSON trace events: Perfetto, chrome://tracing).
+    #[arg(long, value_name = "PATH")]
+    pub trace: Option<PathBuf>,
 }
 
 fn at_least_one(s: &str) -> Result<usize, String> {

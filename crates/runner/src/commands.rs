@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Evaluate(args)) => evaluate(args),
         Some(Command::Predict(args)) => predict(args),
         Some(Command::Bench(args)) => crate::bench::run(args),
+        Some(Command::Profile(args)) => crate::profile::run(args),
         Some(Command::Summary) => {
             print!("{}", notebook_model(28 * 28, 10, 1).summary());
             Ok(())
@@ -39,14 +40,29 @@ pub(crate) fn notebook_model(inputs: usize, classes: usize, seed: u64) -> Sequen
         .add(Dense::new(classes, Activation::Softmax))
 }
 
+/// Starts the worker threads: `threads` of them, or one per core. They are named,
+/// so that profiles and traces tell them apart.
 pub(crate) fn set_threads(threads: Option<usize>) -> Result<()> {
-    if let Some(n) = threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("could not start the worker threads")?;
-    }
-    Ok(())
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.unwrap_or(0))
+        .thread_name(|i| format!("kerno-worker-{i}"))
+        .build_global()
+        .context("could not start the worker threads")
+}
+
+/// The notebook's model compiled as the notebook does, with `optimizer`.
+pub(crate) fn compiled_notebook_model(
+    data: &Dataset,
+    seed: u64,
+    optimizer: Optimizer,
+) -> Result<Sequential> {
+    let mut model = notebook_model(data.train.images.features(), data.classes, seed);
+    model.compile(
+        optimizer,
+        Loss::CategoricalCrossentropy,
+        &[Metric::Accuracy],
+    )?;
+    Ok(model)
 }
 
 pub(crate) fn load_data(args: &DataArgs) -> Result<Dataset> {
@@ -120,20 +136,14 @@ fn train(args: TrainArgs) -> Result<()> {
 
 /// A fresh notebook model for `args`, compiled.
 fn new_model(args: &TrainArgs, data: &Dataset) -> Result<Sequential> {
-    let features = data.train.images.features();
-    let mut model = notebook_model(features, data.classes, args.seed);
-    if let Some(path) = &args.init_weights {
-        model.load_weights(path)?;
-    }
     let optimizer = match args.lr {
         Some(lr) => args.optimizer.with_learning_rate(lr),
         None => args.optimizer,
     };
-    model.compile(
-        optimizer,
-        Loss::CategoricalCrossentropy,
-        &[Metric::Accuracy],
-    )?;
+    let mut model = compiled_notebook_model(data, args.seed, optimizer)?;
+    if let Some(path) = &args.init_weights {
+        model.load_weights(path)?;
+    }
     Ok(model)
 }
 

@@ -5,6 +5,7 @@ mod bench;
 pub mod cli;
 mod commands;
 mod interrupt;
+mod profile;
 
 pub use commands::run;
 pub use interrupt::{Interrupted, EXIT_CODE as INTERRUPTED_EXIT_CODE};

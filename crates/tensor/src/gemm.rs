@@ -4,6 +4,7 @@
 
 use crate::activation::relu;
 use crate::matrix::{MatMut, MatRef};
+use crate::profile::{self, Level, Work};
 use crate::simd::{flush_subnormals, Isa, Microkernel, TileEpilogue, TileMut, MAX_MR, MAX_NR};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -114,6 +115,9 @@ pub fn gemm_with(
             let rows = BLOCK_ROWS.min(m - first_row);
             let c_block = MatMut::new(chunk, rows, n, stride);
             let a_block = a.rows_range(first_row, rows);
+            let _span = profile::span(|| {
+                Work::new("GEMM block", Level::Task).flops(2 * (rows * k * n) as u64)
+            });
             flush_subnormals(|| {
                 gemm_block(kernel, a_block, b, c_block, accumulate, epilogue, first_row)
             });

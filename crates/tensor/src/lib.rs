@@ -11,6 +11,7 @@ pub mod gemm;
 pub mod loss;
 mod matrix;
 pub mod optim;
+pub mod profile;
 pub mod reference;
 mod samples;
 mod simd;

@@ -14,6 +14,11 @@ pub trait Samples: Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Bytes each stored value takes (for the memory traffic `kerno profile` reports).
+    fn bytes_per_value(&self) -> usize {
+        std::mem::size_of::<f32>()
+    }
 }
 
 impl Samples for Tensor {
@@ -72,6 +77,10 @@ impl<'a> ScaledBytes<'a> {
 impl Samples for ScaledBytes<'_> {
     fn len(&self) -> usize {
         self.bytes.len() / self.features
+    }
+
+    fn bytes_per_value(&self) -> usize {
+        1
     }
 
     fn features(&self) -> usize {

@@ -1,0 +1,165 @@
+//! `kerno profile` through the real binary: its figures add up, and its Chrome
+//! trace has properly nested spans on every thread that cover each step.
+
+mod common;
+
+use common::{kerno, stderr, stdout, write_dataset};
+use serde_json::Value;
+
+/// A complete event of the trace, in nanoseconds.
+#[derive(Debug, Clone)]
+struct Span {
+    name: String,
+    category: String,
+    thread: u64,
+    start: i64,
+    end: i64,
+}
+
+fn spans(trace: &Value) -> Vec<Span> {
+    let ns = |v: &Value| (v.as_f64().unwrap() * 1e3).round() as i64;
+    trace["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .map(|e| Span {
+            name: e["name"].as_str().unwrap().to_string(),
+            category: e["cat"].as_str().unwrap().to_string(),
+            thread: e["tid"].as_u64().unwrap(),
+            start: ns(&e["ts"]),
+            end: ns(&e["ts"]) + ns(&e["dur"]),
+        })
+        .collect()
+}
+
+#[test]
+fn the_trace_nests_per_thread_and_covers_every_step() {
+    let data = tempfile::tempdir().unwrap();
+    write_dataset(data.path(), 512);
+    let trace_path = data.path().join("trace.json");
+    let out = kerno(
+        &[
+            "profile",
+            "--data",
+            data.path().to_str().unwrap(),
+            "--steps",
+            "6",
+            "--warmup",
+            "2",
+            "--threads",
+            "2",
+            "--json",
+            "--trace",
+            trace_path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(summary["steps"], 6);
+    let coverage = summary["coverage"].as_f64().unwrap();
+    assert!(
+        (0.95..=1.0).contains(&coverage),
+        "kernels cover {coverage} of the steps"
+    );
+    let total: f64 = summary["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["total_ms"].as_f64().unwrap())
+        .sum();
+    let kernels_ms = summary["kernels_ms"].as_f64().unwrap();
+    assert!((total - kernels_ms).abs() < 1e-6 * kernels_ms.max(1.0));
+
+    let trace: Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace_path).unwrap()).unwrap();
+    let spans = spans(&trace);
+    let thread_names = trace["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
+        .count();
+    let threads: std::collections::BTreeSet<u64> = spans.iter().map(|s| s.thread).collect();
+    assert!(
+        threads.len() >= 2,
+        "GEMM blocks run on the workers: {threads:?}"
+    );
+    assert_eq!(thread_names, threads.len(), "every thread is named");
+
+    // On each thread, two spans are either disjoint or one holds the other.
+    for &t in &threads {
+        let mine: Vec<&Span> = spans.iter().filter(|s| s.thread == t).collect();
+        for (i, a) in mine.iter().enumerate() {
+            for b in &mine[i + 1..] {
+                let disjoint = a.end <= b.start || b.end <= a.start;
+                let nested = (a.start <= b.start && b.end <= a.end)
+                    || (b.start <= a.start && a.end <= b.end);
+                assert!(disjoint || nested, "{a:?} and {b:?} overlap on thread {t}");
+            }
+        }
+    }
+
+    // Each step holds its kernels, and they fill nearly all of it.
+    let steps: Vec<&Span> = spans.iter().filter(|s| s.category == "step").collect();
+    assert_eq!(steps.len(), 6);
+    for step in &steps {
+        let inside: i64 = spans
+            .iter()
+            .filter(|s| s.category == "kernel" && s.thread == step.thread)
+            .filter(|s| step.start <= s.start && s.end <= step.end)
+            .map(|s| s.end - s.start)
+            .sum();
+        let length = step.end - step.start;
+        assert!(
+            inside as f64 >= 0.9 * length as f64,
+            "kernels fill {inside} of {length} ns"
+        );
+    }
+    // Every GEMM block runs inside a GEMM kernel span of the step's thread.
+    let gemms: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.category == "kernel" && s.name.contains("GEMM"))
+        .collect();
+    for block in spans.iter().filter(|s| s.category == "task") {
+        assert!(
+            gemms
+                .iter()
+                .any(|g| g.start <= block.start && block.end <= g.end),
+            "{block:?} runs outside every GEMM"
+        );
+    }
+}
+
+#[test]
+fn the_profile_table_names_the_kernels_and_the_peak() {
+    let data = tempfile::tempdir().unwrap();
+    write_dataset(data.path(), 256);
+    let out = kerno(
+        &[
+            "profile",
+            "--data",
+            data.path().to_str().unwrap(),
+            "--steps",
+            "3",
+            "--warmup",
+            "0",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for expected in [
+        "forward GEMM + bias + relu, layer 1",
+        "weight-gradient GEMM, layer 1",
+        "input-gradient GEMM + relu mask, layer 2",
+        "softmax + cross-entropy (fused), layer 2",
+        "optimizer update, layer 1",
+        "batch gather",
+        "(between kernels)",
+        "FMA peak",
+    ] {
+        assert!(text.contains(expected), "no '{expected}' in\n{text}");
+    }
+}
