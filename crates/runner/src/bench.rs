@@ -2,7 +2,8 @@
 
 use crate::cli::BenchArgs;
 use crate::commands::{compiled_notebook_model, load_data, set_threads, PIXEL_SCALE};
-use anyhow::Result;
+use crate::records;
+use anyhow::{Context, Result};
 use kerno_data::to_categorical;
 use kerno_model::{FitOptions, Optimizer, Verbosity};
 use kerno_tensor::{fma_peak_gflops, Isa};
@@ -28,6 +29,12 @@ pub(crate) fn measure_peak(isa: Isa) -> Peak {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     set_threads(args.threads)?;
+    // Both files are checked before the minutes of measuring.
+    let before = args.compare.as_deref().map(records::last).transpose()?;
+    if let Some(path) = &args.record {
+        kerno_data::check_writable(path)
+            .with_context(|| format!("--record {} cannot be written", path.display()))?;
+    }
     let isa = Isa::detected();
     let threads = rayon::current_num_threads();
     let Peak {
@@ -55,19 +62,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let gflops = samples * model.train_flops_per_sample() as f64 / epoch_s / 1e9;
     let fraction = gflops / peak_all;
 
+    let figures = serde_json::json!({
+        "peak_gflops": peak_all,
+        "peak_gflops_one_core": peak_one_core,
+        "epoch_s": epoch_s,
+        "samples_per_s": samples / epoch_s,
+        "gflops": gflops,
+        "fraction_of_peak": fraction,
+        "threads": threads,
+        "isa": isa.name(),
+        "batch_size": args.batch_size,
+        "epochs_timed": seconds.len(),
+    });
+    let current = records::record(&figures);
     if args.json {
-        let record = serde_json::json!({
-            "peak_gflops": peak_all,
-            "peak_gflops_one_core": peak_one_core,
-            "epoch_s": epoch_s,
-            "samples_per_s": samples / epoch_s,
-            "gflops": gflops,
-            "fraction_of_peak": fraction,
-            "threads": threads,
-            "isa": isa.name(),
-            "epochs_timed": seconds.len(),
-        });
-        println!("{record}");
+        let mut printed = current.clone();
+        if let Some(before) = &before {
+            printed["compare"] = records::changes(before, &current);
+        }
+        println!("{printed}");
     } else {
         println!("isa {}, {threads} threads", isa.name());
         println!("FMA peak: {peak_one_core:.1} GFLOP/s on one core, {peak_all:.1} GFLOP/s on {threads} threads");
@@ -77,6 +90,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             samples / epoch_s
         );
         println!("achieved: {gflops:.1} GFLOP/s, {fraction:.2} of the all-core peak");
+        if let Some(before) = &before {
+            print!("{}", records::describe(before, &current));
+        }
+    }
+    if let Some(path) = &args.record {
+        records::append(path, &current)?;
+        if !args.json {
+            println!("recorded in {}", path.display());
+        }
     }
     Ok(())
 }

@@ -165,6 +165,12 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Append this run (time, commit, machine, figures) as one JSON line to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Print the change of each figure against the last record in FILE.
+    #[arg(long, value_name = "FILE")]
+    pub compare: Option<PathBuf>,
 }
 
 /// clap's error as one line: its first paragraph, without the usage and hint after it.

@@ -6,6 +6,7 @@ pub mod cli;
 mod commands;
 mod interrupt;
 mod profile;
+mod records;
 
 pub use commands::run;
 pub use interrupt::{Interrupted, EXIT_CODE as INTERRUPTED_EXIT_CODE};

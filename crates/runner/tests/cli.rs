@@ -210,3 +210,56 @@ fn bench_json_has_the_documented_keys() {
     assert!(record["threads"].as_u64().unwrap() >= 1);
     assert!(record["isa"].as_str().is_some());
 }
+
+#[test]
+fn bench_records_append_json_lines_and_compare_against_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(dir.path(), 256);
+    let records = dir.path().join("bench.jsonl");
+    let records_arg = records.to_str().unwrap();
+    let bench = |extra: &[&str]| {
+        let args = [
+            &[
+                "bench",
+                "--epochs",
+                "1",
+                "--data",
+                dir.path().to_str().unwrap(),
+            ][..],
+            extra,
+        ]
+        .concat();
+        let out = kerno(&args, &[]);
+        assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    bench(&["--json", "--record", records_arg]);
+    let text = bench(&["--record", records_arg, "--compare", records_arg]);
+    assert!(text.contains("against the record of"), "{text}");
+    assert!(text.contains("epoch_s") && text.contains('%'), "{text}");
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&records)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for record in &lines {
+        assert!(record["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(!record["commit"].as_str().unwrap().is_empty());
+        assert!(record["machine"]["cores"].as_u64().unwrap() >= 1);
+        assert!(record["epoch_s"].as_f64().unwrap() > 0.0);
+    }
+
+    let compared = bench(&["--json", "--compare", records_arg]);
+    let compared: serde_json::Value = serde_json::from_str(compared.trim()).unwrap();
+    assert!(
+        compared["compare"]["epoch_s"]["change"].is_number(),
+        "{compared}"
+    );
+
+    std::fs::write(&records, "not json\n").unwrap();
+    let out = kerno(&["bench", "--compare", records_arg], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("line 1"), "{}", stderr(&out));
+}
