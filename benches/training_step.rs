@@ -1,8 +1,10 @@
 //! One whole training step of the notebook's model (batch 128: gather, forward,
-//! fused loss, backward, RMSprop), on MNIST-shaped data, with all threads.
+//! fused loss, backward, RMSprop), on MNIST-shaped data, with all threads; and the
+//! same step with `kerno profile`'s per-kernel timing switched on, for its overhead.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use kerno::prelude::*;
+use kerno::tensor::profile;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -30,6 +32,16 @@ fn training_step(c: &mut Criterion) {
     group.bench_function("784-512-10 batch 128", |b| {
         b.iter(|| model.train_on_batch(&x, &y).unwrap())
     });
+    profile::enable();
+    group.bench_function("784-512-10 batch 128, profiling on", |b| {
+        // Emptying the logs happens outside the timed steps.
+        b.iter_batched(
+            profile::take,
+            |_| model.train_on_batch(&x, &y).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    profile::disable();
     group.finish();
 }
 

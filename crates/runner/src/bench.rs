@@ -28,7 +28,7 @@ pub(crate) fn measure_peak(isa: Isa) -> Peak {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    set_threads(args.threads)?;
+    set_threads(args.training.threads)?;
     // Both files are checked before the minutes of measuring.
     let before = args.compare.as_deref().map(records::last).transpose()?;
     if let Some(path) = &args.record {
@@ -42,13 +42,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         all_threads: peak_all,
     } = measure_peak(isa);
 
-    let data = load_data(&args.data)?;
+    let data = load_data(&args.training.data)?;
     let mut model = compiled_notebook_model(&data, 1, Optimizer::rmsprop())?;
     let x = data.train.images.scaled(PIXEL_SCALE);
     let y = to_categorical(&data.train.labels, data.classes);
     let options = FitOptions::new()
         .epochs(args.epochs + 1)
-        .batch_size(args.batch_size)
+        .batch_size(args.training.batch_size)
         .verbosity(Verbosity::Silent);
     let history = model.fit(&x, &y, &options)?;
     // The first epoch warms caches and builds buffers; the rest are steady state.
@@ -71,11 +71,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "fraction_of_peak": fraction,
         "threads": threads,
         "isa": isa.name(),
-        "batch_size": args.batch_size,
+        "batch_size": args.training.batch_size,
         "epochs_timed": seconds.len(),
     });
     let current = records::record(&figures);
-    if args.json {
+    if args.training.json {
         let mut printed = current.clone();
         if let Some(before) = &before {
             printed["compare"] = records::changes(before, &current);
@@ -96,7 +96,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if let Some(path) = &args.record {
         records::append(path, &current)?;
-        if !args.json {
+        if !args.training.json {
             println!("recorded in {}", path.display());
         }
     }

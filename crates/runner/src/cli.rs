@@ -151,11 +151,9 @@ pub struct PredictArgs {
     pub data: DataArgs,
 }
 
+/// What `bench` and `profile` share: the training they time.
 #[derive(Args, Debug, Clone)]
-pub struct BenchArgs {
-    /// Epochs to time, after one warm-up epoch.
-    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
-    pub epochs: usize,
+pub struct TimedTraining {
     #[arg(long, default_value_t = 128, value_parser = at_least_one)]
     pub batch_size: usize,
     #[arg(long, env = "KERNO_THREADS", value_parser = parse_threads)]
@@ -165,6 +163,15 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Epochs to time, after one warm-up epoch.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
+    pub epochs: usize,
+    #[command(flatten)]
+    pub training: TimedTraining,
     /// Append this run (time, commit, machine, figures) as one JSON line to FILE.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
@@ -192,15 +199,8 @@ pub struct ProfileArgs {
     /// Steps run first without profiling, to reach the steady state.
     #[arg(long, default_value_t = 20)]
     pub warmup: usize,
-    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
-    pub batch_size: usize,
-    #[arg(long, env = "KERNO_THREADS", value_parser = parse_threads)]
-    pub threads: Option<usize>,
     #[command(flatten)]
-    pub data: DataArgs,
-    /// Print one JSON object instead of the table.
-    #[arg(long)]
-    pub json: bool,
+    pub training: TimedTraining,
     /// Also write a Chrome trace (JSON trace events: Perfetto, chrome://tracing).
     #[arg(long, value_name = "PATH")]
     pub trace: Option<PathBuf>,

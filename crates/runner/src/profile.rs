@@ -13,7 +13,7 @@ use serde_json::json;
 use std::collections::HashMap;
 
 pub fn run(args: ProfileArgs) -> Result<()> {
-    set_threads(args.threads)?;
+    set_threads(args.training.threads)?;
     if let Some(path) = &args.trace {
         kerno_data::check_writable(path)
             .with_context(|| format!("--trace {} cannot be written", path.display()))?;
@@ -21,29 +21,29 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     let isa = Isa::detected();
     let threads = rayon::current_num_threads();
     let peak = measure_peak(isa);
-    let data = load_data(&args.data)?;
+    let data = load_data(&args.training.data)?;
     let mut model = compiled_notebook_model(&data, 1, Optimizer::rmsprop())?;
     let x = data.train.images.scaled(PIXEL_SCALE);
     let y = to_categorical(&data.train.labels, data.classes);
 
     // Unprofiled steps first: buffers built, caches and branch predictors warm.
-    train_steps(&mut model, &x, &y, args.batch_size, args.warmup)?;
+    train_steps(&mut model, &x, &y, args.training.batch_size, args.warmup)?;
     profile::enable();
-    let trained = train_steps(&mut model, &x, &y, args.batch_size, args.steps);
+    let trained = train_steps(&mut model, &x, &y, args.training.batch_size, args.steps);
     profile::disable();
     trained?;
     let recording = profile::take();
 
-    let summary = Summary::of(&recording, &model, args.batch_size, &peak);
+    let summary = Summary::of(&recording, &model, args.training.batch_size, &peak);
     if let Some(path) = &args.trace {
         let trace = chrome_trace(&recording);
         kerno_data::write_atomically(path, trace.to_string().as_bytes())
             .with_context(|| format!("--trace {}", path.display()))?;
     }
-    if args.json {
-        println!("{}", summary.json(isa, threads, args.batch_size));
+    if args.training.json {
+        println!("{}", summary.json(isa, threads, args.training.batch_size));
     } else {
-        print!("{}", summary.table(isa, threads, args.batch_size));
+        print!("{}", summary.table(isa, threads, args.training.batch_size));
         if let Some(path) = &args.trace {
             println!(
                 "trace written to {} (open it in ui.perfetto.dev or chrome://tracing)",
