@@ -1,11 +1,46 @@
 //! Optimizer updates, one pass over each parameter tensor, as Keras 3 writes them.
 
-/// RMSprop: `v ← ρv + (1−ρ)g²; w ← w − lr·g/√(v+ε)` (Keras 3, ε inside the root).
+use crate::simd::{elementwise, Isa};
+use rayon::prelude::*;
+
+/// Parameters per parallel task of an update. Every element is updated on its own,
+/// so the split never changes a result.
+const CHUNK: usize = 16 * 1024;
+
+/// RMSprop: `v ← ρv + (1−ρ)g²; w ← w − lr·g/√(v+ε)` (Keras 3, ε inside the root),
+/// vectorised for this machine and spread over the threads.
 pub fn rmsprop_step(w: &mut [f32], g: &[f32], v: &mut [f32], lr: f32, rho: f32, epsilon: f32) {
-    for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
-        *v = rho * *v + (1.0 - rho) * (g * g);
-        *w -= (lr * g) / (*v + epsilon).sqrt();
+    rmsprop_step_with(Isa::detected(), w, g, v, lr, rho, epsilon)
+}
+
+/// [`rmsprop_step`] with a chosen instruction set (tests force each one).
+///
+/// # Panics
+/// When `isa` is not supported by this CPU, or the slices differ in length.
+pub fn rmsprop_step_with(
+    isa: Isa,
+    w: &mut [f32],
+    g: &[f32],
+    v: &mut [f32],
+    lr: f32,
+    rho: f32,
+    epsilon: f32,
+) {
+    assert!(
+        w.len() == g.len() && w.len() == v.len(),
+        "rmsprop: {} weights, {} gradients, {} velocities",
+        w.len(),
+        g.len(),
+        v.len()
+    );
+    let p = elementwise::RmsProp { lr, rho, epsilon };
+    if w.len() <= CHUNK {
+        return elementwise::rmsprop(isa, w, g, v, p);
     }
+    w.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .for_each(|((w, g), v)| elementwise::rmsprop(isa, w, g, v, p));
 }
 
 /// SGD. Without momentum `w ← w − lr·g`; with it `m ← μm − lr·g`, then

@@ -3,6 +3,7 @@
 
 use std::sync::OnceLock;
 
+pub(crate) mod elementwise;
 mod microkernel;
 mod peak;
 
