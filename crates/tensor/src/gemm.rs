@@ -5,7 +5,10 @@
 use crate::activation::relu;
 use crate::matrix::{MatMut, MatRef};
 use crate::profile::{self, Level, Work};
-use crate::simd::{flush_subnormals, Isa, Microkernel, TileEpilogue, TileMut, MAX_MR, MAX_NR};
+use crate::simd::{
+    flush_subnormals, has_thin_loop, thin_dots, Isa, Microkernel, TileEpilogue, TileMut, MAX_MR,
+    MAX_NR, MAX_THIN_N, THIN_STEP,
+};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -24,6 +27,8 @@ const BLOCK_ROWS: usize = 32;
 thread_local! {
     /// Packing buffers of this thread, grown once and reused: no allocation per call.
     static PANELS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Bᵀ of a thin GEMM, packed by the calling thread and read by every task.
+    static THIN_BT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Gives every thread of the current rayon pool its packing buffers at their
@@ -104,6 +109,9 @@ pub fn gemm_with(
     if m == 0 || n == 0 {
         return;
     }
+    if n <= MAX_THIN_N && a.col_stride() == 1 && has_thin_loop(isa) {
+        return gemm_thin_n(isa, a, b, c, accumulate, epilogue);
+    }
     let kernel = isa.kernel();
     let stride = c.row_stride();
     let used = (m - 1) * stride + n;
@@ -122,6 +130,71 @@ pub fn gemm_with(
                 gemm_block(kernel, a_block, b, c_block, accumulate, epilogue, first_row)
             });
         });
+}
+
+/// `C = A·B` for outputs at most [`MAX_THIN_N`] columns wide and a row-major A:
+/// each output is a dot product of a row of A with a row of Bᵀ, packed once here.
+/// Tiles of `MR × NR` would be mostly padding, and packing A would cost more than
+/// the products.
+fn gemm_thin_n(
+    isa: Isa,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: MatMut<'_>,
+    accumulate: bool,
+    epilogue: Epilogue<'_>,
+) {
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    let width = n.next_multiple_of(THIN_STEP);
+    let stride = c.row_stride();
+    let data = &mut c.into_data()[..(m - 1) * stride + n];
+    let mut run = |bt: &mut Vec<f32>| {
+        let bt = grow(bt, width * k);
+        for (j, column) in bt.chunks_exact_mut(k.max(1)).enumerate() {
+            for (p, v) in column.iter_mut().enumerate() {
+                *v = if j < n { b.get(p, j) } else { 0.0 };
+            }
+        }
+        let bt = &*bt;
+        data.par_chunks_mut(BLOCK_ROWS * stride)
+            .enumerate()
+            .for_each(|(block, chunk)| {
+                let first_row = block * BLOCK_ROWS;
+                let rows = BLOCK_ROWS.min(m - first_row);
+                let _span = profile::span(|| {
+                    Work::new("GEMM block", Level::Task).flops(2 * (rows * k * n) as u64)
+                });
+                let mut c_block = MatMut::new(chunk, rows, n, stride);
+                let row_of_a = |r: usize| {
+                    let start = (first_row + r) * a.row_stride();
+                    &a.data()[start..start + k]
+                };
+                flush_subnormals(|| {
+                    for i in (0..rows).step_by(2) {
+                        let pair = 2.min(rows - i);
+                        let sums = if pair == 2 {
+                            thin_dots(isa, &[row_of_a(i), row_of_a(i + 1)], bt, k, width)
+                        } else {
+                            thin_dots(isa, &[row_of_a(i)], bt, k, width)
+                        };
+                        let tile = Tile {
+                            row: i,
+                            col: 0,
+                            rows: pair,
+                            cols: n,
+                            nr: MAX_THIN_N,
+                        };
+                        let sums = sums.as_flattened();
+                        store_tile(&mut c_block, sums, tile, !accumulate, epilogue, first_row);
+                    }
+                });
+            });
+    };
+    THIN_BT.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bt) => run(&mut bt),
+        // Held further up this thread's stack (a GEMM run while another waits): its own buffer.
+        Err(_) => run(&mut Vec::new()),
+    })
 }
 
 /// One task's rows of C, computed sequentially.

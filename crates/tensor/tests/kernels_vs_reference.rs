@@ -39,6 +39,11 @@ fn gemm_matches_reference_on_odd_and_transposed_shapes() {
         (784, 128, 512),
         (128, 10, 512),
         (512, 128, 10),
+        // Thin outputs (n ≤ 12 takes the dot-product path), around its 16 lanes.
+        (127, 513, 10),
+        (3, 1, 12),
+        (65, 16, 4),
+        (33, 31, 1),
     ];
     for _ in 0..30 {
         let pick = |rng: &mut ChaCha8Rng| ODD[rng.gen_range(0..ODD.len())];
@@ -113,6 +118,8 @@ fn gemm_epilogues_match_reference() {
             (1, 7, 17),
             (33, 10, 129),
             (128, 784, 10),
+            (31, 17, 5),
+            (64, 40, 12),
             (5, 0, 3),
             (300, 600, 600),
         ] {

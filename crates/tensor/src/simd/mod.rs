@@ -6,9 +6,11 @@ use std::sync::OnceLock;
 pub(crate) mod elementwise;
 mod microkernel;
 mod peak;
+mod thin;
 
 pub use microkernel::{MAX_MR, MAX_NR};
 pub use peak::fma_peak_gflops;
+pub(crate) use thin::{has_thin_loop, thin_dots, MAX_THIN_N, THIN_STEP};
 
 /// Runs `f` with subnormal floats flushed to zero (x86's FTZ and DAZ), as
 /// TensorFlow runs its CPU kernels: a subnormal operand costs the FMA units ~100×,
