@@ -1,6 +1,11 @@
 //! Where a batch's input rows come from: f32 tensors, or bytes scaled on the fly.
 
+use crate::simd::{elementwise, Isa};
 use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+/// Rows per parallel task of a batch gather.
+const GATHER_ROWS: usize = 16;
 
 /// A table of samples, one row each, that can copy any rows into an f32 batch.
 pub trait Samples: Sync {
@@ -43,7 +48,7 @@ impl Samples for Tensor {
 pub struct ScaledBytes<'a> {
     bytes: &'a [u8],
     features: usize,
-    table: [f32; 256],
+    divisor: f32,
 }
 
 impl<'a> ScaledBytes<'a> {
@@ -55,20 +60,17 @@ impl<'a> ScaledBytes<'a> {
             "{} bytes do not split into rows of {features}",
             bytes.len()
         );
-        let mut table = [0.0; 256];
-        for (i, t) in table.iter_mut().enumerate() {
-            *t = i as f32 / divisor;
-        }
         Self {
             bytes,
             features,
-            table,
+            divisor,
         }
     }
 
     /// The scaled rows as an owned tensor `[len, features]`.
     pub fn to_tensor(&self) -> Tensor {
-        let data = self.bytes.iter().map(|&b| self.table[b as usize]).collect();
+        let mut data = vec![0.0; self.bytes.len()];
+        elementwise::scale_bytes(Isa::detected(), self.bytes, &mut data, self.divisor);
         Tensor::from_vec(&[self.len(), self.features], data)
             .expect("length is a multiple of features")
     }
@@ -88,12 +90,16 @@ impl Samples for ScaledBytes<'_> {
     }
 
     fn gather(&self, indices: &[usize], out: &mut [f32]) {
-        for (dst, &i) in out.chunks_exact_mut(self.features).zip(indices) {
-            let src = &self.bytes[i * self.features..(i + 1) * self.features];
-            dst.iter_mut()
-                .zip(src)
-                .for_each(|(d, &b)| *d = self.table[b as usize]);
-        }
+        let (isa, features) = (Isa::detected(), self.features);
+        // Each row is converted on its own: the split over threads changes nothing.
+        out.par_chunks_mut(GATHER_ROWS * features)
+            .zip(indices.par_chunks(GATHER_ROWS))
+            .for_each(|(out, indices)| {
+                for (dst, &i) in out.chunks_exact_mut(features).zip(indices) {
+                    let src = &self.bytes[i * features..(i + 1) * features];
+                    elementwise::scale_bytes(isa, src, dst, self.divisor);
+                }
+            });
     }
 }
 

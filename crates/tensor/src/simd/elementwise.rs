@@ -49,3 +49,64 @@ pub(crate) fn rmsprop(isa: Isa, w: &mut [f32], g: &[f32], v: &mut [f32], p: RmsP
         _ => rmsprop_body(w, g, v, p),
     }
 }
+
+#[inline(always)]
+fn scale_bytes_body(src: &[u8], dst: &mut [f32], divisor: f32) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s as f32 / divisor;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn scale_bytes_avx512(src: &[u8], dst: &mut [f32], divisor: f32) {
+    scale_bytes_body(src, dst, divisor)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn scale_bytes_avx2(src: &[u8], dst: &mut [f32], divisor: f32) {
+    scale_bytes_body(src, dst, divisor)
+}
+
+/// `dst[i] = src[i] as f32 / divisor`, with the loop built for `isa`. Division is
+/// correctly rounded in every lane, so this is numpy's `x.astype("float32") / d`.
+///
+/// # Panics
+/// When `isa` is not supported by this CPU.
+pub(crate) fn scale_bytes(isa: Isa, src: &[u8], dst: &mut [f32], divisor: f32) {
+    assert!(isa.is_supported(), "{} is not supported here", isa.name());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU supports AVX-512F, checked just above.
+        Isa::Avx512 => unsafe { scale_bytes_avx512(src, dst, divisor) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        Isa::Avx2Fma => unsafe { scale_bytes_avx2(src, dst, divisor) },
+        _ => scale_bytes_body(src, dst, divisor),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaled_bytes_are_exact_divisions_on_every_instruction_set() {
+        for len in [1, 15, 16, 17, 784, 1000] {
+            let src: Vec<u8> = (0..len).map(|i| (i * 97 % 256) as u8).collect();
+            for divisor in [255.0, 3.0, 0.1] {
+                let exact: Vec<u32> = src
+                    .iter()
+                    .map(|&b| (b as f32 / divisor).to_bits())
+                    .collect();
+                for isa in Isa::available() {
+                    let mut dst = vec![f32::NAN; len];
+                    scale_bytes(isa, &src, &mut dst, divisor);
+                    let got: Vec<u32> = dst.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, exact, "{isa:?}, {len} bytes / {divisor}");
+                }
+            }
+        }
+    }
+}
