@@ -27,7 +27,7 @@ const BLOCK_ROWS: usize = 32;
 thread_local! {
     /// Packing buffers of this thread, grown once and reused: no allocation per call.
     static PANELS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-    /// Bᵀ of a thin GEMM, packed by the calling thread and read by every task.
+    /// Bᵀ of a thin GEMM (or its transposed output), on the calling thread.
     static THIN_BT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -109,8 +109,13 @@ pub fn gemm_with(
     if m == 0 || n == 0 {
         return;
     }
-    if n <= MAX_THIN_N && a.col_stride() == 1 && has_thin_loop(isa) {
-        return gemm_thin_n(isa, a, b, c, accumulate, epilogue);
+    if n <= MAX_THIN_N && has_thin_loop(isa) {
+        if a.col_stride() == 1 {
+            return gemm_thin_n(isa, a, b, c, accumulate, epilogue);
+        }
+        if a.row_stride() == 1 && m > MAX_THIN_N {
+            return gemm_thin_n_transposed(isa, a, b, c, accumulate, epilogue);
+        }
     }
     let kernel = isa.kernel();
     let stride = c.row_stride();
@@ -193,6 +198,49 @@ fn gemm_thin_n(
     THIN_BT.with(|cell| match cell.try_borrow_mut() {
         Ok(mut bt) => run(&mut bt),
         // Held further up this thread's stack (a GEMM run while another waits): its own buffer.
+        Err(_) => run(&mut Vec::new()),
+    })
+}
+
+/// `C = A·B` for a thin output and a transposed A (a weight gradient `Hᵀ·dZ`):
+/// computes `Cᵀ = Bᵀ·Aᵀ`, whose operands are both row-major and whose output is
+/// wide, with the tiled path, then writes it transposed into C.
+fn gemm_thin_n_transposed(
+    isa: Isa,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    mut c: MatMut<'_>,
+    accumulate: bool,
+    epilogue: Epilogue<'_>,
+) {
+    let (m, n) = (a.rows(), b.cols());
+    let mut run = |ct: &mut Vec<f32>| {
+        let ct = grow(ct, n * m);
+        gemm_with(
+            isa,
+            b.t(),
+            a.t(),
+            MatMut::row_major(ct, n, m),
+            false,
+            Epilogue::None,
+        );
+        let mut rows = [0.0f32; MAX_THIN_N];
+        for i in 0..m {
+            for (j, v) in rows[..n].iter_mut().enumerate() {
+                *v = ct[j * m + i];
+            }
+            let tile = Tile {
+                row: i,
+                col: 0,
+                rows: 1,
+                cols: n,
+                nr: MAX_THIN_N,
+            };
+            store_tile(&mut c, &rows, tile, !accumulate, epilogue, 0);
+        }
+    };
+    THIN_BT.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut ct) => run(&mut ct),
         Err(_) => run(&mut Vec::new()),
     })
 }

@@ -322,3 +322,34 @@ fn gemm_is_bit_identical_for_any_thread_count() {
         .zip(run(5))
         .all(|(x, y)| x.to_bits() == y.to_bits()));
 }
+
+/// Thin outputs from a transposed A (a weight gradient `Hᵀ·dZ`) take the transposed
+/// product; it must accumulate and apply epilogues as the tiled path does.
+#[test]
+fn thin_gemm_of_a_transposed_a_accumulates_and_applies_epilogues() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for &(m, k, n) in &[(512, 128, 10), (13, 5, 12), (100, 33, 1)] {
+        let (a_t, b) = (random(&mut rng, k * m), random(&mut rng, k * n));
+        let a = MatRef::row_major(&a_t, k, m).t();
+        let b = MatRef::row_major(&b, k, n);
+        let product = reference::matmul(a, b);
+        let bias = random(&mut rng, n);
+        let start = random(&mut rng, m * n);
+        for isa in Isa::available() {
+            let mut c = start.clone();
+            gemm_with(
+                isa,
+                a,
+                b,
+                MatMut::row_major(&mut c, m, n),
+                true,
+                Epilogue::BiasRelu(&bias),
+            );
+            let want: Vec<f64> = (0..m * n)
+                .map(|i| (start[i] as f64 + product[i] + bias[i % n] as f64).max(0.0))
+                .collect();
+            let err = rel_err(&c, &want);
+            assert!(err < 1e-5, "{isa:?} {m}x{k}x{n}: rel err {err}");
+        }
+    }
+}
