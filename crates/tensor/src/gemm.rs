@@ -1,6 +1,7 @@
-//! GEMM in the BLIS structure: cache blocks of B (`KC × NC`) and A (`MR × KC`)
-//! packed into contiguous panels, a register-blocked microkernel per tile, and
-//! the epilogue applied as each finished tile is stored.
+//! GEMM in the BLIS structure: B packed once per call into strips of `NR` columns
+//! (walked in `KC × NC` cache blocks), each task's A packed into `MR × KC` panels,
+//! a register-blocked microkernel per tile, and the epilogue applied as each
+//! finished tile is stored. Buffers are per thread and reused: no allocation per call.
 
 use crate::activation::relu;
 use crate::matrix::{MatMut, MatRef};
@@ -20,25 +21,28 @@ const _: () = assert!(
     NC.is_multiple_of(MAX_NR),
     "a block of B splits into whole strips"
 );
+/// Floats of packed B from which packing it is worth spreading over the threads.
+const PARALLEL_PACKING: usize = 64 * 1024;
 /// Rows of C per parallel task. The partition depends only on the shape, never on
 /// the thread count, so results are bit-identical for any number of threads.
 const BLOCK_ROWS: usize = 32;
 
 thread_local! {
-    /// Packing buffers of this thread, grown once and reused: no allocation per call.
-    static PANELS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The panel of A a task packs, on each worker thread.
+    static A_PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// All of B packed as strips, by the calling thread, read by every task
+    /// (grown on a thread's first GEMM of a size, then reused).
+    static PACKED_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Bᵀ of a thin GEMM (or its transposed output), on the calling thread.
     static THIN_BT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Gives every thread of the current rayon pool its packing buffers at their
-/// largest size now, so that no later GEMM allocates on any thread.
+/// Gives every thread of the current rayon pool its A panel at its largest size
+/// now, so that no later GEMM allocates on a worker thread.
 pub fn reserve_packing_buffers() {
     rayon::broadcast(|_| {
-        PANELS.with(|panels| {
-            let (a_panel, b_panel) = &mut *panels.borrow_mut();
-            grow(a_panel, KC * MAX_MR);
-            grow(b_panel, KC * NC);
+        A_PANEL.with(|panel| {
+            grow(&mut panel.borrow_mut(), KC * MAX_MR);
         })
     });
 }
@@ -121,20 +125,49 @@ pub fn gemm_with(
     let stride = c.row_stride();
     let used = (m - 1) * stride + n;
     let data = &mut c.into_data()[..used];
-    data.par_chunks_mut(BLOCK_ROWS * stride)
-        .enumerate()
-        .for_each(|(block, chunk)| {
-            let first_row = block * BLOCK_ROWS;
-            let rows = BLOCK_ROWS.min(m - first_row);
-            let c_block = MatMut::new(chunk, rows, n, stride);
-            let a_block = a.rows_range(first_row, rows);
-            let _span = profile::span(|| {
-                Work::new("GEMM block", Level::Task).flops(2 * (rows * k * n) as u64)
+    let nr = kernel.nr;
+    let mut run = |packed: &mut Vec<f32>| {
+        // B is packed once (strip by strip, in parallel when it is large); every
+        // task reads the strips.
+        let strip_len = k * nr;
+        let packed = grow(packed, n.div_ceil(nr) * strip_len);
+        let pack_strip = |(s, strip): (usize, &mut [f32])| {
+            pack_b(b, 0, k, s * nr, nr.min(n - s * nr), nr, strip)
+        };
+        match strip_len {
+            0 => {}
+            _ if packed.len() >= PARALLEL_PACKING => packed
+                .par_chunks_mut(strip_len)
+                .enumerate()
+                .for_each(pack_strip),
+            _ => packed
+                .chunks_mut(strip_len)
+                .enumerate()
+                .for_each(pack_strip),
+        }
+        let packed = &*packed;
+        data.par_chunks_mut(BLOCK_ROWS * stride)
+            .enumerate()
+            .for_each(|(block, chunk)| {
+                let first_row = block * BLOCK_ROWS;
+                let rows = BLOCK_ROWS.min(m - first_row);
+                let c_block = MatMut::new(chunk, rows, n, stride);
+                let a_block = a.rows_range(first_row, rows);
+                let _span = profile::span(|| {
+                    Work::new("GEMM block", Level::Task).flops(2 * (rows * k * n) as u64)
+                });
+                flush_subnormals(|| {
+                    gemm_block(
+                        kernel, a_block, packed, n, c_block, accumulate, epilogue, first_row,
+                    )
+                });
             });
-            flush_subnormals(|| {
-                gemm_block(kernel, a_block, b, c_block, accumulate, epilogue, first_row)
-            });
-        });
+    };
+    PACKED_B.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut packed) => run(&mut packed),
+        // Held further up this thread's stack (a GEMM run while another waits): its own buffer.
+        Err(_) => run(&mut Vec::new()),
+    })
 }
 
 /// `C = A·B` for outputs at most [`MAX_THIN_N`] columns wide and a row-major A:
@@ -245,17 +278,20 @@ fn gemm_thin_n_transposed(
     })
 }
 
-/// One task's rows of C, computed sequentially.
+/// One task's rows of C, computed sequentially from B packed as strips of `nr`
+/// columns (`k × nr` each, see [`pack_b`]).
+#[allow(clippy::too_many_arguments)]
 fn gemm_block(
     kernel: Microkernel,
     a: MatRef<'_>,
-    b: MatRef<'_>,
+    packed_b: &[f32],
+    n: usize,
     mut c: MatMut<'_>,
     accumulate: bool,
     epilogue: Epilogue<'_>,
     first_row: usize,
 ) {
-    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    let (m, k) = (a.rows(), a.cols());
     let (mr, nr) = (kernel.mr, kernel.nr);
     let mut acc = [0.0f32; MAX_MR * MAX_NR];
     if k == 0 {
@@ -273,15 +309,18 @@ fn gemm_block(
         }
         return;
     }
-    PANELS.with(|panels| {
-        let (a_panel, b_panel) = &mut *panels.borrow_mut();
+    A_PANEL.with(|a_panel| {
+        let a_panel = &mut *a_panel.borrow_mut();
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
             let strips = nc.div_ceil(nr);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                let b_packed = grow(b_panel, strips * kc * nr);
-                pack_b(b, pc, kc, jc, nc, nr, b_packed);
+                // Rows pc..pc+kc of each strip are contiguous in it.
+                let strip = |s: usize| {
+                    let start = ((jc / nr + s) * k + pc) * nr;
+                    &packed_b[start..start + kc * nr]
+                };
                 let overwrite = pc == 0 && !accumulate;
                 let tile_epilogue = if pc + kc == k {
                     epilogue
@@ -292,7 +331,8 @@ fn gemm_block(
                     let rows = mr.min(m - ir);
                     let a_packed = grow(a_panel, kc * mr);
                     pack_a(a, ir, rows, pc, kc, mr, a_packed);
-                    for (s, b_strip) in b_packed.chunks_exact(kc * nr).enumerate() {
+                    for s in 0..strips {
+                        let b_strip = strip(s);
                         let col = jc + s * nr;
                         let tile = Tile {
                             row: ir,
