@@ -22,7 +22,7 @@ const _: () = assert!(
     "a block of B splits into whole strips"
 );
 /// Floats of packed B from which packing it is worth spreading over the threads.
-const PARALLEL_PACKING: usize = 64 * 1024;
+const PARALLEL_PACKING: usize = 256 * 1024;
 /// Rows of C per parallel task. The partition depends only on the shape, never on
 /// the thread count, so results are bit-identical for any number of threads.
 const BLOCK_ROWS: usize = 32;
@@ -136,7 +136,7 @@ pub fn gemm_with(
         };
         match strip_len {
             0 => {}
-            _ if packed.len() >= PARALLEL_PACKING => packed
+            _ if packed.len() >= PARALLEL_PACKING && rayon::current_num_threads() > 1 => packed
                 .par_chunks_mut(strip_len)
                 .enumerate()
                 .for_each(pack_strip),
@@ -146,28 +146,43 @@ pub fn gemm_with(
                 .for_each(pack_strip),
         }
         let packed = &*packed;
-        data.par_chunks_mut(BLOCK_ROWS * stride)
-            .enumerate()
-            .for_each(|(block, chunk)| {
-                let first_row = block * BLOCK_ROWS;
-                let rows = BLOCK_ROWS.min(m - first_row);
-                let c_block = MatMut::new(chunk, rows, n, stride);
-                let a_block = a.rows_range(first_row, rows);
-                let _span = profile::span(|| {
-                    Work::new("GEMM block", Level::Task).flops(2 * (rows * k * n) as u64)
-                });
-                flush_subnormals(|| {
-                    gemm_block(
-                        kernel, a_block, packed, n, c_block, accumulate, epilogue, first_row,
-                    )
-                });
+        for_each_row_block(data, stride, |block, chunk| {
+            let first_row = block * BLOCK_ROWS;
+            let rows = BLOCK_ROWS.min(m - first_row);
+            let c_block = MatMut::new(chunk, rows, n, stride);
+            let a_block = a.rows_range(first_row, rows);
+            let _span = profile::span(|| {
+                Work::new("GEMM block", Level::Task).flops(2 * (rows * k * n) as u64)
             });
+            flush_subnormals(|| {
+                gemm_block(
+                    kernel, a_block, packed, n, c_block, accumulate, epilogue, first_row,
+                )
+            });
+        });
     };
     PACKED_B.with(|cell| match cell.try_borrow_mut() {
         Ok(mut packed) => run(&mut packed),
         // Held further up this thread's stack (a GEMM run while another waits): its own buffer.
         Err(_) => run(&mut Vec::new()),
     })
+}
+
+/// Runs `task(index, rows)` on each block of `BLOCK_ROWS` rows (of `stride` floats)
+/// of C, spread over the pool's threads; with a one-thread pool, in order on the
+/// calling thread, which saves waking the worker for every GEMM. The blocks, and so
+/// the results, are the same either way.
+fn for_each_row_block(data: &mut [f32], stride: usize, task: impl Fn(usize, &mut [f32]) + Sync) {
+    let len = BLOCK_ROWS * stride;
+    if rayon::current_num_threads() == 1 {
+        data.chunks_mut(len)
+            .enumerate()
+            .for_each(|(i, rows)| task(i, rows));
+    } else {
+        data.par_chunks_mut(len)
+            .enumerate()
+            .for_each(|(i, rows)| task(i, rows));
+    }
 }
 
 /// `C = A·B` for outputs at most [`MAX_THIN_N`] columns wide and a row-major A:
@@ -194,39 +209,37 @@ fn gemm_thin_n(
             }
         }
         let bt = &*bt;
-        data.par_chunks_mut(BLOCK_ROWS * stride)
-            .enumerate()
-            .for_each(|(block, chunk)| {
-                let first_row = block * BLOCK_ROWS;
-                let rows = BLOCK_ROWS.min(m - first_row);
-                let _span = profile::span(|| {
-                    Work::new("GEMM block", Level::Task).flops(2 * (rows * k * n) as u64)
-                });
-                let mut c_block = MatMut::new(chunk, rows, n, stride);
-                let row_of_a = |r: usize| {
-                    let start = (first_row + r) * a.row_stride();
-                    &a.data()[start..start + k]
-                };
-                flush_subnormals(|| {
-                    for i in (0..rows).step_by(2) {
-                        let pair = 2.min(rows - i);
-                        let sums = if pair == 2 {
-                            thin_dots(isa, &[row_of_a(i), row_of_a(i + 1)], bt, k, width)
-                        } else {
-                            thin_dots(isa, &[row_of_a(i)], bt, k, width)
-                        };
-                        let tile = Tile {
-                            row: i,
-                            col: 0,
-                            rows: pair,
-                            cols: n,
-                            nr: MAX_THIN_N,
-                        };
-                        let sums = sums.as_flattened();
-                        store_tile(&mut c_block, sums, tile, !accumulate, epilogue, first_row);
-                    }
-                });
+        for_each_row_block(data, stride, |block, chunk| {
+            let first_row = block * BLOCK_ROWS;
+            let rows = BLOCK_ROWS.min(m - first_row);
+            let _span = profile::span(|| {
+                Work::new("GEMM block", Level::Task).flops(2 * (rows * k * n) as u64)
             });
+            let mut c_block = MatMut::new(chunk, rows, n, stride);
+            let row_of_a = |r: usize| {
+                let start = (first_row + r) * a.row_stride();
+                &a.data()[start..start + k]
+            };
+            flush_subnormals(|| {
+                for i in (0..rows).step_by(2) {
+                    let pair = 2.min(rows - i);
+                    let sums = if pair == 2 {
+                        thin_dots(isa, &[row_of_a(i), row_of_a(i + 1)], bt, k, width)
+                    } else {
+                        thin_dots(isa, &[row_of_a(i)], bt, k, width)
+                    };
+                    let tile = Tile {
+                        row: i,
+                        col: 0,
+                        rows: pair,
+                        cols: n,
+                        nr: MAX_THIN_N,
+                    };
+                    let sums = sums.as_flattened();
+                    store_tile(&mut c_block, sums, tile, !accumulate, epilogue, first_row);
+                }
+            });
+        });
     };
     THIN_BT.with(|cell| match cell.try_borrow_mut() {
         Ok(mut bt) => run(&mut bt),
@@ -314,8 +327,11 @@ fn gemm_block(
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
             let strips = nc.div_ceil(nr);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
+            // Blocks of equal depth: a last block only a few deep (784 = 3·256 + 16)
+            // would spend more on loading and storing C than on products.
+            let depth = k.div_ceil(k.div_ceil(KC));
+            for pc in (0..k).step_by(depth) {
+                let kc = depth.min(k - pc);
                 // Rows pc..pc+kc of each strip are contiguous in it.
                 let strip = |s: usize| {
                     let start = ((jc / nr + s) * k + pc) * nr;
@@ -423,6 +439,21 @@ fn pack_a(a: MatRef<'_>, ir: usize, rows: usize, pc: usize, kc: usize, mr: usize
         for (p, dst) in out.chunks_exact_mut(mr).enumerate() {
             let start = (pc + p) * a.col_stride() + ir;
             dst[..rows].copy_from_slice(&a.data()[start..start + rows]);
+            dst[rows..].fill(0.0);
+        }
+        return;
+    }
+    if a.col_stride() == 1 {
+        // A is row-major: each column of the panel takes one value from each row.
+        let mut sources: [&[f32]; MAX_MR] = [&[]; MAX_MR];
+        for (i, source) in sources[..rows].iter_mut().enumerate() {
+            let start = (ir + i) * a.row_stride() + pc;
+            *source = &a.data()[start..start + kc];
+        }
+        for (p, dst) in out.chunks_exact_mut(mr).enumerate() {
+            for (d, source) in dst.iter_mut().zip(&sources[..rows]) {
+                *d = source[p];
+            }
             dst[rows..].fill(0.0);
         }
         return;
