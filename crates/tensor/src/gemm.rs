@@ -12,6 +12,7 @@ use crate::simd::{
 };
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 /// Depth of a packed panel: `KC × NR` floats of B stay in L1 across a tile row.
 const KC: usize = 256;
@@ -35,6 +36,18 @@ thread_local! {
     static PACKED_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Bᵀ of a thin GEMM (or its transposed output), on the calling thread.
     static THIN_BT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's buffer `key`, or with a new one when the buffer is
+/// held further up this thread's stack (a GEMM run here while another waits).
+fn with_buffer<R>(
+    key: &'static LocalKey<RefCell<Vec<f32>>>,
+    f: impl FnOnce(&mut Vec<f32>) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => f(&mut buffer),
+        Err(_) => f(&mut Vec::new()),
+    })
 }
 
 /// Gives every thread of the current rayon pool its A panel at its largest size
@@ -126,7 +139,7 @@ pub fn gemm_with(
     let used = (m - 1) * stride + n;
     let data = &mut c.into_data()[..used];
     let nr = kernel.nr;
-    let mut run = |packed: &mut Vec<f32>| {
+    let run = |packed: &mut Vec<f32>| {
         // B is packed once (strip by strip, in parallel when it is large); every
         // task reads the strips.
         let strip_len = k * nr;
@@ -161,11 +174,7 @@ pub fn gemm_with(
             });
         });
     };
-    PACKED_B.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut packed) => run(&mut packed),
-        // Held further up this thread's stack (a GEMM run while another waits): its own buffer.
-        Err(_) => run(&mut Vec::new()),
-    })
+    with_buffer(&PACKED_B, run)
 }
 
 /// Runs `task(index, rows)` on each block of `BLOCK_ROWS` rows (of `stride` floats)
@@ -201,7 +210,7 @@ fn gemm_thin_n(
     let width = n.next_multiple_of(THIN_STEP);
     let stride = c.row_stride();
     let data = &mut c.into_data()[..(m - 1) * stride + n];
-    let mut run = |bt: &mut Vec<f32>| {
+    let run = |bt: &mut Vec<f32>| {
         let bt = grow(bt, width * k);
         for (j, column) in bt.chunks_exact_mut(k.max(1)).enumerate() {
             for (p, v) in column.iter_mut().enumerate() {
@@ -241,11 +250,7 @@ fn gemm_thin_n(
             });
         });
     };
-    THIN_BT.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut bt) => run(&mut bt),
-        // Held further up this thread's stack (a GEMM run while another waits): its own buffer.
-        Err(_) => run(&mut Vec::new()),
-    })
+    with_buffer(&THIN_BT, run)
 }
 
 /// `C = A·B` for a thin output and a transposed A (a weight gradient `Hᵀ·dZ`):
@@ -260,7 +265,7 @@ fn gemm_thin_n_transposed(
     epilogue: Epilogue<'_>,
 ) {
     let (m, n) = (a.rows(), b.cols());
-    let mut run = |ct: &mut Vec<f32>| {
+    let run = |ct: &mut Vec<f32>| {
         let ct = grow(ct, n * m);
         gemm_with(
             isa,
@@ -285,10 +290,7 @@ fn gemm_thin_n_transposed(
             store_tile(&mut c, &rows, tile, !accumulate, epilogue, 0);
         }
     };
-    THIN_BT.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut ct) => run(&mut ct),
-        Err(_) => run(&mut Vec::new()),
-    })
+    with_buffer(&THIN_BT, run)
 }
 
 /// One task's rows of C, computed sequentially from B packed as strips of `nr`
