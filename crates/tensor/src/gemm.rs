@@ -22,6 +22,8 @@ const _: () = assert!(
     NC.is_multiple_of(MAX_NR),
     "a block of B splits into whole strips"
 );
+/// Operations from which a GEMM is worth spreading over the threads.
+const PARALLEL_FLOPS: usize = 2_000_000;
 /// Floats of packed B from which packing it is worth spreading over the threads.
 const PARALLEL_PACKING: usize = 256 * 1024;
 /// Rows of C per parallel task. The partition depends only on the shape, never on
@@ -159,7 +161,7 @@ pub fn gemm_with(
                 .for_each(pack_strip),
         }
         let packed = &*packed;
-        for_each_row_block(data, stride, |block, chunk| {
+        for_each_row_block(data, stride, 2 * m * k * n, |block, chunk| {
             let first_row = block * BLOCK_ROWS;
             let rows = BLOCK_ROWS.min(m - first_row);
             let c_block = MatMut::new(chunk, rows, n, stride);
@@ -178,12 +180,18 @@ pub fn gemm_with(
 }
 
 /// Runs `task(index, rows)` on each block of `BLOCK_ROWS` rows (of `stride` floats)
-/// of C, spread over the pool's threads; with a one-thread pool, in order on the
-/// calling thread, which saves waking the worker for every GEMM. The blocks, and so
-/// the results, are the same either way.
-fn for_each_row_block(data: &mut [f32], stride: usize, task: impl Fn(usize, &mut [f32]) + Sync) {
+/// of C, spread over the pool's threads; for a GEMM of under [`PARALLEL_FLOPS`]
+/// operations, or with a one-thread pool, in order on the calling thread, which
+/// saves waking the workers for microseconds of work. The blocks, and so the
+/// results, are the same either way.
+fn for_each_row_block(
+    data: &mut [f32],
+    stride: usize,
+    flops: usize,
+    task: impl Fn(usize, &mut [f32]) + Sync,
+) {
     let len = BLOCK_ROWS * stride;
-    if rayon::current_num_threads() == 1 {
+    if flops < PARALLEL_FLOPS || rayon::current_num_threads() == 1 {
         data.chunks_mut(len)
             .enumerate()
             .for_each(|(i, rows)| task(i, rows));
@@ -218,7 +226,7 @@ fn gemm_thin_n(
             }
         }
         let bt = &*bt;
-        for_each_row_block(data, stride, |block, chunk| {
+        for_each_row_block(data, stride, 2 * m * k * n, |block, chunk| {
             let first_row = block * BLOCK_ROWS;
             let rows = BLOCK_ROWS.min(m - first_row);
             let _span = profile::span(|| {
