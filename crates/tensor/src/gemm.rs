@@ -137,9 +137,6 @@ pub fn gemm_with(
         }
     }
     let kernel = isa.kernel();
-    let stride = c.row_stride();
-    let used = (m - 1) * stride + n;
-    let data = &mut c.into_data()[..used];
     let nr = kernel.nr;
     let run = |packed: &mut Vec<f32>| {
         // B is packed once (strip by strip, in parallel when it is large); every
@@ -161,44 +158,41 @@ pub fn gemm_with(
                 .for_each(pack_strip),
         }
         let packed = &*packed;
-        for_each_row_block(data, stride, 2 * m * k * n, |block, chunk| {
-            let first_row = block * BLOCK_ROWS;
-            let rows = BLOCK_ROWS.min(m - first_row);
-            let c_block = MatMut::new(chunk, rows, n, stride);
-            let a_block = a.rows_range(first_row, rows);
-            let _span = profile::span(|| {
-                Work::new("GEMM block", Level::Task).flops(2 * (rows * k * n) as u64)
-            });
-            flush_subnormals(|| {
-                gemm_block(
-                    kernel, a_block, packed, n, c_block, accumulate, epilogue, first_row,
-                )
-            });
+        for_each_row_block(c, 2 * k * n, |first_row, c_block| {
+            let a_block = a.rows_range(first_row, c_block.rows());
+            gemm_block(
+                kernel, a_block, packed, n, c_block, accumulate, epilogue, first_row,
+            )
         });
     };
     with_buffer(&PACKED_B, run)
 }
 
-/// Runs `task(index, rows)` on each block of `BLOCK_ROWS` rows (of `stride` floats)
-/// of C, spread over the pool's threads; for a GEMM of under [`PARALLEL_FLOPS`]
-/// operations, or with a one-thread pool, in order on the calling thread, which
-/// saves waking the workers for microseconds of work. The blocks, and so the
-/// results, are the same either way.
+/// Runs `task(first_row, rows_of_c)` on each block of `BLOCK_ROWS` rows of C, each
+/// under a profiling span and with subnormals flushed, spread over the pool's
+/// threads; for a GEMM of under [`PARALLEL_FLOPS`] operations, or with a one-thread
+/// pool, in order on the calling thread, which saves waking the workers for
+/// microseconds of work. The blocks, and so the results, are the same either way.
 fn for_each_row_block(
-    data: &mut [f32],
-    stride: usize,
-    flops: usize,
-    task: impl Fn(usize, &mut [f32]) + Sync,
+    c: MatMut<'_>,
+    flops_per_row: usize,
+    task: impl Fn(usize, MatMut<'_>) + Sync,
 ) {
+    let (m, n, stride) = (c.rows(), c.cols(), c.row_stride());
+    let data = &mut c.into_data()[..(m - 1) * stride + n];
+    let block = |(index, chunk): (usize, &mut [f32])| {
+        let first_row = index * BLOCK_ROWS;
+        let rows = BLOCK_ROWS.min(m - first_row);
+        let _span = profile::span(|| {
+            Work::new("GEMM block", Level::Task).flops((rows * flops_per_row) as u64)
+        });
+        flush_subnormals(|| task(first_row, MatMut::new(chunk, rows, n, stride)));
+    };
     let len = BLOCK_ROWS * stride;
-    if flops < PARALLEL_FLOPS || rayon::current_num_threads() == 1 {
-        data.chunks_mut(len)
-            .enumerate()
-            .for_each(|(i, rows)| task(i, rows));
+    if m * flops_per_row < PARALLEL_FLOPS || rayon::current_num_threads() == 1 {
+        data.chunks_mut(len).enumerate().for_each(block);
     } else {
-        data.par_chunks_mut(len)
-            .enumerate()
-            .for_each(|(i, rows)| task(i, rows));
+        data.par_chunks_mut(len).enumerate().for_each(block);
     }
 }
 
@@ -214,10 +208,8 @@ fn gemm_thin_n(
     accumulate: bool,
     epilogue: Epilogue<'_>,
 ) {
-    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    let (k, n) = (a.cols(), b.cols());
     let width = n.next_multiple_of(THIN_STEP);
-    let stride = c.row_stride();
-    let data = &mut c.into_data()[..(m - 1) * stride + n];
     let run = |bt: &mut Vec<f32>| {
         let bt = grow(bt, width * k);
         for (j, column) in bt.chunks_exact_mut(k.max(1)).enumerate() {
@@ -226,36 +218,29 @@ fn gemm_thin_n(
             }
         }
         let bt = &*bt;
-        for_each_row_block(data, stride, 2 * m * k * n, |block, chunk| {
-            let first_row = block * BLOCK_ROWS;
-            let rows = BLOCK_ROWS.min(m - first_row);
-            let _span = profile::span(|| {
-                Work::new("GEMM block", Level::Task).flops(2 * (rows * k * n) as u64)
-            });
-            let mut c_block = MatMut::new(chunk, rows, n, stride);
+        for_each_row_block(c, 2 * k * n, |first_row, mut c_block| {
             let row_of_a = |r: usize| {
                 let start = (first_row + r) * a.row_stride();
                 &a.data()[start..start + k]
             };
-            flush_subnormals(|| {
-                for i in (0..rows).step_by(2) {
-                    let pair = 2.min(rows - i);
-                    let sums = if pair == 2 {
-                        thin_dots(isa, &[row_of_a(i), row_of_a(i + 1)], bt, k, width)
-                    } else {
-                        thin_dots(isa, &[row_of_a(i)], bt, k, width)
-                    };
-                    let tile = Tile {
-                        row: i,
-                        col: 0,
-                        rows: pair,
-                        cols: n,
-                        nr: MAX_THIN_N,
-                    };
-                    let sums = sums.as_flattened();
-                    store_tile(&mut c_block, sums, tile, !accumulate, epilogue, first_row);
-                }
-            });
+            let rows = c_block.rows();
+            for i in (0..rows).step_by(2) {
+                let pair = 2.min(rows - i);
+                let sums = if pair == 2 {
+                    thin_dots(isa, &[row_of_a(i), row_of_a(i + 1)], bt, k, width)
+                } else {
+                    thin_dots(isa, &[row_of_a(i)], bt, k, width)
+                };
+                let tile = Tile {
+                    row: i,
+                    col: 0,
+                    rows: pair,
+                    cols: n,
+                    nr: MAX_THIN_N,
+                };
+                let sums = sums.as_flattened();
+                store_tile(&mut c_block, sums, tile, !accumulate, epilogue, first_row);
+            }
         });
     };
     with_buffer(&THIN_BT, run)
