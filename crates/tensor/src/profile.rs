@@ -102,6 +102,7 @@ pub struct Recording {
 
 struct ThreadLog {
     index: usize,
+    name: String,
     events: Vec<Event>,
 }
 
@@ -125,10 +126,6 @@ pub fn disable() {
     ENABLED.store(false, Ordering::Relaxed);
 }
 
-pub fn is_enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
-
 /// Everything recorded so far, sorted by start time; the logs are emptied.
 pub fn take() -> Recording {
     let logs = LOGS.lock().unwrap_or_else(PoisonError::into_inner);
@@ -136,16 +133,11 @@ pub fn take() -> Recording {
     for log in logs.iter() {
         let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
         recording.events.append(&mut log.events);
+        recording.threads.push(log.name.clone());
     }
-    recording.threads = THREAD_NAMES
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
     recording.events.sort_by_key(|e| (e.start_ns, e.depth));
     recording
 }
-
-static THREAD_NAMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// This thread's log, made on its first span.
 fn with_log(f: impl FnOnce(&mut ThreadLog)) {
@@ -153,16 +145,13 @@ fn with_log(f: impl FnOnce(&mut ThreadLog)) {
         let mut slot = cell.borrow_mut();
         let log = slot.get_or_insert_with(|| {
             let mut logs = LOGS.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut names = THREAD_NAMES.lock().unwrap_or_else(PoisonError::into_inner);
             let index = logs.len();
-            let current = std::thread::current();
-            names.push(
-                current
-                    .name()
-                    .map_or_else(|| format!("thread {index}"), str::to_string),
-            );
+            let name = std::thread::current()
+                .name()
+                .map_or_else(|| format!("thread {index}"), str::to_string);
             let log = Arc::new(Mutex::new(ThreadLog {
                 index,
+                name,
                 events: Vec::with_capacity(RESERVED_EVENTS),
             }));
             logs.push(log.clone());
