@@ -91,10 +91,9 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// [`Sequential::load_checkpoint`] from the bytes of a checkpoint file; `origin`
+    /// [`Sequential::load_checkpoint`] from the bytes of a checkpoint file; `path`
     /// names it in errors.
-    pub fn from_safetensors(bytes: &[u8], origin: &Path) -> Result<Checkpoint, ModelError> {
-        let path = origin;
+    pub fn from_safetensors(bytes: &[u8], path: &Path) -> Result<Checkpoint, ModelError> {
         let (mut model, state, tensors) = weights::parse_model(path, bytes)?;
         let bad = |problem: String| ModelError::BadModelFile {
             path: path.to_path_buf(),

@@ -1,9 +1,11 @@
 //! `kerno bench`: the machine's FMA peak, and how close steady-state training gets to it.
 
 use crate::cli::BenchArgs;
-use crate::commands::{compiled_notebook_model, load_data, set_threads, PIXEL_SCALE};
+use crate::commands::{
+    check_writable, compiled_notebook_model, load_data, set_threads, PIXEL_SCALE,
+};
 use crate::records;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use kerno_data::to_categorical;
 use kerno_model::{FitOptions, Optimizer, Verbosity};
 use kerno_tensor::{fma_peak_gflops, Isa};
@@ -31,10 +33,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     set_threads(args.training.threads)?;
     // Both files are checked before the minutes of measuring.
     let before = args.compare.as_deref().map(records::last).transpose()?;
-    if let Some(path) = &args.record {
-        kerno_data::check_writable(path)
-            .with_context(|| format!("--record {} cannot be written", path.display()))?;
-    }
+    check_writable("--record", args.record.as_deref())?;
     let isa = Isa::detected();
     let threads = rayon::current_num_threads();
     let Peak {

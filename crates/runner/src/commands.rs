@@ -50,6 +50,15 @@ pub(crate) fn set_threads(threads: Option<usize>) -> Result<()> {
         .context("could not start the worker threads")
 }
 
+/// Checks, before any long work, that the file given with `flag` can be written.
+pub(crate) fn check_writable(flag: &str, path: Option<&Path>) -> Result<()> {
+    match path {
+        Some(path) => kerno_data::check_writable(path)
+            .with_context(|| format!("{flag} {} cannot be written", path.display())),
+        None => Ok(()),
+    }
+}
+
 /// The notebook's model compiled as the notebook does, with `optimizer`.
 pub(crate) fn compiled_notebook_model(
     data: &Dataset,
@@ -72,12 +81,8 @@ pub(crate) fn load_data(args: &DataArgs) -> Result<Dataset> {
 fn train(args: TrainArgs) -> Result<()> {
     set_threads(args.threads)?;
     let checkpoint = args.checkpoint.as_ref().or(args.resume.as_ref());
-    for (flag, path) in [("--save", args.save.as_ref()), ("--checkpoint", checkpoint)] {
-        if let Some(path) = path {
-            kerno_data::check_writable(path)
-                .with_context(|| format!("{flag} {} cannot be written", path.display()))?;
-        }
-    }
+    check_writable("--save", args.save.as_deref())?;
+    check_writable("--checkpoint", checkpoint.map(PathBuf::as_path))?;
     let data = load_data(&args.data)?;
     let (mut model, settings, start) = match &args.resume {
         Some(path) => {

@@ -3,7 +3,9 @@
 
 use crate::bench::{measure_peak, Peak};
 use crate::cli::ProfileArgs;
-use crate::commands::{compiled_notebook_model, load_data, set_threads, PIXEL_SCALE};
+use crate::commands::{
+    check_writable, compiled_notebook_model, load_data, set_threads, PIXEL_SCALE,
+};
 use anyhow::{Context, Result};
 use kerno_data::to_categorical;
 use kerno_model::{Callback, Control, FitOptions, ModelError, Optimizer, Sequential, Verbosity};
@@ -14,10 +16,7 @@ use std::collections::HashMap;
 
 pub fn run(args: ProfileArgs) -> Result<()> {
     set_threads(args.training.threads)?;
-    if let Some(path) = &args.trace {
-        kerno_data::check_writable(path)
-            .with_context(|| format!("--trace {} cannot be written", path.display()))?;
-    }
+    check_writable("--trace", args.trace.as_deref())?;
     let isa = Isa::detected();
     let threads = rayon::current_num_threads();
     let peak = measure_peak(isa);
