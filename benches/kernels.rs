@@ -1,6 +1,9 @@
 //! Kernel benches: GEMM on the training step's shapes (kerno on each instruction
-//! set, matrixmultiply, and the f64 reference), the fused softmax + cross-entropy,
-//! and the RMSprop update. Throughput is reported in FLOP (2 per multiply-add).
+//! set, `matrixmultiply`, the `gemm` crate, and the f64 reference), the fused
+//! softmax + cross-entropy, and the RMSprop update. Throughput is reported in FLOP
+//! (2 per multiply-add). Every GEMM runs on `RAYON_NUM_THREADS` threads (default:
+//! all cores), named in the group: kerno and `gemm` on rayon's pool, `matrixmultiply`
+//! on its own, given the same count.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kerno::tensor::loss::{softmax_xent_fwd_bwd, Targets};
@@ -31,10 +34,47 @@ fn view(data: &[f32], rows: usize, cols: usize, t: bool) -> MatRef<'_> {
     }
 }
 
+/// `C = A·B` with the `gemm` crate (faer's) on `threads` threads.
+fn faer_gemm(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], threads: usize) {
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    let parallelism = match threads {
+        1 => gemm::Parallelism::None,
+        t => gemm::Parallelism::Rayon(t),
+    };
+    // SAFETY: the views were built over slices of exactly these shapes and strides,
+    // and `out` holds m×n floats, row-major.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.data().as_ptr(),
+            a.col_stride() as isize,
+            a.row_stride() as isize,
+            b.data().as_ptr(),
+            b.col_stride() as isize,
+            b.row_stride() as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
 fn gemm_shapes(c: &mut Criterion) {
+    let threads = rayon::current_num_threads();
+    // matrixmultiply reads its thread count once, from its own variable.
+    std::env::set_var("MATMUL_NUM_THREADS", threads.to_string());
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for (name, m, k, n, ta, tb) in SHAPES {
-        let mut group = c.benchmark_group(format!("gemm/{name}"));
+        let mut group = c.benchmark_group(format!("gemm {threads}t/{name}"));
         group.throughput(Throughput::Elements((2 * m * k * n) as u64));
         group.sample_size(20);
         let (a, b) = (random(m * k, &mut rng), random(k * n, &mut rng));
@@ -76,6 +116,9 @@ fn gemm_shapes(c: &mut Criterion) {
                     )
                 }
             })
+        });
+        group.bench_function("gemm", |bench| {
+            bench.iter(|| faer_gemm(av, bv, &mut out, threads))
         });
         if m * k * n <= 128 * 784 * 512 {
             group.sample_size(10);
