@@ -138,32 +138,47 @@ pub fn gemm_with(
     }
     let kernel = isa.kernel();
     let nr = kernel.nr;
-    let run = |packed: &mut Vec<f32>| {
-        // B is packed once (strip by strip, in parallel when it is large); every
-        // task reads the strips.
-        let strip_len = k * nr;
-        let packed = grow(packed, n.div_ceil(nr) * strip_len);
-        let pack_strip = |(s, strip): (usize, &mut [f32])| {
-            pack_b(b, 0, k, s * nr, nr.min(n - s * nr), nr, strip)
-        };
-        match strip_len {
-            0 => {}
-            _ if packed.len() >= PARALLEL_PACKING && rayon::current_num_threads() > 1 => packed
-                .par_chunks_mut(strip_len)
-                .enumerate()
-                .for_each(pack_strip),
-            _ => packed
-                .chunks_mut(strip_len)
-                .enumerate()
-                .for_each(pack_strip),
-        }
-        let packed = &*packed;
-        for_each_row_block(c, 2 * k * n, |first_row, c_block| {
+    let threads = rayon::current_num_threads();
+    // One block of rows per thread: each task then reads B from L3 once per depth
+    // block and reuses it from L2. Any partition gives the same bits.
+    let block_rows = m.div_ceil(threads).next_multiple_of(kernel.mr);
+    let run_blocks = |b_panels: BPanels<'_>| {
+        for_each_row_block(c, 2 * k * n, block_rows, |first_row, c_block| {
             let a_block = a.rows_range(first_row, c_block.rows());
             gemm_block(
-                kernel, a_block, packed, n, c_block, accumulate, epilogue, first_row,
+                kernel, a_block, b_panels, n, c_block, accumulate, epilogue, first_row,
             )
-        });
+        })
+    };
+    if b.col_stride() == 1 && n.is_multiple_of(nr) && k * n < PARALLEL_PACKING {
+        // Rows of whole strips, small enough to stay in L2: read in place, not copied.
+        return run_blocks(BPanels::InPlace(b));
+    }
+    let run = |packed: &mut Vec<f32>| {
+        // B is packed once, a depth block at a time (in parallel when it is large);
+        // every task reads the blocks.
+        let depth = depth_block(k);
+        let block_len = depth * n.next_multiple_of(nr);
+        let packed = grow(packed, k * n.next_multiple_of(nr));
+        let pack_block = |(i, block): (usize, &mut [f32])| {
+            let pc = i * depth;
+            pack_b(b, pc, depth.min(k - pc), nr, block)
+        };
+        match block_len {
+            0 => {}
+            _ if packed.len() >= PARALLEL_PACKING && threads > 1 => packed
+                .par_chunks_mut(block_len)
+                .enumerate()
+                .for_each(pack_block),
+            _ => packed
+                .chunks_mut(block_len)
+                .enumerate()
+                .for_each(pack_block),
+        }
+        run_blocks(BPanels::Packed {
+            data: packed,
+            width: n.next_multiple_of(nr),
+        })
     };
     with_buffer(&PACKED_B, run)
 }
@@ -176,19 +191,20 @@ pub fn gemm_with(
 fn for_each_row_block(
     c: MatMut<'_>,
     flops_per_row: usize,
+    block_rows: usize,
     task: impl Fn(usize, MatMut<'_>) + Sync,
 ) {
     let (m, n, stride) = (c.rows(), c.cols(), c.row_stride());
     let data = &mut c.into_data()[..(m - 1) * stride + n];
     let block = |(index, chunk): (usize, &mut [f32])| {
-        let first_row = index * BLOCK_ROWS;
-        let rows = BLOCK_ROWS.min(m - first_row);
+        let first_row = index * block_rows;
+        let rows = block_rows.min(m - first_row);
         let _span = profile::span(|| {
             Work::new("GEMM block", Level::Task).flops((rows * flops_per_row) as u64)
         });
         flush_subnormals(|| task(first_row, MatMut::new(chunk, rows, n, stride)));
     };
-    let len = BLOCK_ROWS * stride;
+    let len = block_rows * stride;
     if m * flops_per_row < PARALLEL_FLOPS || rayon::current_num_threads() == 1 {
         data.chunks_mut(len).enumerate().for_each(block);
     } else {
@@ -218,7 +234,7 @@ fn gemm_thin_n(
             }
         }
         let bt = &*bt;
-        for_each_row_block(c, 2 * k * n, |first_row, mut c_block| {
+        for_each_row_block(c, 2 * k * n, BLOCK_ROWS, |first_row, mut c_block| {
             let row_of_a = |r: usize| {
                 let start = (first_row + r) * a.row_stride();
                 &a.data()[start..start + k]
@@ -286,13 +302,39 @@ fn gemm_thin_n_transposed(
     with_buffer(&THIN_BT, run)
 }
 
-/// One task's rows of C, computed sequentially from B packed as strips of `nr`
-/// columns (`k × nr` each, see [`pack_b`]).
+/// Where the microkernels read B from.
+#[derive(Clone, Copy)]
+enum BPanels<'a> {
+    /// Depth blocks one after another, each its strips one after another (see
+    /// [`pack_b`]), for a B of `width` columns padded to whole strips.
+    Packed { data: &'a [f32], width: usize },
+    /// B itself, row-major, `n` a whole number of strips.
+    InPlace(MatRef<'a>),
+}
+
+impl<'a> BPanels<'a> {
+    /// Rows `pc..pc + kc` of the strip of `nr` columns from `col`, with its row stride.
+    fn strip(self, pc: usize, kc: usize, col: usize, nr: usize) -> (&'a [f32], usize) {
+        match self {
+            BPanels::Packed { data, width } => {
+                let start = pc * width + col * kc;
+                (&data[start..start + kc * nr], nr)
+            }
+            BPanels::InPlace(b) => {
+                let start = pc * b.row_stride() + col;
+                let len = (kc - 1) * b.row_stride() + nr;
+                (&b.data()[start..start + len], b.row_stride())
+            }
+        }
+    }
+}
+
+/// One task's rows of C, computed sequentially from B's panels.
 #[allow(clippy::too_many_arguments)]
 fn gemm_block(
     kernel: Microkernel,
     a: MatRef<'_>,
-    packed_b: &[f32],
+    b_panels: BPanels<'_>,
     n: usize,
     mut c: MatMut<'_>,
     accumulate: bool,
@@ -322,16 +364,9 @@ fn gemm_block(
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
             let strips = nc.div_ceil(nr);
-            // Blocks of equal depth: a last block only a few deep (784 = 3·256 + 16)
-            // would spend more on loading and storing C than on products.
-            let depth = k.div_ceil(k.div_ceil(KC));
+            let depth = depth_block(k);
             for pc in (0..k).step_by(depth) {
                 let kc = depth.min(k - pc);
-                // Rows pc..pc+kc of each strip are contiguous in it.
-                let strip = |s: usize| {
-                    let start = ((jc / nr + s) * k + pc) * nr;
-                    &packed_b[start..start + kc * nr]
-                };
                 let overwrite = pc == 0 && !accumulate;
                 let tile_epilogue = if pc + kc == k {
                     epilogue
@@ -343,8 +378,8 @@ fn gemm_block(
                     let a_packed = grow(a_panel, kc * mr);
                     pack_a(a, ir, rows, pc, kc, mr, a_packed);
                     for s in 0..strips {
-                        let b_strip = strip(s);
                         let col = jc + s * nr;
+                        let (b_strip, ldb) = b_panels.strip(pc, kc, col, nr);
                         let tile = Tile {
                             row: ir,
                             col,
@@ -366,6 +401,7 @@ fn gemm_block(
                                 kc,
                                 a_packed,
                                 b_strip,
+                                ldb,
                                 TileMut {
                                     data,
                                     row_stride: stride,
@@ -374,7 +410,7 @@ fn gemm_block(
                                 epilogue,
                             );
                         } else {
-                            (kernel.run)(kc, a_packed, b_strip, &mut acc[..mr * nr]);
+                            (kernel.run)(kc, a_packed, b_strip, ldb, &mut acc[..mr * nr]);
                             store_tile(&mut c, &acc, tile, overwrite, tile_epilogue, first_row);
                         }
                     }
@@ -407,22 +443,54 @@ fn grow(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
-/// Packs `B[pc..pc+kc, jc..jc+nc]` as strips of `nr` columns, each `kc × nr`
-/// row-major and zero-padded on the right.
-fn pack_b(b: MatRef<'_>, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, out: &mut [f32]) {
-    for (s, strip) in out.chunks_exact_mut(kc * nr).enumerate() {
-        let j0 = jc + s * nr;
-        let cols = nr.min(jc + nc - j0);
-        for (p, dst) in strip.chunks_exact_mut(nr).enumerate() {
-            if b.col_stride() == 1 {
-                let start = (pc + p) * b.row_stride() + j0;
-                dst[..cols].copy_from_slice(&b.data()[start..start + cols]);
-            } else {
-                for (j, d) in dst[..cols].iter_mut().enumerate() {
-                    *d = b.get(pc + p, j0 + j);
+/// The depth of B's packed blocks: blocks of equal depth, at most `KC`, because a
+/// last block only a few deep (784 = 3·256 + 16) would spend more on loading and
+/// storing C than on products.
+fn depth_block(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(KC).max(1)).max(1)
+}
+
+/// Packs `B[pc..pc+kc, ..]` as strips of `nr` columns one after another, each
+/// `kc × nr` row-major and zero-padded on the right.
+fn pack_b(b: MatRef<'_>, pc: usize, kc: usize, nr: usize, out: &mut [f32]) {
+    if b.col_stride() != 1 {
+        let n = b.cols();
+        for (s, strip) in out.chunks_exact_mut(kc * nr).enumerate() {
+            for (p, dst) in strip.chunks_exact_mut(nr).enumerate() {
+                for (j, d) in dst.iter_mut().enumerate() {
+                    let col = s * nr + j;
+                    *d = if col < n { b.get(pc + p, col) } else { 0.0 };
                 }
             }
-            dst[cols..].fill(0.0);
+        }
+        return;
+    }
+    match nr {
+        32 => pack_b_rows::<32>(b, pc, kc, out),
+        16 => pack_b_rows::<16>(b, pc, kc, out),
+        8 => pack_b_rows::<8>(b, pc, kc, out),
+        _ => unreachable!("no microkernel is {nr} wide"),
+    }
+}
+
+/// [`pack_b`] for a row-major B, reading it row by row: each row of B feeds every
+/// strip, in copies of a fixed width (inlined, where a call to `memcpy` per
+/// `NR` floats costs more than the copy).
+fn pack_b_rows<const NR: usize>(b: MatRef<'_>, pc: usize, kc: usize, out: &mut [f32]) {
+    let n = b.cols();
+    let (whole, rest) = (n / NR, n % NR);
+    for p in 0..kc {
+        let start = (pc + p) * b.row_stride();
+        let row = &b.data()[start..start + n];
+        for (s, src) in row.chunks_exact(NR).enumerate() {
+            let at = (s * kc + p) * NR;
+            out[at..at + NR].copy_from_slice(src);
+        }
+        if rest > 0 {
+            let at = (whole * kc + p) * NR;
+            let dst = &mut out[at..at + NR];
+            dst[..rest].copy_from_slice(&row[whole * NR..]);
+            dst[rest..].fill(0.0);
         }
     }
 }

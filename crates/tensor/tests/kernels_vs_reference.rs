@@ -298,8 +298,14 @@ fn column_sums_match_reference() {
 #[test]
 fn gemm_is_bit_identical_for_any_thread_count() {
     let mut rng = ChaCha8Rng::seed_from_u64(8);
-    let (m, k, n) = (200, 300, 70);
-    let (a, b) = (random(&mut rng, m * k), random(&mut rng, k * n));
+    // B packed, B read in place (whole strips), and B packed in parallel.
+    for (m, k, n) in [(200, 300, 70), (200, 300, 64), (130, 784, 512)] {
+        bit_identical_for_any_thread_count(&mut rng, m, k, n);
+    }
+}
+
+fn bit_identical_for_any_thread_count(rng: &mut ChaCha8Rng, m: usize, k: usize, n: usize) {
+    let (a, b) = (random(rng, m * k), random(rng, k * n));
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -321,6 +327,34 @@ fn gemm_is_bit_identical_for_any_thread_count() {
         .iter()
         .zip(run(5))
         .all(|(x, y)| x.to_bits() == y.to_bits()));
+}
+
+/// B whose rows are whole strips is read in place, also when its rows are padded.
+#[test]
+fn gemm_reads_b_in_place_from_padded_rows() {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    for (m, k, n, stride) in [(37, 19, 64, 80), (9, 300, 32, 33), (70, 5, 96, 96)] {
+        let (a, storage) = (random(&mut rng, m * k), random(&mut rng, k * stride));
+        let a = MatRef::row_major(&a, m, k);
+        let b = MatRef::new(&storage, k, n, stride, 1);
+        let exact = reference::matmul(a, b);
+        for isa in Isa::available() {
+            let mut c = vec![f32::NAN; m * n];
+            gemm_with(
+                isa,
+                a,
+                b,
+                MatMut::row_major(&mut c, m, n),
+                false,
+                Epilogue::None,
+            );
+            let err = rel_err(&c, &exact);
+            assert!(
+                err < 1e-5,
+                "{isa:?} {m}x{k}x{n}, B stride {stride}: rel err {err}"
+            );
+        }
+    }
 }
 
 /// Thin outputs from a transposed A (a weight gradient `Hᵀ·dZ`) take the transposed

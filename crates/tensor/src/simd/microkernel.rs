@@ -13,12 +13,13 @@ fn body<const MR: usize, const NR: usize, const FUSED: bool>(
     kc: usize,
     a: &[f32],
     b: &[f32],
+    ldb: usize,
     acc: &mut [f32],
 ) {
     let a = &a[..kc * MR];
-    let b = &b[..kc * NR];
     let mut tile = [[0.0f32; NR]; MR];
-    for (a_col, b_row) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+    for (p, a_col) in a.chunks_exact(MR).enumerate() {
+        let b_row = &b[p * ldb..p * ldb + NR];
         for i in 0..MR {
             let av = a_col[i];
             for j in 0..NR {
@@ -35,8 +36,9 @@ fn body<const MR: usize, const NR: usize, const FUSED: bool>(
     }
 }
 
-/// The `8 × 32` AVX-512 product of packed panels, in sixteen zmm accumulators:
-/// two loads of B and eight broadcasts of A per step of `k`.
+/// The `8 × 32` AVX-512 product of a packed panel of A and `kc` rows of B (`ldb`
+/// apart), in sixteen zmm accumulators: two loads of B and eight broadcasts of A
+/// per step of `k`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[inline]
@@ -44,6 +46,7 @@ fn avx512_8x32_product(
     kc: usize,
     a: &[f32],
     b: &[f32],
+    ldb: usize,
 ) -> (
     [std::arch::x86_64::__m512; 8],
     [std::arch::x86_64::__m512; 8],
@@ -51,16 +54,19 @@ fn avx512_8x32_product(
     use std::arch::x86_64::*;
     const MR: usize = 8;
     const NR: usize = 32;
-    let (a, b) = (&a[..kc * MR], &b[..kc * NR]);
+    let a = &a[..kc * MR];
+    assert!(
+        kc == 0 || b.len() >= (kc - 1) * ldb + NR,
+        "B panel too short"
+    );
     let mut lo = [_mm512_setzero_ps(); MR];
     let mut hi = [_mm512_setzero_ps(); MR];
-    for (a_col, b_row) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
-        // SAFETY: `b_row` holds exactly NR = 32 floats, so both 16-float loads are in bounds.
+    for (p, a_col) in a.chunks_exact(MR).enumerate() {
+        // SAFETY: row p of B starts at p·ldb ≤ (kc − 1)·ldb, and the assert above
+        // keeps its NR = 32 floats inside `b`, so both 16-float loads are in bounds.
         let (b0, b1) = unsafe {
-            (
-                _mm512_loadu_ps(b_row.as_ptr()),
-                _mm512_loadu_ps(b_row.as_ptr().add(16)),
-            )
+            let b_row = b.as_ptr().add(p * ldb);
+            (_mm512_loadu_ps(b_row), _mm512_loadu_ps(b_row.add(16)))
         };
         for i in 0..MR {
             let av = _mm512_set1_ps(a_col[i]);
@@ -73,9 +79,9 @@ fn avx512_8x32_product(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-fn avx512_8x32(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32]) {
+fn avx512_8x32(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
     use std::arch::x86_64::*;
-    let (lo, hi) = avx512_8x32_product(kc, a, b);
+    let (lo, hi) = avx512_8x32_product(kc, a, b, ldb);
     let acc = &mut acc[..8 * 32];
     for i in 0..8 {
         // SAFETY: `acc` holds 8 × 32 floats; row i's 32 floats start at i·32.
@@ -90,9 +96,16 @@ fn avx512_8x32(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32]) {
 /// applied in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-fn avx512_8x32_into(kc: usize, a: &[f32], b: &[f32], c: TileMut<'_>, epilogue: TileEpilogue<'_>) {
+fn avx512_8x32_into(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    ldb: usize,
+    c: TileMut<'_>,
+    epilogue: TileEpilogue<'_>,
+) {
     use std::arch::x86_64::*;
-    let (lo, hi) = avx512_8x32_product(kc, a, b);
+    let (lo, hi) = avx512_8x32_product(kc, a, b, ldb);
     let zero = _mm512_setzero_ps();
     for i in 0..8 {
         let row = &mut c.data[i * c.row_stride..i * c.row_stride + 32];
@@ -133,12 +146,12 @@ fn avx512_8x32_into(kc: usize, a: &[f32], b: &[f32], c: TileMut<'_>, epilogue: T
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn avx2_6x16(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32]) {
-    body::<6, 16, true>(kc, a, b, acc)
+fn avx2_6x16(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
+    body::<6, 16, true>(kc, a, b, ldb, acc)
 }
 
-fn portable_4x8(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32]) {
-    body::<4, 8, false>(kc, a, b, acc)
+fn portable_4x8(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
+    body::<4, 8, false>(kc, a, b, ldb, acc)
 }
 
 pub(super) fn table(isa: Isa) -> Microkernel {
@@ -149,16 +162,18 @@ pub(super) fn table(isa: Isa) -> Microkernel {
             nr: 32,
             // SAFETY: `table` is reached only through `Isa::kernel`, which asserts
             // that the CPU supports AVX-512F and FMA.
-            run: |kc, a, b, acc| unsafe { avx512_8x32(kc, a, b, acc) },
+            run: |kc, a, b, ldb, acc| unsafe { avx512_8x32(kc, a, b, ldb, acc) },
             // SAFETY: as above.
-            into: Some(|kc, a, b, c, epilogue| unsafe { avx512_8x32_into(kc, a, b, c, epilogue) }),
+            into: Some(|kc, a, b, ldb, c, epilogue| unsafe {
+                avx512_8x32_into(kc, a, b, ldb, c, epilogue)
+            }),
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => Microkernel {
             mr: 6,
             nr: 16,
             // SAFETY: reached only after `Isa::kernel` checked AVX2 and FMA support.
-            run: |kc, a, b, acc| unsafe { avx2_6x16(kc, a, b, acc) },
+            run: |kc, a, b, ldb, acc| unsafe { avx2_6x16(kc, a, b, ldb, acc) },
             into: None,
         },
         _ => Microkernel {

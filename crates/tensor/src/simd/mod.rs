@@ -101,12 +101,13 @@ impl Isa {
 }
 
 /// A register-blocked `MR × NR` microkernel:
-/// `acc[i·NR + j] = Σ_p a[p·MR + i] · b[p·NR + j]` over `kc` steps of packed panels.
+/// `acc[i·NR + j] = Σ_p a[p·MR + i] · b[p·ldb + j]` over `kc` steps: a packed panel
+/// of A, and `kc` rows of `NR` floats of B, `ldb` apart (`NR` when B is packed).
 #[derive(Clone, Copy)]
 pub(crate) struct Microkernel {
     pub mr: usize,
     pub nr: usize,
-    pub run: fn(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32]),
+    pub run: fn(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]),
     /// The same product written into a full `MR × NR` tile of C with the epilogue
     /// applied in registers, where the instruction set has it.
     pub into: Option<IntoTile>,
@@ -114,7 +115,7 @@ pub(crate) struct Microkernel {
 
 /// A microkernel that writes its product into a full tile of C, epilogue applied.
 pub(crate) type IntoTile =
-    fn(kc: usize, a: &[f32], b: &[f32], c: TileMut<'_>, epilogue: TileEpilogue<'_>);
+    fn(kc: usize, a: &[f32], b: &[f32], ldb: usize, c: TileMut<'_>, epilogue: TileEpilogue<'_>);
 
 /// A full tile of C: `data` starts at its first element; rows are `row_stride` apart.
 pub(crate) struct TileMut<'a> {
