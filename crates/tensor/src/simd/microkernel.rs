@@ -1,40 +1,10 @@
-//! GEMM microkernels. One generic body, compiled once per instruction set inside a
-//! `#[target_feature]` function, so the compiler vectorises it for that set.
+//! GEMM microkernels, one per instruction set: AVX-512F and AVX2+FMA with
+//! `std::arch`, and a portable one on `wide`'s vectors for every other target.
 
 use super::{Isa, Microkernel, TileEpilogue, TileMut};
 
 pub const MAX_MR: usize = 8;
 pub const MAX_NR: usize = 32;
-
-/// The kernel body: `MR × NR` accumulators live in registers across the `kc` loop.
-/// `FUSED` uses fused multiply-add (exact on every ISA that has it).
-#[inline(always)]
-fn body<const MR: usize, const NR: usize, const FUSED: bool>(
-    kc: usize,
-    a: &[f32],
-    b: &[f32],
-    ldb: usize,
-    acc: &mut [f32],
-) {
-    let a = &a[..kc * MR];
-    let mut tile = [[0.0f32; NR]; MR];
-    for (p, a_col) in a.chunks_exact(MR).enumerate() {
-        let b_row = &b[p * ldb..p * ldb + NR];
-        for i in 0..MR {
-            let av = a_col[i];
-            for j in 0..NR {
-                tile[i][j] = if FUSED {
-                    av.mul_add(b_row[j], tile[i][j])
-                } else {
-                    tile[i][j] + av * b_row[j]
-                };
-            }
-        }
-    }
-    for (dst, row) in acc.chunks_exact_mut(NR).zip(&tile) {
-        dst.copy_from_slice(row);
-    }
-}
 
 /// The `8 × 32` AVX-512 product of a packed panel of A and `kc` rows of B (`ldb`
 /// apart), in sixteen zmm accumulators: two loads of B and eight broadcasts of A
@@ -144,14 +114,64 @@ fn avx512_8x32_into(
     }
 }
 
+/// The `6 × 16` AVX2 product of a packed panel of A and `kc` rows of B (`ldb`
+/// apart), in twelve ymm accumulators: two loads of B and six broadcasts of A per
+/// step of `k`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn avx2_6x16(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
-    body::<6, 16, true>(kc, a, b, ldb, acc)
+    use std::arch::x86_64::*;
+    const MR: usize = 6;
+    const NR: usize = 16;
+    let a = &a[..kc * MR];
+    assert!(kc == 0 || b.len() >= (kc - 1) * ldb + NR, "B panel too short");
+    let mut lo = [_mm256_setzero_ps(); MR];
+    let mut hi = [_mm256_setzero_ps(); MR];
+    for (p, a_col) in a.chunks_exact(MR).enumerate() {
+        // SAFETY: row p of B starts at p·ldb ≤ (kc − 1)·ldb, and the assert above
+        // keeps its NR = 16 floats inside `b`, so both 8-float loads are in bounds.
+        let (b0, b1) = unsafe {
+            let b_row = b.as_ptr().add(p * ldb);
+            (_mm256_loadu_ps(b_row), _mm256_loadu_ps(b_row.add(8)))
+        };
+        for i in 0..MR {
+            let av = _mm256_set1_ps(a_col[i]);
+            lo[i] = _mm256_fmadd_ps(av, b0, lo[i]);
+            hi[i] = _mm256_fmadd_ps(av, b1, hi[i]);
+        }
+    }
+    for (row, (l, h)) in acc[..MR * NR].chunks_exact_mut(NR).zip(lo.iter().zip(&hi)) {
+        // SAFETY: each `row` holds exactly NR = 16 floats: stores at 0 and 8 fit.
+        unsafe {
+            _mm256_storeu_ps(row.as_mut_ptr(), *l);
+            _mm256_storeu_ps(row.as_mut_ptr().add(8), *h);
+        }
+    }
 }
 
-fn portable_4x8(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
-    body::<4, 8, false>(kc, a, b, ldb, acc)
+/// The `4 × 16` product on `wide`'s 8-lane vectors (NEON pairs on aarch64, SSE
+/// pairs on baseline x86-64), in eight accumulators.
+fn portable_4x16(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
+    use wide::f32x8;
+    const MR: usize = 4;
+    const NR: usize = 16;
+    let lanes = |s: &[f32]| f32x8::from(<[f32; 8]>::try_from(s).expect("8 floats"));
+    let a = &a[..kc * MR];
+    let mut lo = [f32x8::ZERO; MR];
+    let mut hi = [f32x8::ZERO; MR];
+    for (p, a_col) in a.chunks_exact(MR).enumerate() {
+        let b_row = &b[p * ldb..p * ldb + NR];
+        let (b0, b1) = (lanes(&b_row[..8]), lanes(&b_row[8..]));
+        for i in 0..MR {
+            let av = f32x8::splat(a_col[i]);
+            lo[i] = av.mul_add(b0, lo[i]);
+            hi[i] = av.mul_add(b1, hi[i]);
+        }
+    }
+    for (row, (l, h)) in acc[..MR * NR].chunks_exact_mut(NR).zip(lo.iter().zip(&hi)) {
+        row[..8].copy_from_slice(&l.to_array());
+        row[8..].copy_from_slice(&h.to_array());
+    }
 }
 
 pub(super) fn table(isa: Isa) -> Microkernel {
@@ -178,8 +198,8 @@ pub(super) fn table(isa: Isa) -> Microkernel {
         },
         _ => Microkernel {
             mr: 4,
-            nr: 8,
-            run: portable_4x8,
+            nr: 16,
+            run: portable_4x16,
             into: None,
         },
     }

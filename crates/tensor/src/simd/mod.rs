@@ -49,7 +49,7 @@ pub enum Isa {
     Avx512,
     /// x86-64 with AVX2 and FMA.
     Avx2Fma,
-    /// Any target: plain Rust, vectorised by the compiler for the baseline ISA.
+    /// Any target: `wide`'s portable vectors (NEON on aarch64, SSE2 on x86-64).
     Portable,
 }
 
