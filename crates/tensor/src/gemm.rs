@@ -150,7 +150,10 @@ pub fn gemm_with(
             )
         })
     };
-    if b.col_stride() == 1 && n.is_multiple_of(nr) && (k * n < PARALLEL_PACKING || (threads == 1 && n <= NC)) {
+    if b.col_stride() == 1
+        && n.is_multiple_of(nr)
+        && (k * n < PARALLEL_PACKING || (threads == 1 && n <= NC))
+    {
         // Rows of whole strips, small enough to stay in L2: read in place, not copied.
         return run_blocks(BPanels::InPlace(b));
     }

@@ -124,7 +124,10 @@ fn avx2_6x16(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
     const MR: usize = 6;
     const NR: usize = 16;
     let a = &a[..kc * MR];
-    assert!(kc == 0 || b.len() >= (kc - 1) * ldb + NR, "B panel too short");
+    assert!(
+        kc == 0 || b.len() >= (kc - 1) * ldb + NR,
+        "B panel too short"
+    );
     let mut lo = [_mm256_setzero_ps(); MR];
     let mut hi = [_mm256_setzero_ps(); MR];
     for (p, a_col) in a.chunks_exact(MR).enumerate() {
