@@ -136,7 +136,7 @@ pub fn gemm_with(
             return gemm_thin_n_transposed(isa, a, b, c, accumulate, epilogue);
         }
     }
-    let kernel = isa.kernel();
+    let kernel = isa.kernel_for(m);
     let nr = kernel.nr;
     let threads = rayon::current_num_threads();
     // One block of rows per thread: each task then reads B from L3 once per depth
@@ -231,9 +231,11 @@ fn gemm_thin_n(
     let width = n.next_multiple_of(THIN_STEP);
     let run = |bt: &mut Vec<f32>| {
         let bt = grow(bt, width * k);
-        for (j, column) in bt.chunks_exact_mut(k.max(1)).enumerate() {
-            for (p, v) in column.iter_mut().enumerate() {
-                *v = if j < n { b.get(p, j) } else { 0.0 };
+        // Row by row of B, each value to its column of Bᵀ; the padding columns are zero.
+        bt[n * k..].fill(0.0);
+        for p in 0..k {
+            for j in 0..n {
+                bt[j * k + p] = b.get(p, j);
             }
         }
         let bt = &*bt;

@@ -3,26 +3,25 @@
 
 use super::{Isa, Microkernel, TileEpilogue, TileMut};
 
-pub const MAX_MR: usize = 8;
+pub const MAX_MR: usize = 12;
 pub const MAX_NR: usize = 32;
 
-/// The `8 × 32` AVX-512 product of a packed panel of A and `kc` rows of B (`ldb`
-/// apart), in sixteen zmm accumulators: two loads of B and eight broadcasts of A
-/// per step of `k`.
+/// The `MR × 32` AVX-512 product of a packed panel of A and `kc` rows of B (`ldb`
+/// apart), in `2·MR` zmm accumulators: two loads of B and `MR` broadcasts of A per
+/// step of `k`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[inline]
-fn avx512_8x32_product(
+fn avx512_product<const MR: usize>(
     kc: usize,
     a: &[f32],
     b: &[f32],
     ldb: usize,
 ) -> (
-    [std::arch::x86_64::__m512; 8],
-    [std::arch::x86_64::__m512; 8],
+    [std::arch::x86_64::__m512; MR],
+    [std::arch::x86_64::__m512; MR],
 ) {
     use std::arch::x86_64::*;
-    const MR: usize = 8;
     const NR: usize = 32;
     let a = &a[..kc * MR];
     assert!(
@@ -49,12 +48,12 @@ fn avx512_8x32_product(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-fn avx512_8x32(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
+fn avx512_run<const MR: usize>(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
     use std::arch::x86_64::*;
-    let (lo, hi) = avx512_8x32_product(kc, a, b, ldb);
-    let acc = &mut acc[..8 * 32];
-    for i in 0..8 {
-        // SAFETY: `acc` holds 8 × 32 floats; row i's 32 floats start at i·32.
+    let (lo, hi) = avx512_product::<MR>(kc, a, b, ldb);
+    let acc = &mut acc[..MR * 32];
+    for i in 0..MR {
+        // SAFETY: `acc` holds MR × 32 floats; row i's 32 floats start at i·32.
         unsafe {
             _mm512_storeu_ps(acc.as_mut_ptr().add(i * 32), lo[i]);
             _mm512_storeu_ps(acc.as_mut_ptr().add(i * 32 + 16), hi[i]);
@@ -62,11 +61,11 @@ fn avx512_8x32(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
     }
 }
 
-/// The `8 × 32` product stored straight into a full tile of C, with the epilogue
+/// The `MR × 32` product stored straight into a full tile of C, with the epilogue
 /// applied in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-fn avx512_8x32_into(
+fn avx512_into<const MR: usize>(
     kc: usize,
     a: &[f32],
     b: &[f32],
@@ -75,9 +74,9 @@ fn avx512_8x32_into(
     epilogue: TileEpilogue<'_>,
 ) {
     use std::arch::x86_64::*;
-    let (lo, hi) = avx512_8x32_product(kc, a, b, ldb);
+    let (lo, hi) = avx512_product::<MR>(kc, a, b, ldb);
     let zero = _mm512_setzero_ps();
-    for i in 0..8 {
+    for i in 0..MR {
         let row = &mut c.data[i * c.row_stride..i * c.row_stride + 32];
         let (mut x0, mut x1) = (lo[i], hi[i]);
         // SAFETY (every load and store below): each slice is cut to exactly 32 floats
@@ -177,25 +176,55 @@ fn portable_4x16(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
     }
 }
 
-pub(super) fn table(isa: Isa) -> Microkernel {
+/// The AVX-512 kernel `MR` rows tall.
+#[cfg(target_arch = "x86_64")]
+fn avx512_kernel<const MR: usize>() -> Microkernel {
+    Microkernel {
+        mr: MR,
+        nr: 32,
+        // SAFETY: AVX-512 kernels are reached only through `Isa::kernel_for`, which
+        // asserts that the CPU supports AVX-512F and FMA.
+        run: |kc, a, b, ldb, acc| unsafe { avx512_run::<MR>(kc, a, b, ldb, acc) },
+        // SAFETY: as above.
+        into: Some(|kc, a, b, ldb, c, epilogue| unsafe {
+            avx512_into::<MR>(kc, a, b, ldb, c, epilogue)
+        }),
+    }
+}
+
+/// The microkernel of `isa` for a GEMM of `m` rows. On AVX-512 a GEMM of at most
+/// 12 rows (a thin output computed transposed, a handful of samples) gets a kernel
+/// exactly `m` rows tall rather than 8-row tiles partly padding.
+pub(super) fn for_rows(isa: Isa, m: usize) -> Microkernel {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        match m {
+            1 => return avx512_kernel::<1>(),
+            2 => return avx512_kernel::<2>(),
+            3 => return avx512_kernel::<3>(),
+            4 => return avx512_kernel::<4>(),
+            5 => return avx512_kernel::<5>(),
+            6 => return avx512_kernel::<6>(),
+            7 => return avx512_kernel::<7>(),
+            9 => return avx512_kernel::<9>(),
+            10 => return avx512_kernel::<10>(),
+            11 => return avx512_kernel::<11>(),
+            12 => return avx512_kernel::<12>(),
+            _ => {}
+        }
+    }
+    table(isa)
+}
+
+fn table(isa: Isa) -> Microkernel {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => Microkernel {
-            mr: 8,
-            nr: 32,
-            // SAFETY: `table` is reached only through `Isa::kernel`, which asserts
-            // that the CPU supports AVX-512F and FMA.
-            run: |kc, a, b, ldb, acc| unsafe { avx512_8x32(kc, a, b, ldb, acc) },
-            // SAFETY: as above.
-            into: Some(|kc, a, b, ldb, c, epilogue| unsafe {
-                avx512_8x32_into(kc, a, b, ldb, c, epilogue)
-            }),
-        },
+        Isa::Avx512 => avx512_kernel::<8>(),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => Microkernel {
             mr: 6,
             nr: 16,
-            // SAFETY: reached only after `Isa::kernel` checked AVX2 and FMA support.
+            // SAFETY: reached only after `Isa::kernel_for` checked AVX2 and FMA support.
             run: |kc, a, b, ldb, acc| unsafe { avx2_6x16(kc, a, b, ldb, acc) },
             into: None,
         },

@@ -89,14 +89,14 @@ impl Isa {
         *BEST.get_or_init(|| Isa::available()[0])
     }
 
-    /// The microkernel for this instruction set.
-    pub(crate) fn kernel(self) -> Microkernel {
+    /// The microkernel of this instruction set for a GEMM of `m` rows.
+    pub(crate) fn kernel_for(self, m: usize) -> Microkernel {
         assert!(
             self.is_supported(),
             "{} is not supported on this CPU",
             self.name()
         );
-        microkernel::table(self)
+        microkernel::for_rows(self, m)
     }
 }
 

@@ -7,8 +7,8 @@ use super::Isa;
 
 /// The widest output the thin loop takes (rounded up to [`THIN_STEP`] columns).
 pub(crate) const MAX_THIN_N: usize = 12;
-/// Output widths come in steps of 4 columns, the extra ones zero in Bᵀ.
-pub(crate) const THIN_STEP: usize = 4;
+/// Output widths come in steps of 2 columns, the extra one zero in Bᵀ.
+pub(crate) const THIN_STEP: usize = 2;
 
 /// Whether GEMMs with thin outputs take this loop on `isa`.
 pub(crate) fn has_thin_loop(isa: Isa) -> bool {
@@ -90,12 +90,18 @@ pub(crate) fn thin_dots(
         out
     }
     match (a, width) {
+        ([a0, a1], 2) => widen(dots::<2, 2>(isa, [a0, a1], bt, k)),
         ([a0, a1], 4) => widen(dots::<2, 4>(isa, [a0, a1], bt, k)),
+        ([a0, a1], 6) => widen(dots::<2, 6>(isa, [a0, a1], bt, k)),
         ([a0, a1], 8) => widen(dots::<2, 8>(isa, [a0, a1], bt, k)),
+        ([a0, a1], 10) => widen(dots::<2, 10>(isa, [a0, a1], bt, k)),
         ([a0, a1], 12) => widen(dots::<2, 12>(isa, [a0, a1], bt, k)),
+        ([a0], 2) => widen(dots::<1, 2>(isa, [a0], bt, k)),
         ([a0], 4) => widen(dots::<1, 4>(isa, [a0], bt, k)),
+        ([a0], 6) => widen(dots::<1, 6>(isa, [a0], bt, k)),
         ([a0], 8) => widen(dots::<1, 8>(isa, [a0], bt, k)),
+        ([a0], 10) => widen(dots::<1, 10>(isa, [a0], bt, k)),
         ([a0], 12) => widen(dots::<1, 12>(isa, [a0], bt, k)),
-        _ => panic!("thin_dots takes 1 or 2 rows and a width of 4, 8 or 12"),
+        _ => panic!("thin_dots takes 1 or 2 rows and an even width up to 12"),
     }
 }
