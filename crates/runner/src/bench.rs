@@ -1,9 +1,7 @@
 //! `kerno bench`: the machine's FMA peak, and how close steady-state training gets to it.
 
 use crate::cli::BenchArgs;
-use crate::commands::{
-    check_writable, compiled_notebook_model, load_data, set_threads, PIXEL_SCALE,
-};
+use crate::commands::{check_writable, compiled_notebook_model, load_data, PIXEL_SCALE};
 use crate::records;
 use anyhow::Result;
 use kerno_data::to_categorical;
@@ -37,7 +35,6 @@ pub(crate) fn measure_peak(isa: Isa) -> Peak {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    set_threads(args.training.threads)?;
     // Both files are checked before the minutes of measuring.
     let before = args.compare.as_deref().map(records::last).transpose()?;
     check_writable("--record", args.record.as_deref())?;

@@ -18,7 +18,15 @@ pub(crate) const PIXEL_SCALE: f32 = 255.0;
 
 /// Runs a parsed command line. A run stopped by Ctrl-C ends in an [`Interrupted`] error.
 pub fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+    let threads = match &cli.command {
+        None => TrainArgs::default().threads,
+        Some(Command::Train(args)) => args.threads,
+        Some(Command::Evaluate(args)) => args.threads,
+        Some(Command::Bench(args)) => args.training.threads,
+        Some(Command::Profile(args)) => args.training.threads,
+        Some(Command::Predict(_) | Command::Summary) => None,
+    };
+    worker_pool(threads)?.install(|| match cli.command {
         None => train(TrainArgs::default()),
         Some(Command::Train(args)) => train(args),
         Some(Command::Evaluate(args)) => evaluate(args),
@@ -29,7 +37,19 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{}", notebook_model(28 * 28, 10, 1).summary());
             Ok(())
         }
-    }
+    })
+}
+
+/// The worker threads: `threads` of them, or one per core, named so that profiles
+/// and traces tell them apart. Commands run on one of them, so the thread that
+/// drives training takes part in every parallel kernel (rather than waking the
+/// others and waiting), and no third thread competes for the cores.
+fn worker_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.unwrap_or(0))
+        .thread_name(|i| format!("kerno-worker-{i}"))
+        .build()
+        .context("could not start the worker threads")
 }
 
 /// The notebook's model: `Dense(512, relu) → Dense(classes, softmax)`.
@@ -38,16 +58,6 @@ pub(crate) fn notebook_model(inputs: usize, classes: usize, seed: u64) -> Sequen
         .with_seed(seed)
         .add(Dense::new(512, Activation::Relu))
         .add(Dense::new(classes, Activation::Softmax))
-}
-
-/// Starts the worker threads: `threads` of them, or one per core. They are named,
-/// so that profiles and traces tell them apart.
-pub(crate) fn set_threads(threads: Option<usize>) -> Result<()> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.unwrap_or(0))
-        .thread_name(|i| format!("kerno-worker-{i}"))
-        .build_global()
-        .context("could not start the worker threads")
 }
 
 /// Checks, before any long work, that the file given with `flag` can be written.
@@ -79,7 +89,6 @@ pub(crate) fn load_data(args: &DataArgs) -> Result<Dataset> {
 }
 
 fn train(args: TrainArgs) -> Result<()> {
-    set_threads(args.threads)?;
     let checkpoint = args.checkpoint.as_ref().or(args.resume.as_ref());
     check_writable("--save", args.save.as_deref())?;
     check_writable("--checkpoint", checkpoint.map(PathBuf::as_path))?;
@@ -221,7 +230,6 @@ fn check_fits(model: &Sequential, path: &Path, data: &Dataset) -> Result<()> {
 }
 
 fn evaluate(args: EvaluateArgs) -> Result<()> {
-    set_threads(args.threads)?;
     let data = load_data(&args.data)?;
     let mut model = load_model(&args.model, &data)?;
     model.compile(

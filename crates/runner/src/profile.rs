@@ -3,9 +3,7 @@
 
 use crate::bench::{measure_peak, Peak};
 use crate::cli::ProfileArgs;
-use crate::commands::{
-    check_writable, compiled_notebook_model, load_data, set_threads, PIXEL_SCALE,
-};
+use crate::commands::{check_writable, compiled_notebook_model, load_data, PIXEL_SCALE};
 use anyhow::{Context, Result};
 use kerno_data::to_categorical;
 use kerno_model::{Callback, Control, FitOptions, ModelError, Optimizer, Sequential, Verbosity};
@@ -15,7 +13,6 @@ use serde_json::json;
 use std::collections::HashMap;
 
 pub fn run(args: ProfileArgs) -> Result<()> {
-    set_threads(args.training.threads)?;
     check_writable("--trace", args.trace.as_deref())?;
     let isa = Isa::detected();
     let threads = rayon::current_num_threads();
