@@ -26,8 +26,8 @@ const _: () = assert!(
 const PARALLEL_FLOPS: usize = 2_000_000;
 /// Floats of packed B from which packing it is worth spreading over the threads.
 const PARALLEL_PACKING: usize = 256 * 1024;
-/// Rows of C per parallel task. The partition depends only on the shape, never on
-/// the thread count, so results are bit-identical for any number of threads.
+/// Rows of C per parallel task of the thin path. (Any partition of C's rows gives
+/// the same bits: each output's sum depends only on the depth blocks, fixed by `k`.)
 const BLOCK_ROWS: usize = 32;
 
 thread_local! {
@@ -154,7 +154,10 @@ pub fn gemm_with(
         && n.is_multiple_of(nr)
         && (k * n < PARALLEL_PACKING || (threads == 1 && n <= NC))
     {
-        // Rows of whole strips, small enough to stay in L2: read in place, not copied.
+        // Rows of whole strips, read in place rather than copied: when B stays in L2,
+        // or on one thread. Weights that several threads read in place are shared
+        // between their caches, and the optimizer's writes to them then cost twice
+        // what the copy saves (measured with `kerno profile`).
         return run_blocks(BPanels::InPlace(b));
     }
     let run = |packed: &mut Vec<f32>| {
