@@ -11,7 +11,7 @@ use crate::step;
 use crate::targets::TargetTable;
 use crate::workspace::Workspace;
 use kerno_data::EpochOrder;
-use kerno_tensor::{Samples, Tensor};
+use kerno_tensor::{with_workers_awake, Samples, Tensor};
 use std::time::Instant;
 
 /// A different stream of the model's seed for shuffling than for initialisation.
@@ -220,22 +220,25 @@ impl Sequential {
             };
             let start = Instant::now();
             let batches = order.batches(options.batch_size).enumerate();
-            for (step, batch) in batches.skip(done.step) {
-                let stats = self.train_step(ws, x, targets, batch);
-                done.loss_sum += stats.loss_sum;
-                done.correct += stats.correct;
-                done.samples += batch.len();
-                done.step = step + 1;
-                let batch_loss = (stats.loss_sum / batch.len() as f64) as f32;
-                for cb in callbacks.iter_mut() {
-                    control = control.max(cb.on_batch_end(epoch, step, batch_loss)?);
+            with_workers_awake(|| {
+                for (step, batch) in batches.skip(done.step) {
+                    let stats = self.train_step(ws, x, targets, batch);
+                    done.loss_sum += stats.loss_sum;
+                    done.correct += stats.correct;
+                    done.samples += batch.len();
+                    done.step = step + 1;
+                    let batch_loss = (stats.loss_sum / batch.len() as f64) as f32;
+                    for cb in callbacks.iter_mut() {
+                        control = control.max(cb.on_batch_end(epoch, step, batch_loss)?);
+                    }
+                    let accuracy = with_accuracy.then(|| done.correct as f64 / done.samples as f64);
+                    progress.batch_end(done.step, done.loss_sum / done.samples as f64, accuracy);
+                    if control != Control::Continue {
+                        break;
+                    }
                 }
-                let accuracy = with_accuracy.then(|| done.correct as f64 / done.samples as f64);
-                progress.batch_end(done.step, done.loss_sum / done.samples as f64, accuracy);
-                if control != Control::Continue {
-                    break;
-                }
-            }
+                Ok::<(), ModelError>(())
+            })?;
             if control == Control::Interrupt {
                 progress.interrupted();
                 history.interrupted = Some(done);
