@@ -5,12 +5,12 @@
 
 use crate::activation::relu;
 use crate::matrix::{MatMut, MatRef};
+use crate::parallel::for_each_chunk;
 use crate::profile::{self, Level, Work};
 use crate::simd::{
     flush_subnormals, has_thin_loop, thin_dots, Isa, Microkernel, TileEpilogue, TileMut, MAX_MR,
     MAX_NR, MAX_THIN_N, THIN_STEP,
 };
-use rayon::prelude::*;
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
@@ -172,10 +172,9 @@ pub fn gemm_with(
         };
         match block_len {
             0 => {}
-            _ if packed.len() >= PARALLEL_PACKING && threads > 1 => packed
-                .par_chunks_mut(block_len)
-                .enumerate()
-                .for_each(pack_block),
+            _ if packed.len() >= PARALLEL_PACKING && threads > 1 => {
+                for_each_chunk(packed, block_len, &|i, block| pack_block((i, block)))
+            }
             _ => packed
                 .chunks_mut(block_len)
                 .enumerate()
@@ -214,7 +213,7 @@ fn for_each_row_block(
     if m * flops_per_row < PARALLEL_FLOPS || rayon::current_num_threads() == 1 {
         data.chunks_mut(len).enumerate().for_each(block);
     } else {
-        data.par_chunks_mut(len).enumerate().for_each(block);
+        for_each_chunk(data, len, &|i, chunk| block((i, chunk)));
     }
 }
 
