@@ -173,7 +173,7 @@ pub fn gemm_with(
         match block_len {
             0 => {}
             _ if packed.len() >= PARALLEL_PACKING && threads > 1 => {
-                for_each_chunk(packed, block_len, &|i, block| pack_block((i, block)))
+                for_each_chunk(&mut *packed, block_len, &|i, block| pack_block((i, block)))
             }
             _ => packed
                 .chunks_mut(block_len)

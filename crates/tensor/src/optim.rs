@@ -1,7 +1,7 @@
 //! Optimizer updates, one pass over each parameter tensor, as Keras 3 writes them.
 
+use crate::parallel::for_each_chunk;
 use crate::simd::{elementwise, Isa};
-use rayon::prelude::*;
 
 /// Parameters per parallel task of an update. Every element is updated on its own,
 /// so the split never changes a result.
@@ -37,10 +37,9 @@ pub fn rmsprop_step_with(
     if w.len() <= CHUNK {
         return elementwise::rmsprop(isa, w, g, v, p);
     }
-    w.par_chunks_mut(CHUNK)
-        .zip(g.par_chunks(CHUNK))
-        .zip(v.par_chunks_mut(CHUNK))
-        .for_each(|((w, g), v)| elementwise::rmsprop(isa, w, g, v, p));
+    for_each_chunk((w, (g, v)), CHUNK, &|_, (w, (g, v))| {
+        elementwise::rmsprop(isa, w, g, v, p)
+    });
 }
 
 /// SGD. Without momentum `w ← w − lr·g`; with it `m ← μm − lr·g`, then

@@ -36,34 +36,68 @@ pub fn with_workers_awake<R>(body: impl FnOnce() -> R) -> R {
     })
 }
 
+/// Data a parallel loop splits into chunks: a slice, or slices of one length
+/// split together.
+pub(crate) trait Chunks: Send + Sized {
+    fn len(&self) -> usize;
+    fn split_at(self, mid: usize) -> (Self, Self);
+}
+
+impl<T: Send> Chunks for &mut [T] {
+    fn len(&self) -> usize {
+        <[T]>::len(self)
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        self.split_at_mut(mid)
+    }
+}
+
+impl<T: Sync> Chunks for &[T] {
+    fn len(&self) -> usize {
+        <[T]>::len(self)
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        <[T]>::split_at(self, mid)
+    }
+}
+
+impl<A: Chunks, B: Chunks> Chunks for (A, B) {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let ((a0, a1), (b0, b1)) = (self.0.split_at(mid), self.1.split_at(mid));
+        ((a0, b0), (a1, b1))
+    }
+}
+
 /// Runs `work(i, chunk)` on each chunk of `len` elements of `data` (the last one
 /// shorter), over the pool's threads. Like `par_chunks_mut(len).enumerate()`, but
 /// a thread that finishes its half first spins, running any pending work, until
 /// the other half is done, rather than falling asleep and being woken tens of
 /// microseconds after the end.
-pub(crate) fn for_each_chunk<T: Send>(
-    data: &mut [T],
-    len: usize,
-    work: &(impl Fn(usize, &mut [T]) + Sync),
-) {
-    split_halves(data, 0, data.len().div_ceil(len.max(1)), len.max(1), work)
+pub(crate) fn for_each_chunk<C: Chunks>(data: C, len: usize, work: &(impl Fn(usize, C) + Sync)) {
+    let len = len.max(1);
+    let chunks = data.len().div_ceil(len);
+    split_halves(data, 0, chunks, len, work)
 }
 
-fn split_halves<T: Send>(
-    data: &mut [T],
+fn split_halves<C: Chunks>(
+    data: C,
     first: usize,
     chunks: usize,
     len: usize,
-    work: &(impl Fn(usize, &mut [T]) + Sync),
+    work: &(impl Fn(usize, C) + Sync),
 ) {
     if chunks <= 1 {
-        if !data.is_empty() {
+        if data.len() > 0 {
             work(first, data);
         }
         return;
     }
     let half = chunks / 2;
-    let (left, right) = data.split_at_mut((half * len).min(data.len()));
+    let mid = (half * len).min(data.len());
+    let (left, right) = data.split_at(mid);
     let right_done = AtomicBool::new(false);
     rayon::join(
         || {
@@ -120,6 +154,37 @@ mod tests {
         // Not installed: the global pool's threads spin, this thread drives.
         let sum = with_workers_awake(|| (0..1000u32).into_par_iter().sum::<u32>());
         assert_eq!(sum, 499_500);
+    }
+
+    #[test]
+    fn for_each_chunk_visits_every_chunk_once_with_its_index() {
+        for threads in [1, 2, 3] {
+            for (n, len) in [
+                (0, 4),
+                (1, 4),
+                (1000, 64),
+                (1000, 1000),
+                (1000, 3000),
+                (7, 1),
+            ] {
+                let source: Vec<u32> = (0..n as u32).collect();
+                let mut out = vec![0u32; n];
+                let mut index = vec![usize::MAX; n];
+                pool(threads).install(|| {
+                    for_each_chunk(
+                        (&mut out[..], (&mut index[..], &source[..])),
+                        len,
+                        &|i, (out, (index, source))| {
+                            assert!(out.len() <= len && !out.is_empty());
+                            out.copy_from_slice(source);
+                            index.fill(i);
+                        },
+                    )
+                });
+                assert_eq!(out, source, "{threads} threads, {n}/{len}");
+                assert!(index.iter().enumerate().all(|(k, &i)| i == k / len));
+            }
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Where a batch's input rows come from: f32 tensors, or bytes scaled on the fly.
 
+use crate::parallel::for_each_chunk;
 use crate::simd::{elementwise, Isa};
 use crate::tensor::Tensor;
-use rayon::prelude::*;
 
 /// Rows per parallel task of a batch gather.
 const GATHER_ROWS: usize = 16;
@@ -92,14 +92,14 @@ impl Samples for ScaledBytes<'_> {
     fn gather(&self, indices: &[usize], out: &mut [f32]) {
         let (isa, features) = (Isa::detected(), self.features);
         // Each row is converted on its own: the split over threads changes nothing.
-        out.par_chunks_mut(GATHER_ROWS * features)
-            .zip(indices.par_chunks(GATHER_ROWS))
-            .for_each(|(out, indices)| {
-                for (dst, &i) in out.chunks_exact_mut(features).zip(indices) {
-                    let src = &self.bytes[i * features..(i + 1) * features];
-                    elementwise::scale_bytes(isa, src, dst, self.divisor);
-                }
-            });
+        let out = &mut out[..indices.len() * features];
+        for_each_chunk(out, GATHER_ROWS * features, &|chunk, out| {
+            let first = chunk * GATHER_ROWS;
+            for (dst, &i) in out.chunks_exact_mut(features).zip(&indices[first..]) {
+                let src = &self.bytes[i * features..(i + 1) * features];
+                elementwise::scale_bytes(isa, src, dst, self.divisor);
+            }
+        });
     }
 }
 
