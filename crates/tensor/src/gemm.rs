@@ -5,10 +5,10 @@
 
 use crate::activation::relu;
 use crate::matrix::{MatMut, MatRef};
-use crate::parallel::for_each_chunk;
+use crate::parallel::{for_each_chunk, ByCols, ByRows};
 use crate::profile::{self, Level, Work};
 use crate::simd::{
-    flush_subnormals, has_thin_loop, thin_dots, Isa, Microkernel, TileEpilogue, TileMut, MAX_MR,
+    flush_subnormals, has_thin_loop, thin_dots, BlockMut, Isa, Microkernel, TileEpilogue, MAX_MR,
     MAX_NR, MAX_THIN_N, THIN_STEP,
 };
 use std::cell::RefCell;
@@ -26,6 +26,8 @@ const _: () = assert!(
 const PARALLEL_FLOPS: usize = 2_000_000;
 /// Floats of packed B from which packing it is worth spreading over the threads.
 const PARALLEL_PACKING: usize = 256 * 1024;
+/// Columns of C from which each thread takes a block of columns rather than rows.
+const MIN_TASK_COLS: usize = 128;
 /// Rows of C per parallel task of the thin path. (Any partition of C's rows gives
 /// the same bits: each output's sum depends only on the depth blocks, fixed by `k`.)
 const BLOCK_ROWS: usize = 32;
@@ -137,32 +139,60 @@ pub fn gemm_with(
         }
     }
     let kernel = isa.kernel_for(m);
-    let nr = kernel.nr;
     let threads = rayon::current_num_threads();
+    let parallel = is_parallel(2 * m * k * n);
+    let c = BlockMut::new(c);
+    if parallel && n > m && n >= threads * MIN_TASK_COLS {
+        // B is the larger operand: one block of columns per thread, so that each task
+        // reads only its columns of B (the weights, in a forward GEMM), not all of B
+        // shared between the caches, and packs none of it when its columns stay in L2.
+        let width = n.div_ceil(threads).next_multiple_of(kernel.nr);
+        for_each_chunk(ByCols(c), width, &|i, ByCols(block)| {
+            let origin = Origin {
+                row: 0,
+                col: i * width,
+            };
+            let b = b.cols_range(origin.col, block.cols());
+            run_task(block, k, |block| {
+                with_b_panels(b, kernel.nr, false, |panels| {
+                    gemm_block(kernel, a, panels, block, accumulate, epilogue, origin)
+                })
+            })
+        });
+        return;
+    }
     // One block of rows per thread: each task then reads B from L3 once per depth
-    // block and reuses it from L2. Any partition gives the same bits.
+    // block and reuses it from L2.
     let block_rows = m.div_ceil(threads).next_multiple_of(kernel.mr);
-    let run_blocks = |b_panels: BPanels<'_>| {
-        for_each_row_block(c, 2 * k * n, block_rows, |first_row, c_block| {
-            let a_block = a.rows_range(first_row, c_block.rows());
-            gemm_block(
-                kernel, a_block, b_panels, n, c_block, accumulate, epilogue, first_row,
-            )
+    with_b_panels(b, kernel.nr, parallel, |panels| {
+        for_each_row_block(c, k, block_rows, |origin, block| {
+            let a_block = a.rows_range(origin.row, block.rows());
+            gemm_block(kernel, a_block, panels, block, accumulate, epilogue, origin)
         })
-    };
+    })
+}
+
+/// Whether work of `flops` operations is spread over the threads: from
+/// [`PARALLEL_FLOPS`] on, and when the pool has more than one.
+fn is_parallel(flops: usize) -> bool {
+    flops >= PARALLEL_FLOPS && rayon::current_num_threads() > 1
+}
+
+/// Runs `f` with B's strips: B itself when its rows are whole strips and it stays
+/// in L2 (or is small), else B packed into this thread's buffer, a depth block at
+/// a time, over the threads when `shared` tasks will read it and it is large.
+/// Weights that several threads read in place would be shared between their
+/// caches, and the optimizer's writes to them then cost twice what the copy
+/// saves (measured with `kerno profile`): `shared` B is read in place only when small.
+fn with_b_panels<R>(b: MatRef<'_>, nr: usize, shared: bool, f: impl FnOnce(BPanels<'_>) -> R) -> R {
+    let (k, n) = (b.rows(), b.cols());
     if b.col_stride() == 1
         && n.is_multiple_of(nr)
-        && (k * n < PARALLEL_PACKING || (threads == 1 && n <= NC))
+        && (k * n < PARALLEL_PACKING || (!shared && n <= NC))
     {
-        // Rows of whole strips, read in place rather than copied: when B stays in L2,
-        // or on one thread. Weights that several threads read in place are shared
-        // between their caches, and the optimizer's writes to them then cost twice
-        // what the copy saves (measured with `kerno profile`).
-        return run_blocks(BPanels::InPlace(b));
+        return f(BPanels::InPlace(b));
     }
     let run = |packed: &mut Vec<f32>| {
-        // B is packed once, a depth block at a time (in parallel when it is large);
-        // every task reads the blocks.
         let depth = depth_block(k);
         let block_len = depth * n.next_multiple_of(nr);
         let packed = grow(packed, k * n.next_multiple_of(nr));
@@ -172,7 +202,7 @@ pub fn gemm_with(
         };
         match block_len {
             0 => {}
-            _ if packed.len() >= PARALLEL_PACKING && threads > 1 => {
+            _ if shared && packed.len() >= PARALLEL_PACKING => {
                 for_each_chunk(&mut *packed, block_len, &|i, block| pack_block((i, block)))
             }
             _ => packed
@@ -180,7 +210,7 @@ pub fn gemm_with(
                 .enumerate()
                 .for_each(pack_block),
         }
-        run_blocks(BPanels::Packed {
+        f(BPanels::Packed {
             data: packed,
             width: n.next_multiple_of(nr),
         })
@@ -188,32 +218,52 @@ pub fn gemm_with(
     with_buffer(&PACKED_B, run)
 }
 
-/// Runs `task(first_row, rows_of_c)` on each block of `BLOCK_ROWS` rows of C, each
-/// under a profiling span and with subnormals flushed, spread over the pool's
-/// threads; for a GEMM of under [`PARALLEL_FLOPS`] operations, or with a one-thread
-/// pool, in order on the calling thread, which saves waking the workers for
-/// microseconds of work. The blocks, and so the results, are the same either way.
+/// Where a task's block starts in C, for the epilogue's bias and mask.
+#[derive(Clone, Copy)]
+struct Origin {
+    row: usize,
+    col: usize,
+}
+
+/// Runs `task` on a block of C, a product of depth `k`, under a profiling span and
+/// with subnormals flushed.
+fn run_task<'c>(block: BlockMut<'c>, k: usize, task: impl FnOnce(BlockMut<'c>)) {
+    let _span = profile::span(|| {
+        let flops = 2 * block.rows() * block.cols() * k;
+        Work::new("GEMM block", Level::Task).flops(flops as u64)
+    });
+    flush_subnormals(|| task(block));
+}
+
+/// Runs `task(origin, rows_of_c)` on each block of `block_rows` rows of C, a
+/// product of depth `k`, spread over the pool's threads; for a GEMM of under
+/// [`PARALLEL_FLOPS`] operations, or
+/// with a one-thread pool, in order on the calling thread, which saves waking the
+/// workers for microseconds of work. The blocks, and so the results, are the same
+/// either way.
 fn for_each_row_block(
-    c: MatMut<'_>,
-    flops_per_row: usize,
+    c: BlockMut<'_>,
+    k: usize,
     block_rows: usize,
-    task: impl Fn(usize, MatMut<'_>) + Sync,
+    task: impl Fn(Origin, BlockMut<'_>) + Sync,
 ) {
-    let (m, n, stride) = (c.rows(), c.cols(), c.row_stride());
-    let data = &mut c.into_data()[..(m - 1) * stride + n];
-    let block = |(index, chunk): (usize, &mut [f32])| {
-        let first_row = index * block_rows;
-        let rows = block_rows.min(m - first_row);
-        let _span = profile::span(|| {
-            Work::new("GEMM block", Level::Task).flops((rows * flops_per_row) as u64)
-        });
-        flush_subnormals(|| task(first_row, MatMut::new(chunk, rows, n, stride)));
+    let block = |index: usize, block: BlockMut<'_>| {
+        let origin = Origin {
+            row: index * block_rows,
+            col: 0,
+        };
+        run_task(block, k, |block| task(origin, block));
     };
-    let len = block_rows * stride;
-    if m * flops_per_row < PARALLEL_FLOPS || rayon::current_num_threads() == 1 {
-        data.chunks_mut(len).enumerate().for_each(block);
+    if is_parallel(2 * c.rows() * c.cols() * k) {
+        for_each_chunk(ByRows(c), block_rows, &|i, ByRows(rows)| block(i, rows));
     } else {
-        for_each_chunk(data, len, &|i, chunk| block((i, chunk)));
+        let (mut rest, mut index) = (c, 0);
+        while rest.rows() > 0 {
+            let at = block_rows.min(rest.rows());
+            let (rows, below) = rest.split_at_row(at);
+            block(index, rows);
+            (rest, index) = (below, index + 1);
+        }
     }
 }
 
@@ -241,9 +291,9 @@ fn gemm_thin_n(
             }
         }
         let bt = &*bt;
-        for_each_row_block(c, 2 * k * n, BLOCK_ROWS, |first_row, mut c_block| {
+        for_each_row_block(BlockMut::new(c), k, BLOCK_ROWS, |origin, mut c_block| {
             let row_of_a = |r: usize| {
-                let start = (first_row + r) * a.row_stride();
+                let start = (origin.row + r) * a.row_stride();
                 &a.data()[start..start + k]
             };
             let rows = c_block.rows();
@@ -262,7 +312,7 @@ fn gemm_thin_n(
                     nr: MAX_THIN_N,
                 };
                 let sums = sums.as_flattened();
-                store_tile(&mut c_block, sums, tile, !accumulate, epilogue, first_row);
+                store_tile(&mut c_block, sums, tile, !accumulate, epilogue, origin);
             }
         });
     };
@@ -276,11 +326,12 @@ fn gemm_thin_n_transposed(
     isa: Isa,
     a: MatRef<'_>,
     b: MatRef<'_>,
-    mut c: MatMut<'_>,
+    c: MatMut<'_>,
     accumulate: bool,
     epilogue: Epilogue<'_>,
 ) {
     let (m, n) = (a.rows(), b.cols());
+    let mut c = BlockMut::new(c);
     let run = |ct: &mut Vec<f32>| {
         let ct = grow(ct, n * m);
         gemm_with(
@@ -303,7 +354,8 @@ fn gemm_thin_n_transposed(
                 cols: n,
                 nr: MAX_THIN_N,
             };
-            store_tile(&mut c, &rows, tile, !accumulate, epilogue, 0);
+            let origin = Origin { row: 0, col: 0 };
+            store_tile(&mut c, &rows, tile, !accumulate, epilogue, origin);
         }
     };
     with_buffer(&THIN_BT, run)
@@ -336,19 +388,18 @@ impl<'a> BPanels<'a> {
     }
 }
 
-/// One task's rows of C, computed sequentially from B's panels.
-#[allow(clippy::too_many_arguments)]
+/// One task's block of C (at `origin`), computed sequentially from the rows of A
+/// and the strips of B's columns that make it.
 fn gemm_block(
     kernel: Microkernel,
     a: MatRef<'_>,
     b_panels: BPanels<'_>,
-    n: usize,
-    mut c: MatMut<'_>,
+    mut c: BlockMut<'_>,
     accumulate: bool,
     epilogue: Epilogue<'_>,
-    first_row: usize,
+    origin: Origin,
 ) {
-    let (m, k) = (a.rows(), a.cols());
+    let (m, k, n) = (a.rows(), a.cols(), c.cols());
     let (mr, nr) = (kernel.mr, kernel.nr);
     let mut acc = [0.0f32; MAX_MR * MAX_NR];
     if k == 0 {
@@ -361,7 +412,7 @@ fn gemm_block(
                     cols: nr.min(n - jc),
                     nr,
                 };
-                store_tile(&mut c, &acc, tile, !accumulate, epilogue, first_row);
+                store_tile(&mut c, &acc, tile, !accumulate, epilogue, origin);
             }
         }
         return;
@@ -397,28 +448,15 @@ fn gemm_block(
                         let full = tile.rows == mr && tile.cols == nr;
                         let in_registers = kernel.into.filter(|_| full).zip(tile_epilogue_of(
                             tile_epilogue,
-                            first_row + ir,
-                            col,
+                            origin.row + ir,
+                            origin.col + col,
                         ));
                         if let Some((into, epilogue)) = in_registers {
-                            let stride = c.row_stride();
-                            let start = ir * stride + col;
-                            let data = &mut c.data_mut()[start..start + (mr - 1) * stride + nr];
-                            into(
-                                kc,
-                                a_packed,
-                                b_strip,
-                                ldb,
-                                TileMut {
-                                    data,
-                                    row_stride: stride,
-                                    accumulate: !overwrite,
-                                },
-                                epilogue,
-                            );
+                            let c_tile = c.tile_mut(ir, col, mr, nr).accumulating(!overwrite);
+                            into(kc, a_packed, b_strip, ldb, c_tile, epilogue);
                         } else {
                             (kernel.run)(kc, a_packed, b_strip, ldb, &mut acc[..mr * nr]);
-                            store_tile(&mut c, &acc, tile, overwrite, tile_epilogue, first_row);
+                            store_tile(&mut c, &acc, tile, overwrite, tile_epilogue, origin);
                         }
                     }
                 }
@@ -504,30 +542,51 @@ fn pack_b_rows<const NR: usize>(b: MatRef<'_>, pc: usize, kc: usize, out: &mut [
 
 /// Packs `A[ir..ir+rows, pc..pc+kc]` column by column (`kc × mr`), zero-padded below.
 fn pack_a(a: MatRef<'_>, ir: usize, rows: usize, pc: usize, kc: usize, mr: usize, out: &mut [f32]) {
+    let strided = a.row_stride() != 1 && a.col_stride() != 1;
+    match mr {
+        _ if rows < mr || strided => pack_a_any(a, ir, rows, pc, kc, mr, out),
+        8 => pack_a_full::<8>(a, ir, pc, out),
+        6 => pack_a_full::<6>(a, ir, pc, out),
+        4 => pack_a_full::<4>(a, ir, pc, out),
+        _ => pack_a_any(a, ir, rows, pc, kc, mr, out),
+    }
+}
+
+/// [`pack_a`] of a whole panel (`MR` rows) of a row-major or transposed A, in
+/// copies of a fixed size (inlined, where a call to `memcpy` per column of the
+/// panel cost more than the copy).
+fn pack_a_full<const MR: usize>(a: MatRef<'_>, ir: usize, pc: usize, out: &mut [f32]) {
     if a.row_stride() == 1 {
         // A is a transposed view: each column of the panel is contiguous.
-        for (p, dst) in out.chunks_exact_mut(mr).enumerate() {
+        for (p, dst) in out.chunks_exact_mut(MR).enumerate() {
             let start = (pc + p) * a.col_stride() + ir;
-            dst[..rows].copy_from_slice(&a.data()[start..start + rows]);
-            dst[rows..].fill(0.0);
+            dst.copy_from_slice(&a.data()[start..start + MR]);
         }
         return;
     }
-    if a.col_stride() == 1 {
-        // A is row-major: each column of the panel takes one value from each row.
-        let mut sources: [&[f32]; MAX_MR] = [&[]; MAX_MR];
-        for (i, source) in sources[..rows].iter_mut().enumerate() {
-            let start = (ir + i) * a.row_stride() + pc;
-            *source = &a.data()[start..start + kc];
+    // A is row-major: each column of the panel takes one value from each row.
+    let kc = out.len() / MR;
+    let sources: [&[f32]; MR] = std::array::from_fn(|i| {
+        let start = (ir + i) * a.row_stride() + pc;
+        &a.data()[start..start + kc]
+    });
+    for (p, dst) in out.chunks_exact_mut(MR).enumerate() {
+        for (d, source) in dst.iter_mut().zip(&sources) {
+            *d = source[p];
         }
-        for (p, dst) in out.chunks_exact_mut(mr).enumerate() {
-            for (d, source) in dst.iter_mut().zip(&sources[..rows]) {
-                *d = source[p];
-            }
-            dst[rows..].fill(0.0);
-        }
-        return;
     }
+}
+
+/// [`pack_a`] of any panel, element by element.
+fn pack_a_any(
+    a: MatRef<'_>,
+    ir: usize,
+    rows: usize,
+    pc: usize,
+    kc: usize,
+    mr: usize,
+    out: &mut [f32],
+) {
     if rows < mr {
         out.fill(0.0);
     }
@@ -549,25 +608,28 @@ struct Tile {
     nr: usize,
 }
 
+/// Stores a tile computed into `acc` at its place in the block of C at `origin`,
+/// epilogue applied.
 fn store_tile(
-    c: &mut MatMut<'_>,
+    c: &mut BlockMut<'_>,
     acc: &[f32],
     t: Tile,
     overwrite: bool,
     epilogue: Epilogue<'_>,
-    first_row: usize,
+    origin: Origin,
 ) {
     for i in 0..t.rows {
         let dst = &mut c.row_mut(t.row + i)[t.col..t.col + t.cols];
         let src = &acc[i * t.nr..i * t.nr + t.cols];
+        let (row, col) = (origin.row + t.row + i, origin.col + t.col);
         for (j, (d, &s)) in dst.iter_mut().zip(src).enumerate() {
             let v = if overwrite { s } else { *d + s };
             *d = match epilogue {
                 Epilogue::None => v,
-                Epilogue::Bias(bias) => v + bias[t.col + j],
-                Epilogue::BiasRelu(bias) => relu(v + bias[t.col + j]),
+                Epilogue::Bias(bias) => v + bias[col + j],
+                Epilogue::BiasRelu(bias) => relu(v + bias[col + j]),
                 Epilogue::ReluMask(mask) => {
-                    if mask.get(first_row + t.row + i, t.col + j) > 0.0 {
+                    if mask.get(row, col + j) > 0.0 {
                         v
                     } else {
                         0.0

@@ -1,6 +1,7 @@
 //! Keeping the pool's threads awake through a run of parallel kernels, and
 //! parallel loops whose threads never sleep while they wait for each other.
 
+use crate::simd::BlockMut;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Runs `body` on this thread while the other threads of the current pool spin,
@@ -68,6 +69,32 @@ impl<A: Chunks, B: Chunks> Chunks for (A, B) {
     fn split_at(self, mid: usize) -> (Self, Self) {
         let ((a0, a1), (b0, b1)) = (self.0.split_at(mid), self.1.split_at(mid));
         ((a0, b0), (a1, b1))
+    }
+}
+
+/// A block of a matrix split into blocks of whole rows.
+pub(crate) struct ByRows<'a>(pub BlockMut<'a>);
+
+/// A block of a matrix split into blocks of whole columns.
+pub(crate) struct ByCols<'a>(pub BlockMut<'a>);
+
+impl Chunks for ByRows<'_> {
+    fn len(&self) -> usize {
+        self.0.rows()
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let (top, bottom) = self.0.split_at_row(mid);
+        (ByRows(top), ByRows(bottom))
+    }
+}
+
+impl Chunks for ByCols<'_> {
+    fn len(&self) -> usize {
+        self.0.cols()
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let (left, right) = self.0.split_at_col(mid);
+        (ByCols(left), ByCols(right))
     }
 }
 

@@ -301,8 +301,14 @@ fn column_sums_match_reference() {
 #[test]
 fn gemm_is_bit_identical_for_any_thread_count() {
     let mut rng = ChaCha8Rng::seed_from_u64(8);
-    // B packed, B read in place (whole strips), and B packed in parallel.
-    for (m, k, n) in [(200, 300, 70), (200, 300, 64), (130, 784, 512)] {
+    // B packed, B read in place (whole strips), B split in blocks of columns (read
+    // in place, and packed by each task when its columns are not whole strips).
+    for (m, k, n) in [
+        (200, 300, 70),
+        (200, 300, 64),
+        (130, 784, 512),
+        (100, 300, 700),
+    ] {
         bit_identical_for_any_thread_count(&mut rng, m, k, n);
     }
 }
@@ -330,6 +336,57 @@ fn bit_identical_for_any_thread_count(rng: &mut ChaCha8Rng, m: usize, k: usize, 
         .iter()
         .zip(run(5))
         .all(|(x, y)| x.to_bits() == y.to_bits()));
+}
+
+/// GEMMs wider than tall split C in blocks of columns over the threads: each
+/// block's epilogue must read the bias and mask at its own columns, and padded
+/// rows of C must keep their padding.
+#[test]
+fn gemm_in_column_blocks_applies_epilogues_at_each_blocks_columns() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    for &(m, k, n, stride) in &[(40, 300, 700, 700), (37, 129, 1000, 1003)] {
+        let (a, b) = (random(&mut rng, m * k), random(&mut rng, k * n));
+        let (bias, mask) = (random(&mut rng, n), random(&mut rng, m * n));
+        let start = random(&mut rng, m * stride);
+        let (a, b) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+        let product = reference::matmul(a, b);
+        let mask_view = MatRef::row_major(&mask, m, n);
+        for isa in Isa::available() {
+            for (epilogue, accumulate) in [
+                (Epilogue::BiasRelu(&bias), true),
+                (Epilogue::ReluMask(mask_view), false),
+            ] {
+                let mut c = start.clone();
+                pool.install(|| {
+                    let c = MatMut::new(&mut c, m, n, stride);
+                    gemm_with(isa, a, b, c, accumulate, epilogue)
+                });
+                for i in 0..m {
+                    for j in 0..stride {
+                        let before = start[i * stride + j] as f64;
+                        let sum = if accumulate { before } else { 0.0 };
+                        let want = match epilogue {
+                            _ if j >= n => before,
+                            Epilogue::BiasRelu(_) => {
+                                (sum + product[i * n + j] + bias[j] as f64).max(0.0)
+                            }
+                            _ if mask[i * n + j] > 0.0 => product[i * n + j],
+                            _ => 0.0,
+                        };
+                        let got = c[i * stride + j] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "{isa:?} {m}x{k}x{n} ({i},{j}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// B whose rows are whole strips is read in place, also when its rows are padded.

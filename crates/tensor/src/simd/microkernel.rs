@@ -70,19 +70,21 @@ fn avx512_into<const MR: usize>(
     a: &[f32],
     b: &[f32],
     ldb: usize,
-    c: TileMut<'_>,
+    mut c: TileMut<'_>,
     epilogue: TileEpilogue<'_>,
 ) {
     use std::arch::x86_64::*;
+    assert!(c.rows == MR && c.cols == 32, "the tile is not {MR}x32");
     let (lo, hi) = avx512_product::<MR>(kc, a, b, ldb);
     let zero = _mm512_setzero_ps();
+    let accumulate = c.accumulate;
     for i in 0..MR {
-        let row = &mut c.data[i * c.row_stride..i * c.row_stride + 32];
+        let row = c.row_mut(i);
         let (mut x0, mut x1) = (lo[i], hi[i]);
         // SAFETY (every load and store below): each slice is cut to exactly 32 floats
         // first, so the loads at offsets 0 and 16 stay inside it.
         unsafe {
-            if c.accumulate {
+            if accumulate {
                 x0 = _mm512_add_ps(_mm512_loadu_ps(row.as_ptr()), x0);
                 x1 = _mm512_add_ps(_mm512_loadu_ps(row.as_ptr().add(16)), x1);
             }

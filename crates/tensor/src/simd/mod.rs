@@ -3,11 +3,13 @@
 
 use std::sync::OnceLock;
 
+mod block;
 pub(crate) mod elementwise;
 mod microkernel;
 mod peak;
 mod thin;
 
+pub(crate) use block::{BlockMut, TileMut};
 pub use microkernel::{MAX_MR, MAX_NR};
 pub use peak::fma_peak_gflops;
 pub(crate) use thin::{has_thin_loop, thin_dots, MAX_THIN_N, THIN_STEP};
@@ -116,14 +118,6 @@ pub(crate) struct Microkernel {
 /// A microkernel that writes its product into a full tile of C, epilogue applied.
 pub(crate) type IntoTile =
     fn(kc: usize, a: &[f32], b: &[f32], ldb: usize, c: TileMut<'_>, epilogue: TileEpilogue<'_>);
-
-/// A full tile of C: `data` starts at its first element; rows are `row_stride` apart.
-pub(crate) struct TileMut<'a> {
-    pub data: &'a mut [f32],
-    pub row_stride: usize,
-    /// Add to C's values instead of overwriting them.
-    pub accumulate: bool,
-}
 
 /// The epilogue as one tile sees it: slices start at the tile's first column (and row).
 #[derive(Clone, Copy)]
