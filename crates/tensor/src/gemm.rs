@@ -1,7 +1,9 @@
 //! GEMM in the BLIS structure: B packed once per call into strips of `NR` columns
-//! (walked in `KC × NC` cache blocks), each task's A packed into `MR × KC` panels,
-//! a register-blocked microkernel per tile, and the epilogue applied as each
-//! finished tile is stored. Buffers are per thread and reused: no allocation per call.
+//! (walked in `KC × NC` cache blocks) unless its rows are whole strips that stay in
+//! L2, each task's A packed into `MR × KC` panels unless it is transposed (its
+//! panels' columns then lie contiguous in place), a register-blocked microkernel
+//! per tile, and the epilogue applied as each finished tile is stored. Buffers are
+//! per thread and reused: no allocation per call.
 
 use crate::activation::relu;
 use crate::matrix::{MatMut, MatRef};
@@ -433,8 +435,14 @@ fn gemm_block(
                 };
                 for ir in (0..m).step_by(mr) {
                     let rows = mr.min(m - ir);
-                    let a_packed = grow(a_panel, kc * mr);
-                    pack_a(a, ir, rows, pc, kc, mr, a_packed);
+                    let (a_cols, lda) = if a.row_stride() == 1 && rows == mr {
+                        // A transposed: its panel's columns are contiguous, read in place.
+                        (&a.data()[pc * a.col_stride() + ir..], a.col_stride())
+                    } else {
+                        let a_packed = grow(a_panel, kc * mr);
+                        pack_a(a, ir, rows, pc, kc, mr, a_packed);
+                        (&*a_packed, mr)
+                    };
                     for s in 0..strips {
                         let col = jc + s * nr;
                         let (b_strip, ldb) = b_panels.strip(pc, kc, col, nr);
@@ -453,10 +461,11 @@ fn gemm_block(
                         ));
                         if let Some((into, epilogue)) = in_registers {
                             let c_tile = c.tile_mut(ir, col, mr, nr).accumulating(!overwrite);
-                            into(kc, a_packed, b_strip, ldb, c_tile, epilogue);
+                            into(kc, a_cols, lda, b_strip, ldb, c_tile, epilogue);
                         } else {
-                            (kernel.run)(kc, a_packed, b_strip, ldb, &mut acc[..mr * nr]);
-                            store_tile(&mut c, &acc, tile, overwrite, tile_epilogue, origin);
+                            let acc = &mut acc[..mr * nr];
+                            (kernel.run)(kc, a_cols, lda, b_strip, ldb, acc);
+                            store_tile(&mut c, acc, tile, overwrite, tile_epilogue, origin);
                         }
                     }
                 }
@@ -542,9 +551,8 @@ fn pack_b_rows<const NR: usize>(b: MatRef<'_>, pc: usize, kc: usize, out: &mut [
 
 /// Packs `A[ir..ir+rows, pc..pc+kc]` column by column (`kc × mr`), zero-padded below.
 fn pack_a(a: MatRef<'_>, ir: usize, rows: usize, pc: usize, kc: usize, mr: usize, out: &mut [f32]) {
-    let strided = a.row_stride() != 1 && a.col_stride() != 1;
     match mr {
-        _ if rows < mr || strided => pack_a_any(a, ir, rows, pc, kc, mr, out),
+        _ if rows < mr || a.col_stride() != 1 => pack_a_any(a, ir, rows, pc, kc, mr, out),
         8 => pack_a_full::<8>(a, ir, pc, out),
         6 => pack_a_full::<6>(a, ir, pc, out),
         4 => pack_a_full::<4>(a, ir, pc, out),
@@ -552,19 +560,9 @@ fn pack_a(a: MatRef<'_>, ir: usize, rows: usize, pc: usize, kc: usize, mr: usize
     }
 }
 
-/// [`pack_a`] of a whole panel (`MR` rows) of a row-major or transposed A, in
-/// copies of a fixed size (inlined, where a call to `memcpy` per column of the
-/// panel cost more than the copy).
+/// [`pack_a`] of a whole panel (`MR` rows) of a row-major A: each column of the
+/// panel takes one value from each of `MR` rows, a number known when compiled.
 fn pack_a_full<const MR: usize>(a: MatRef<'_>, ir: usize, pc: usize, out: &mut [f32]) {
-    if a.row_stride() == 1 {
-        // A is a transposed view: each column of the panel is contiguous.
-        for (p, dst) in out.chunks_exact_mut(MR).enumerate() {
-            let start = (pc + p) * a.col_stride() + ir;
-            dst.copy_from_slice(&a.data()[start..start + MR]);
-        }
-        return;
-    }
-    // A is row-major: each column of the panel takes one value from each row.
     let kc = out.len() / MR;
     let sources: [&[f32]; MR] = std::array::from_fn(|i| {
         let start = (ir + i) * a.row_stride() + pc;

@@ -6,15 +6,16 @@ use super::{Isa, Microkernel, TileEpilogue, TileMut};
 pub const MAX_MR: usize = 12;
 pub const MAX_NR: usize = 32;
 
-/// The `MR × 32` AVX-512 product of a packed panel of A and `kc` rows of B (`ldb`
-/// apart), in `2·MR` zmm accumulators: two loads of B and `MR` broadcasts of A per
-/// step of `k`.
+/// The `MR × 32` AVX-512 product of `kc` columns of `MR` floats of A (`lda` apart)
+/// and `kc` rows of 32 floats of B (`ldb` apart), in `2·MR` zmm accumulators: two
+/// loads of B and `MR` broadcasts of A per step of `k`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[inline]
 fn avx512_product<const MR: usize>(
     kc: usize,
     a: &[f32],
+    lda: usize,
     b: &[f32],
     ldb: usize,
 ) -> (
@@ -23,19 +24,20 @@ fn avx512_product<const MR: usize>(
 ) {
     use std::arch::x86_64::*;
     const NR: usize = 32;
-    let a = &a[..kc * MR];
-    assert!(
-        kc == 0 || b.len() >= (kc - 1) * ldb + NR,
-        "B panel too short"
-    );
+    assert_panels_fit(kc, a, lda, MR, b, ldb, NR);
     let mut lo = [_mm512_setzero_ps(); MR];
     let mut hi = [_mm512_setzero_ps(); MR];
-    for (p, a_col) in a.chunks_exact(MR).enumerate() {
-        // SAFETY: row p of B starts at p·ldb ≤ (kc − 1)·ldb, and the assert above
-        // keeps its NR = 32 floats inside `b`, so both 16-float loads are in bounds.
-        let (b0, b1) = unsafe {
+    for p in 0..kc {
+        // SAFETY: column p of A starts at p·lda and row p of B at p·ldb, and
+        // `assert_panels_fit` keeps their MR and NR = 32 floats inside `a` and `b`.
+        let (a_col, b0, b1) = unsafe {
             let b_row = b.as_ptr().add(p * ldb);
-            (_mm512_loadu_ps(b_row), _mm512_loadu_ps(b_row.add(16)))
+            let a_col = std::slice::from_raw_parts(a.as_ptr().add(p * lda), MR);
+            (
+                a_col,
+                _mm512_loadu_ps(b_row),
+                _mm512_loadu_ps(b_row.add(16)),
+            )
         };
         for i in 0..MR {
             let av = _mm512_set1_ps(a_col[i]);
@@ -48,9 +50,16 @@ fn avx512_product<const MR: usize>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-fn avx512_run<const MR: usize>(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
+fn avx512_run<const MR: usize>(
+    kc: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    acc: &mut [f32],
+) {
     use std::arch::x86_64::*;
-    let (lo, hi) = avx512_product::<MR>(kc, a, b, ldb);
+    let (lo, hi) = avx512_product::<MR>(kc, a, lda, b, ldb);
     let acc = &mut acc[..MR * 32];
     for i in 0..MR {
         // SAFETY: `acc` holds MR × 32 floats; row i's 32 floats start at i·32.
@@ -68,6 +77,7 @@ fn avx512_run<const MR: usize>(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc:
 fn avx512_into<const MR: usize>(
     kc: usize,
     a: &[f32],
+    lda: usize,
     b: &[f32],
     ldb: usize,
     mut c: TileMut<'_>,
@@ -75,7 +85,7 @@ fn avx512_into<const MR: usize>(
 ) {
     use std::arch::x86_64::*;
     assert!(c.rows == MR && c.cols == 32, "the tile is not {MR}x32");
-    let (lo, hi) = avx512_product::<MR>(kc, a, b, ldb);
+    let (lo, hi) = avx512_product::<MR>(kc, a, lda, b, ldb);
     let zero = _mm512_setzero_ps();
     let accumulate = c.accumulate;
     for i in 0..MR {
@@ -115,28 +125,25 @@ fn avx512_into<const MR: usize>(
     }
 }
 
-/// The `6 × 16` AVX2 product of a packed panel of A and `kc` rows of B (`ldb`
-/// apart), in twelve ymm accumulators: two loads of B and six broadcasts of A per
-/// step of `k`.
+/// The `6 × 16` AVX2 product of `kc` columns of 6 floats of A (`lda` apart) and
+/// `kc` rows of 16 floats of B (`ldb` apart), in twelve ymm accumulators: two
+/// loads of B and six broadcasts of A per step of `k`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn avx2_6x16(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
+fn avx2_6x16(kc: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, acc: &mut [f32]) {
     use std::arch::x86_64::*;
     const MR: usize = 6;
     const NR: usize = 16;
-    let a = &a[..kc * MR];
-    assert!(
-        kc == 0 || b.len() >= (kc - 1) * ldb + NR,
-        "B panel too short"
-    );
+    assert_panels_fit(kc, a, lda, MR, b, ldb, NR);
     let mut lo = [_mm256_setzero_ps(); MR];
     let mut hi = [_mm256_setzero_ps(); MR];
-    for (p, a_col) in a.chunks_exact(MR).enumerate() {
-        // SAFETY: row p of B starts at p·ldb ≤ (kc − 1)·ldb, and the assert above
-        // keeps its NR = 16 floats inside `b`, so both 8-float loads are in bounds.
-        let (b0, b1) = unsafe {
+    for p in 0..kc {
+        // SAFETY: column p of A starts at p·lda and row p of B at p·ldb, and
+        // `assert_panels_fit` keeps their MR and NR = 16 floats inside `a` and `b`.
+        let (a_col, b0, b1) = unsafe {
             let b_row = b.as_ptr().add(p * ldb);
-            (_mm256_loadu_ps(b_row), _mm256_loadu_ps(b_row.add(8)))
+            let a_col = std::slice::from_raw_parts(a.as_ptr().add(p * lda), MR);
+            (a_col, _mm256_loadu_ps(b_row), _mm256_loadu_ps(b_row.add(8)))
         };
         for i in 0..MR {
             let av = _mm256_set1_ps(a_col[i]);
@@ -155,15 +162,15 @@ fn avx2_6x16(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
 
 /// The `4 × 16` product on `wide`'s 8-lane vectors (NEON pairs on aarch64, SSE
 /// pairs on baseline x86-64), in eight accumulators.
-fn portable_4x16(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
+fn portable_4x16(kc: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, acc: &mut [f32]) {
     use wide::f32x8;
     const MR: usize = 4;
     const NR: usize = 16;
     let lanes = |s: &[f32]| f32x8::from(<[f32; 8]>::try_from(s).expect("8 floats"));
-    let a = &a[..kc * MR];
     let mut lo = [f32x8::ZERO; MR];
     let mut hi = [f32x8::ZERO; MR];
-    for (p, a_col) in a.chunks_exact(MR).enumerate() {
+    for p in 0..kc {
+        let a_col = &a[p * lda..p * lda + MR];
         let b_row = &b[p * ldb..p * ldb + NR];
         let (b0, b1) = (lanes(&b_row[..8]), lanes(&b_row[8..]));
         for i in 0..MR {
@@ -178,6 +185,30 @@ fn portable_4x16(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]) {
     }
 }
 
+/// Checks that `kc` columns of `mr` floats of A, `lda` apart, and `kc` rows of
+/// `nr` floats of B, `ldb` apart, lie inside `a` and `b`: the bounds the unsafe
+/// loads of the kernels rely on.
+fn assert_panels_fit(
+    kc: usize,
+    a: &[f32],
+    lda: usize,
+    mr: usize,
+    b: &[f32],
+    ldb: usize,
+    nr: usize,
+) {
+    let fits = |len: usize, ld: usize, width: usize| {
+        (kc - 1)
+            .checked_mul(ld)
+            .and_then(|last| last.checked_add(width))
+            .is_some_and(|end| end <= len)
+    };
+    assert!(
+        kc == 0 || (fits(a.len(), lda, mr) && fits(b.len(), ldb, nr)),
+        "panel of A or B too short"
+    );
+}
+
 /// The AVX-512 kernel `MR` rows tall.
 #[cfg(target_arch = "x86_64")]
 fn avx512_kernel<const MR: usize>() -> Microkernel {
@@ -186,10 +217,10 @@ fn avx512_kernel<const MR: usize>() -> Microkernel {
         nr: 32,
         // SAFETY: AVX-512 kernels are reached only through `Isa::kernel_for`, which
         // asserts that the CPU supports AVX-512F and FMA.
-        run: |kc, a, b, ldb, acc| unsafe { avx512_run::<MR>(kc, a, b, ldb, acc) },
+        run: |kc, a, lda, b, ldb, acc| unsafe { avx512_run::<MR>(kc, a, lda, b, ldb, acc) },
         // SAFETY: as above.
-        into: Some(|kc, a, b, ldb, c, epilogue| unsafe {
-            avx512_into::<MR>(kc, a, b, ldb, c, epilogue)
+        into: Some(|kc, a, lda, b, ldb, c, epilogue| unsafe {
+            avx512_into::<MR>(kc, a, lda, b, ldb, c, epilogue)
         }),
     }
 }
@@ -227,7 +258,7 @@ fn table(isa: Isa) -> Microkernel {
             mr: 6,
             nr: 16,
             // SAFETY: reached only after `Isa::kernel_for` checked AVX2 and FMA support.
-            run: |kc, a, b, ldb, acc| unsafe { avx2_6x16(kc, a, b, ldb, acc) },
+            run: |kc, a, lda, b, ldb, acc| unsafe { avx2_6x16(kc, a, lda, b, ldb, acc) },
             into: None,
         },
         _ => Microkernel {

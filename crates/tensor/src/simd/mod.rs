@@ -103,21 +103,33 @@ impl Isa {
 }
 
 /// A register-blocked `MR × NR` microkernel:
-/// `acc[i·NR + j] = Σ_p a[p·MR + i] · b[p·ldb + j]` over `kc` steps: a packed panel
-/// of A, and `kc` rows of `NR` floats of B, `ldb` apart (`NR` when B is packed).
+/// `acc[i·NR + j] = Σ_p a[p·lda + i] · b[p·ldb + j]` over `kc` steps: `kc` columns
+/// of `MR` floats of A, `lda` apart (`MR` when A is packed), and `kc` rows of `NR`
+/// floats of B, `ldb` apart (`NR` when B is packed).
 #[derive(Clone, Copy)]
 pub(crate) struct Microkernel {
     pub mr: usize,
     pub nr: usize,
-    pub run: fn(kc: usize, a: &[f32], b: &[f32], ldb: usize, acc: &mut [f32]),
+    pub run: RunKernel,
     /// The same product written into a full `MR × NR` tile of C with the epilogue
     /// applied in registers, where the instruction set has it.
     pub into: Option<IntoTile>,
 }
 
+/// A microkernel that writes its product into an `MR × NR` array.
+pub(crate) type RunKernel =
+    fn(kc: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, acc: &mut [f32]);
+
 /// A microkernel that writes its product into a full tile of C, epilogue applied.
-pub(crate) type IntoTile =
-    fn(kc: usize, a: &[f32], b: &[f32], ldb: usize, c: TileMut<'_>, epilogue: TileEpilogue<'_>);
+pub(crate) type IntoTile = fn(
+    kc: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: TileMut<'_>,
+    epilogue: TileEpilogue<'_>,
+);
 
 /// The epilogue as one tile sees it: slices start at the tile's first column (and row).
 #[derive(Clone, Copy)]
