@@ -172,7 +172,7 @@ impl Sequential {
         let extra = slots
             .into_iter()
             .zip(&compiled.state.slots)
-            .map(|(name, values)| (name, values.as_slice()))
+            .map(|(name, values)| (name, &values[..]))
             .collect();
         self.write_model_file(path.as_ref(), Some(state), extra)
     }

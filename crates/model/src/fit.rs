@@ -318,8 +318,8 @@ impl Sequential {
                 .enumerate()
                 .flat_map(|(l, layer)| {
                     [
-                        Tensor::from_vec(&[layer.inputs, layer.units], ws.dkernels[l].clone()),
-                        Tensor::from_vec(&[layer.units], ws.dbiases[l].clone()),
+                        Tensor::from_vec(&[layer.inputs, layer.units], ws.dkernels[l].to_vec()),
+                        Tensor::from_vec(&[layer.units], ws.dbiases[l].to_vec()),
                     ]
                 })
                 .map(|t| t.expect("gradient shapes match the layers"))

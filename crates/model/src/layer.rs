@@ -1,6 +1,6 @@
 //! The dense layer: its configuration and its parameters.
 
-use kerno_tensor::Activation;
+use kerno_tensor::{Activation, AlignedBuf};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -35,8 +35,8 @@ pub struct DenseLayer {
     pub(crate) inputs: usize,
     pub(crate) units: usize,
     pub(crate) activation: Activation,
-    pub(crate) kernel: Vec<f32>,
-    pub(crate) bias: Vec<f32>,
+    pub(crate) kernel: AlignedBuf,
+    pub(crate) bias: AlignedBuf,
 }
 
 impl DenseLayer {
@@ -58,7 +58,7 @@ impl DenseLayer {
             units,
             activation,
             kernel,
-            bias: vec![0.0; units],
+            bias: AlignedBuf::zeros(units),
         }
     }
 

@@ -3,8 +3,8 @@
 use crate::error::ModelError;
 use crate::layer::DenseLayer;
 use crate::workspace::Workspace;
-use kerno_tensor::optim;
 use kerno_tensor::profile::{self, Work};
+use kerno_tensor::{optim, AlignedBuf};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -142,7 +142,7 @@ impl Optimizer {
         let sizes = layers.iter().flat_map(|l| [l.kernel.len(), l.bias.len()]);
         let slots = sizes
             .flat_map(|n| std::iter::repeat_n(n, self.slots()))
-            .map(|n| vec![0.0; n])
+            .map(AlignedBuf::zeros)
             .collect();
         OptimizerState {
             slots,
@@ -178,7 +178,7 @@ impl Optimizer {
         }
     }
 
-    fn step(&self, w: &mut [f32], g: &[f32], slot: Option<&mut [Vec<f32>]>, iteration: u64) {
+    fn step(&self, w: &mut [f32], g: &[f32], slot: Option<&mut [AlignedBuf]>, iteration: u64) {
         match (*self, slot) {
             (
                 Optimizer::RmsProp {
@@ -196,7 +196,7 @@ impl Optimizer {
                 },
                 slot,
             ) => {
-                let buf = slot.map(|s| s[0].as_mut_slice());
+                let buf = slot.map(|s| &mut s[0][..]);
                 optim::sgd_step(w, g, buf, learning_rate, momentum, nesterov)
             }
             (
@@ -248,6 +248,6 @@ impl FromStr for Optimizer {
 /// An optimizer's buffers (one or two per parameter tensor) and its step count.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct OptimizerState {
-    pub slots: Vec<Vec<f32>>,
+    pub slots: Vec<AlignedBuf>,
     pub iterations: u64,
 }

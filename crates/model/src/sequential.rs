@@ -194,8 +194,8 @@ impl Sequential {
             .iter()
             .flat_map(|l| {
                 [
-                    Tensor::from_vec(&[l.inputs, l.units], l.kernel.clone()),
-                    Tensor::from_vec(&[l.units], l.bias.clone()),
+                    Tensor::from_vec(&[l.inputs, l.units], l.kernel.to_vec()),
+                    Tensor::from_vec(&[l.units], l.bias.to_vec()),
                 ]
             })
             .map(|t| t.expect("layer shapes match their parameters"))

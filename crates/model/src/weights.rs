@@ -5,6 +5,7 @@ use crate::error::ModelError;
 use crate::layer::Dense;
 use crate::sequential::Sequential;
 use kerno_tensor::Activation;
+use kerno_tensor::AlignedBuf;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -88,10 +89,10 @@ impl Sequential {
             [
                 (
                     format!("{}/kernel", l.name),
-                    l.kernel.as_slice(),
+                    &l.kernel[..],
                     vec![l.inputs, l.units],
                 ),
-                (format!("{}/bias", l.name), l.bias.as_slice(), vec![l.units]),
+                (format!("{}/bias", l.name), &l.bias[..], vec![l.units]),
             ]
         });
         let extra = extra
@@ -176,8 +177,8 @@ impl Sequential {
             )?);
         }
         for (layer, pair) in self.layers.iter_mut().zip(weights.chunks_exact(2)) {
-            layer.kernel = pair[0].clone();
-            layer.bias = pair[1].clone();
+            layer.kernel = AlignedBuf::from_slice(&pair[0]);
+            layer.bias = AlignedBuf::from_slice(&pair[1]);
         }
         Ok(())
     }
@@ -267,13 +268,15 @@ fn fill_weights(
             tensors,
             &format!("{}/kernel", layer.name),
             &[layer.inputs, layer.units],
-        )?;
+        )?
+        .into();
         layer.bias = tensor(
             path,
             tensors,
             &format!("{}/bias", layer.name),
             &[layer.units],
-        )?;
+        )?
+        .into();
     }
     Ok(())
 }

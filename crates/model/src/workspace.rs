@@ -2,23 +2,24 @@
 //! so that the steady-state training loop allocates nothing.
 
 use crate::layer::DenseLayer;
+use kerno_tensor::AlignedBuf;
 
 pub(crate) struct Workspace {
     /// Rows the buffers hold.
     pub capacity: usize,
     /// The input batch, `capacity × inputs`.
-    pub x: Vec<f32>,
+    pub x: AlignedBuf,
     /// Dense targets of the batch, `capacity × outputs`.
-    pub y: Vec<f32>,
+    pub y: AlignedBuf,
     /// Class targets of the batch.
     pub classes: Vec<u32>,
     /// Each layer's output (after its activation; logits for a fused last layer).
-    pub outputs: Vec<Vec<f32>>,
+    pub outputs: Vec<AlignedBuf>,
     /// Gradient with respect to each layer's output, turned in place into the
     /// gradient with respect to its pre-activation.
-    pub grads: Vec<Vec<f32>>,
-    pub dkernels: Vec<Vec<f32>>,
-    pub dbiases: Vec<Vec<f32>>,
+    pub grads: Vec<AlignedBuf>,
+    pub dkernels: Vec<AlignedBuf>,
+    pub dbiases: Vec<AlignedBuf>,
     /// `0..capacity`, the sample indices of a batch given whole.
     pub sequence: Vec<usize>,
 }
@@ -28,20 +29,23 @@ impl Workspace {
         kerno_tensor::reserve_packing_buffers();
         let outputs_dim = layers.last().map_or(input_dim, |l| l.units);
         let per_layer = |n: fn(&DenseLayer) -> usize| {
-            layers.iter().map(|l| vec![0.0; n(l)]).collect::<Vec<_>>()
+            layers
+                .iter()
+                .map(|l| AlignedBuf::zeros(n(l)))
+                .collect::<Vec<_>>()
         };
         Self {
             capacity,
-            x: vec![0.0; capacity * input_dim],
-            y: vec![0.0; capacity * outputs_dim],
+            x: AlignedBuf::zeros(capacity * input_dim),
+            y: AlignedBuf::zeros(capacity * outputs_dim),
             classes: vec![0; capacity],
             outputs: layers
                 .iter()
-                .map(|l| vec![0.0; capacity * l.units])
+                .map(|l| AlignedBuf::zeros(capacity * l.units))
                 .collect(),
             grads: layers
                 .iter()
-                .map(|l| vec![0.0; capacity * l.units])
+                .map(|l| AlignedBuf::zeros(capacity * l.units))
                 .collect(),
             dkernels: per_layer(|l| l.kernel.len()),
             dbiases: per_layer(|l| l.bias.len()),

@@ -7,6 +7,7 @@
 //! compare against.
 
 pub mod activation;
+mod aligned;
 pub mod gemm;
 pub mod loss;
 mod matrix;
@@ -19,6 +20,7 @@ mod simd;
 mod tensor;
 
 pub use activation::Activation;
+pub use aligned::AlignedBuf;
 pub use gemm::{gemm, gemm_with, reserve_packing_buffers, Epilogue};
 pub use matrix::{MatMut, MatRef};
 pub use parallel::with_workers_awake;
