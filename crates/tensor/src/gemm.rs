@@ -24,8 +24,10 @@ const _: () = assert!(
     NC.is_multiple_of(MAX_NR),
     "a block of B splits into whole strips"
 );
-/// Operations from which a GEMM is worth spreading over the threads.
-const PARALLEL_FLOPS: usize = 2_000_000;
+/// Operations from which a GEMM is worth spreading over the threads: the 1.3 MFLOP
+/// GEMMs of the output layer take half the time on two (`kerno profile`), now
+/// that the pool's threads spin through `fit` instead of being woken.
+const PARALLEL_FLOPS: usize = 1_000_000;
 /// Floats of packed B from which packing it is worth spreading over the threads.
 const PARALLEL_PACKING: usize = 256 * 1024;
 /// Columns of C from which each thread takes a block of columns rather than rows.
