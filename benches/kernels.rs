@@ -2,14 +2,20 @@
 //! set, `matrixmultiply`, the `gemm` crate, and the f64 reference), the fused
 //! softmax + cross-entropy, and the RMSprop update. Throughput is reported in FLOP
 //! (2 per multiply-add). Every GEMM runs on `RAYON_NUM_THREADS` threads (default:
-//! all cores), named in the group: kerno and `gemm` on rayon's pool, `matrixmultiply`
-//! on its own, given the same count.
+//! all cores), named in the group: kerno and `gemm` called from a thread of rayon's
+//! pool whose other threads spin, ready (as `fit` runs them), `matrixmultiply` on
+//! its own threads, given the same count.
 
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    black_box, criterion_group, criterion_main, Bencher, BenchmarkId, Criterion, Throughput,
+};
 use kerno::tensor::loss::{softmax_xent_fwd_bwd, Targets};
-use kerno::tensor::{gemm_with, optim, reference, Epilogue, Isa, MatMut, MatRef};
+use kerno::tensor::{
+    gemm_with, optim, reference, with_workers_awake, Epilogue, Isa, MatMut, MatRef,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::time::Instant;
 
 /// (name, m, k, n, A transposed, B transposed): the five GEMMs of a batch-128 step, and 1024³.
 const SHAPES: [(&str, usize, usize, usize, bool, bool); 6] = [
@@ -68,6 +74,25 @@ fn faer_gemm(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], threads: usize) {
     }
 }
 
+/// Times `f` on a thread of rayon's global pool while its other threads spin,
+/// ready for each parallel call, as they do through `fit`.
+fn iter_in_pool(bench: &mut Bencher<'_>, mut f: impl FnMut() + Send) {
+    let f = &mut f;
+    bench.iter_custom(|iters| {
+        // `join` called from outside the pool runs both closures on its threads.
+        let timed = || {
+            with_workers_awake(|| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    f();
+                }
+                start.elapsed()
+            })
+        };
+        rayon::join(timed, || ()).0
+    })
+}
+
 fn gemm_shapes(c: &mut Criterion) {
     let threads = rayon::current_num_threads();
     // matrixmultiply reads its thread count once, from its own variable.
@@ -82,15 +107,9 @@ fn gemm_shapes(c: &mut Criterion) {
         let mut out = vec![0.0f32; m * n];
         for isa in Isa::available() {
             group.bench_function(BenchmarkId::new("kerno", isa.name()), |bench| {
-                bench.iter(|| {
-                    gemm_with(
-                        isa,
-                        av,
-                        bv,
-                        MatMut::row_major(&mut out, m, n),
-                        false,
-                        Epilogue::None,
-                    )
+                iter_in_pool(bench, || {
+                    let c = MatMut::row_major(&mut out, m, n);
+                    gemm_with(isa, av, bv, c, false, Epilogue::None)
                 })
             });
         }
@@ -118,7 +137,7 @@ fn gemm_shapes(c: &mut Criterion) {
             })
         });
         group.bench_function("gemm", |bench| {
-            bench.iter(|| faer_gemm(av, bv, &mut out, threads))
+            iter_in_pool(bench, || faer_gemm(av, bv, &mut out, threads))
         });
         if m * k * n <= 128 * 784 * 512 {
             group.sample_size(10);
