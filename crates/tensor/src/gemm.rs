@@ -509,6 +509,9 @@ fn depth_block(k: usize) -> usize {
 /// Packs `B[pc..pc+kc, ..]` as strips of `nr` columns one after another, each
 /// `kc × nr` row-major and zero-padded on the right.
 fn pack_b(b: MatRef<'_>, pc: usize, kc: usize, nr: usize, out: &mut [f32]) {
+    if b.row_stride() == 1 && b.col_stride() != 1 {
+        return pack_b_columns(b, pc, kc, nr, out);
+    }
     if b.col_stride() != 1 {
         let n = b.cols();
         for (s, strip) in out.chunks_exact_mut(kc * nr).enumerate() {
@@ -526,6 +529,25 @@ fn pack_b(b: MatRef<'_>, pc: usize, kc: usize, nr: usize, out: &mut [f32]) {
         16 => pack_b_rows::<16>(b, pc, kc, out),
         8 => pack_b_rows::<8>(b, pc, kc, out),
         _ => unreachable!("no microkernel is {nr} wide"),
+    }
+}
+
+/// [`pack_b`] for a transposed B (`Wᵀ` in an input gradient), reading it column by
+/// column: each column's `kc` values are contiguous and go down one lane of a strip.
+fn pack_b_columns(b: MatRef<'_>, pc: usize, kc: usize, nr: usize, out: &mut [f32]) {
+    let n = b.cols();
+    for (s, strip) in out.chunks_exact_mut(kc * nr).enumerate() {
+        for lane in 0..nr {
+            let col = s * nr + lane;
+            let dst = strip[lane..].iter_mut().step_by(nr);
+            if col < n {
+                let start = col * b.col_stride() + pc;
+                let src = &b.data()[start..start + kc];
+                dst.zip(src).for_each(|(d, &v)| *d = v);
+            } else {
+                dst.for_each(|d| *d = 0.0);
+            }
+        }
     }
 }
 
