@@ -159,7 +159,7 @@ pub fn gemm_with(
             let b = b.cols_range(origin.col, block.cols());
             run_task(block, k, |block| {
                 with_b_panels(b, kernel.nr, false, |panels| {
-                    gemm_block(kernel, a, panels, block, accumulate, epilogue, origin)
+                    gemm_block(isa, kernel, a, panels, block, accumulate, epilogue, origin)
                 })
             })
         });
@@ -171,7 +171,9 @@ pub fn gemm_with(
     with_b_panels(b, kernel.nr, parallel, |panels| {
         for_each_row_block(c, k, block_rows, |origin, block| {
             let a_block = a.rows_range(origin.row, block.rows());
-            gemm_block(kernel, a_block, panels, block, accumulate, epilogue, origin)
+            gemm_block(
+                isa, kernel, a_block, panels, block, accumulate, epilogue, origin,
+            )
         })
     })
 }
@@ -394,7 +396,9 @@ impl<'a> BPanels<'a> {
 
 /// One task's block of C (at `origin`), computed sequentially from the rows of A
 /// and the strips of B's columns that make it.
+#[allow(clippy::too_many_arguments)]
 fn gemm_block(
+    isa: Isa,
     kernel: Microkernel,
     a: MatRef<'_>,
     b_panels: BPanels<'_>,
@@ -437,6 +441,14 @@ fn gemm_block(
                 };
                 for ir in (0..m).step_by(mr) {
                     let rows = mr.min(m - ir);
+                    // A last panel shorter than the others takes a kernel of its own
+                    // height where the instruction set has one, rather than padding.
+                    let kernel = if rows == mr {
+                        kernel
+                    } else {
+                        isa.kernel_for(rows)
+                    };
+                    let mr = kernel.mr;
                     let (a_cols, lda) = if a.row_stride() == 1 && rows == mr {
                         // A transposed: its panel's columns are contiguous, read in place.
                         (&a.data()[pc * a.col_stride() + ir..], a.col_stride())
@@ -577,6 +589,7 @@ fn pack_b_rows<const NR: usize>(b: MatRef<'_>, pc: usize, kc: usize, out: &mut [
 fn pack_a(a: MatRef<'_>, ir: usize, rows: usize, pc: usize, kc: usize, mr: usize, out: &mut [f32]) {
     match mr {
         _ if rows < mr || a.col_stride() != 1 => pack_a_any(a, ir, rows, pc, kc, mr, out),
+        12 => pack_a_full::<12>(a, ir, pc, out),
         8 => pack_a_full::<8>(a, ir, pc, out),
         6 => pack_a_full::<6>(a, ir, pc, out),
         4 => pack_a_full::<4>(a, ir, pc, out),
