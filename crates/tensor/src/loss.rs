@@ -47,7 +47,16 @@ pub fn softmax_xent_fwd_bwd(
     let mut stats = LossStats::default();
     for (row, z) in logits.chunks_exact(classes).enumerate() {
         let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f32 = z.iter().map(|&v| (v - max).exp()).sum();
+        let exps = z.iter().map(|&v| (v - max).exp());
+        // With a gradient to write, each exponential is computed once, kept there.
+        let sum: f32 = match grad.as_mut() {
+            Some((g, _)) => {
+                let g = &mut g[row * classes..(row + 1) * classes];
+                g.iter_mut().zip(exps).for_each(|(g, e)| *g = e);
+                g.iter().sum()
+            }
+            None => exps.sum(),
+        };
         let log_sum = sum.ln();
         let loss = match targets {
             Targets::Classes(c) => log_sum - (z[c[row] as usize] - max),
@@ -59,8 +68,8 @@ pub fn softmax_xent_fwd_bwd(
         stats.correct += (argmax(z) == targets.class(row, classes)) as usize;
         if let Some((g, scale)) = grad.as_mut() {
             let g = &mut g[row * classes..(row + 1) * classes];
-            for (j, (g, &v)) in g.iter_mut().zip(z).enumerate() {
-                *g = ((v - max).exp() / sum - targets.value(row, j, classes)) * *scale;
+            for (j, g) in g.iter_mut().enumerate() {
+                *g = (*g / sum - targets.value(row, j, classes)) * *scale;
             }
         }
     }
