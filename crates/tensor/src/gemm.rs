@@ -153,14 +153,14 @@ pub fn gemm_with(
         // thread: a thread slowed by a busy neighbour on its core leaves the other
         // thread one to take (`kerno profile`: 1.24 -> 1.21 ms median step on 2 threads).
         let width = n.div_ceil(2 * threads).next_multiple_of(kernel.nr);
-        for_each_chunk(ByCols(c), width, &|i, ByCols(block)| {
-            let origin = Origin {
-                row: 0,
-                col: i * width,
-            };
-            let b = b.cols_range(origin.col, block.cols());
-            run_task(block, k, |block| {
-                with_b_panels(b, kernel.nr, false, |panels| {
+        with_b_panels(b, kernel.nr, false, width, |panels| {
+            for_each_chunk(ByCols(c), width, &|i, ByCols(block)| {
+                let origin = Origin {
+                    row: 0,
+                    col: i * width,
+                };
+                let panels = panels.starting_at(origin.col);
+                run_task(block, k, |block| {
                     gemm_block(isa, kernel, a, panels, block, accumulate, epilogue, origin)
                 })
             })
@@ -170,7 +170,7 @@ pub fn gemm_with(
     // One block of rows per thread: each task then reads B from L3 once per depth
     // block and reuses it from L2.
     let block_rows = m.div_ceil(threads).next_multiple_of(kernel.mr);
-    with_b_panels(b, kernel.nr, parallel, |panels| {
+    with_b_panels(b, kernel.nr, parallel, n, |panels| {
         for_each_row_block(c, k, block_rows, |origin, block| {
             let a_block = a.rows_range(origin.row, block.rows());
             gemm_block(
@@ -186,17 +186,25 @@ fn is_parallel(flops: usize) -> bool {
     flops >= PARALLEL_FLOPS && rayon::current_num_threads() > 1
 }
 
-/// Runs `f` with B's strips: B itself when its rows are whole strips and it stays
-/// in L2 (or is small), else B packed into this thread's buffer, a depth block at
-/// a time, over the threads when `shared` tasks will read it and it is large.
-/// Weights that several threads read in place would be shared between their
-/// caches, and the optimizer's writes to them then cost twice what the copy
-/// saves (measured with `kerno profile`): `shared` B is read in place only when small.
-fn with_b_panels<R>(b: MatRef<'_>, nr: usize, shared: bool, f: impl FnOnce(BPanels<'_>) -> R) -> R {
+/// Runs `f` with B's strips for tasks each reading `task_cols` of its columns:
+/// B itself when its rows are whole strips and each task's columns stay in L2 (or
+/// B is small), else B packed into this thread's buffer, a depth block at a time,
+/// over the threads when `shared` tasks will all read it and it is large. Weights
+/// that several threads read in place would be shared between their caches, and
+/// the optimizer's writes to them then cost twice what the copy saves (measured
+/// with `kerno profile`): `shared` B is read in place only when small. Packing
+/// here, on the calling thread, keeps the buffer on one thread from call to call.
+fn with_b_panels<R>(
+    b: MatRef<'_>,
+    nr: usize,
+    shared: bool,
+    task_cols: usize,
+    f: impl FnOnce(BPanels<'_>) -> R,
+) -> R {
     let (k, n) = (b.rows(), b.cols());
     if b.col_stride() == 1
         && n.is_multiple_of(nr)
-        && (k * n < PARALLEL_PACKING || (!shared && n <= NC))
+        && (k * n < PARALLEL_PACKING || (!shared && task_cols <= NC))
     {
         return f(BPanels::InPlace(b));
     }
@@ -221,6 +229,7 @@ fn with_b_panels<R>(b: MatRef<'_>, nr: usize, shared: bool, f: impl FnOnce(BPane
         f(BPanels::Packed {
             data: packed,
             width: n.next_multiple_of(nr),
+            first_col: 0,
         })
     };
     with_buffer(&PACKED_B, run)
@@ -373,18 +382,44 @@ fn gemm_thin_n_transposed(
 #[derive(Clone, Copy)]
 enum BPanels<'a> {
     /// Depth blocks one after another, each its strips one after another (see
-    /// [`pack_b`]), for a B of `width` columns padded to whole strips.
-    Packed { data: &'a [f32], width: usize },
+    /// [`pack_b`]), for a B of `width` columns padded to whole strips; read from
+    /// column `first_col` on.
+    Packed {
+        data: &'a [f32],
+        width: usize,
+        first_col: usize,
+    },
     /// B itself, row-major, `n` a whole number of strips.
     InPlace(MatRef<'a>),
 }
 
 impl<'a> BPanels<'a> {
+    /// The strips from column `col` on (a whole number of strips), for a task
+    /// whose block of C starts there.
+    fn starting_at(self, col: usize) -> Self {
+        match self {
+            BPanels::Packed {
+                data,
+                width,
+                first_col,
+            } => BPanels::Packed {
+                data,
+                width,
+                first_col: first_col + col,
+            },
+            BPanels::InPlace(b) => BPanels::InPlace(b.cols_range(col, b.cols() - col)),
+        }
+    }
+
     /// Rows `pc..pc + kc` of the strip of `nr` columns from `col`, with its row stride.
     fn strip(self, pc: usize, kc: usize, col: usize, nr: usize) -> (&'a [f32], usize) {
         match self {
-            BPanels::Packed { data, width } => {
-                let start = pc * width + col * kc;
+            BPanels::Packed {
+                data,
+                width,
+                first_col,
+            } => {
+                let start = pc * width + (first_col + col) * kc;
                 (&data[start..start + kc * nr], nr)
             }
             BPanels::InPlace(b) => {
