@@ -17,21 +17,20 @@ pub fn with_workers_awake<R>(body: impl FnOnce() -> R) -> R {
     let done = AtomicBool::new(false);
     let caller = rayon::current_thread_index();
     rayon::in_place_scope(|scope| {
-        for _ in 0..helpers {
-            scope.spawn(|_| {
-                // The caller may pick this job up itself while it waits for another
-                // thread's part of a kernel: it must not spin then.
-                if rayon::current_thread_index() == caller {
-                    return;
-                }
-                // No `spin_loop` (PAUSE) in these loops: under KVM a PAUSE loop makes
-                // the host deschedule the virtual CPU (pause-loop exiting), and its part
-                // of the next kernel then ran 40% slower (`kerno profile --trace`).
-                while !done.load(Ordering::Acquire) {
-                    rayon::yield_now();
-                }
-            });
-        }
+        // One job on each thread of the pool, its own: a job spawned once for any
+        // thread could be taken by the caller itself, while it waits for another
+        // thread's part of a kernel, leaving the others to fall asleep.
+        scope.spawn_broadcast(|_, thread| {
+            if Some(thread.index()) == caller {
+                return;
+            }
+            // No `spin_loop` (PAUSE) in these loops: under KVM a PAUSE loop makes
+            // the host deschedule the virtual CPU (pause-loop exiting), and its part
+            // of the next kernel then ran 40% slower (`kerno profile --trace`).
+            while !done.load(Ordering::Acquire) {
+                rayon::yield_now();
+            }
+        });
         let _stop = StopOnDrop(&done);
         body()
     })
