@@ -11,7 +11,7 @@ use criterion::{
 };
 use kerno::tensor::loss::{softmax_xent_fwd_bwd, Targets};
 use kerno::tensor::{
-    gemm_with, optim, reference, with_workers_awake, Epilogue, Isa, MatMut, MatRef,
+    gemm_with, optim, reference, with_workers_awake, AlignedBuf, Epilogue, Isa, MatMut, MatRef,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -27,7 +27,8 @@ const SHAPES: [(&str, usize, usize, usize, bool, bool); 6] = [
     ("square 1024x1024x1024", 1024, 1024, 1024, false, false),
 ];
 
-fn random(n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+/// Values in [-1, 1), starting a cache line as the training workspace's buffers do.
+fn random(n: usize, rng: &mut ChaCha8Rng) -> AlignedBuf {
     (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
 }
 
@@ -104,7 +105,8 @@ fn gemm_shapes(c: &mut Criterion) {
         group.sample_size(20);
         let (a, b) = (random(m * k, &mut rng), random(k * n, &mut rng));
         let (av, bv) = (view(&a, m, k, ta), view(&b, k, n, tb));
-        let mut out = vec![0.0f32; m * n];
+        // Aligned: a row of C split between threads then never shares a cache line.
+        let mut out = AlignedBuf::zeros(m * n);
         for isa in Isa::available() {
             group.bench_function(BenchmarkId::new("kerno", isa.name()), |bench| {
                 iter_in_pool(bench, || {
