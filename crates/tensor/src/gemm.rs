@@ -164,7 +164,7 @@ pub fn gemm_with(
                 };
                 let panels = panels.starting_at(origin.col);
                 run_task(block, k, |block| {
-                    gemm_block(isa, kernel, a, panels, block, accumulate, epilogue, origin)
+                    gemm_block(kernel, a, panels, block, accumulate, epilogue, origin)
                 })
             })
         });
@@ -176,9 +176,7 @@ pub fn gemm_with(
     with_b_panels(b, kernel.nr, parallel, n, |panels| {
         for_each_row_block(c, k, block_rows, |origin, block| {
             let a_block = a.rows_range(origin.row, block.rows());
-            gemm_block(
-                isa, kernel, a_block, panels, block, accumulate, epilogue, origin,
-            )
+            gemm_block(kernel, a_block, panels, block, accumulate, epilogue, origin)
         })
     })
 }
@@ -436,9 +434,7 @@ impl<'a> BPanels<'a> {
 
 /// One task's block of C (at `origin`), computed sequentially from the rows of A
 /// and the strips of B's columns that make it.
-#[allow(clippy::too_many_arguments)]
 fn gemm_block(
-    isa: Isa,
     kernel: Microkernel,
     a: MatRef<'_>,
     b_panels: BPanels<'_>,
@@ -481,14 +477,6 @@ fn gemm_block(
                 };
                 for ir in (0..m).step_by(mr) {
                     let rows = mr.min(m - ir);
-                    // A last panel shorter than the others takes a kernel of its own
-                    // height where the instruction set has one, rather than padding.
-                    let kernel = if rows == mr {
-                        kernel
-                    } else {
-                        isa.kernel_for(rows)
-                    };
-                    let mr = kernel.mr;
                     let (a_cols, lda) = if a.row_stride() == 1 && rows == mr {
                         // A transposed: its panel's columns are contiguous, read in place.
                         (&a.data()[pc * a.col_stride() + ir..], a.col_stride())
