@@ -2,6 +2,7 @@
 //! parallel loops whose threads never sleep while they wait for each other.
 
 use crate::simd::BlockMut;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Runs `body` on this thread while the other threads of the current pool spin,
@@ -15,15 +16,18 @@ pub fn with_workers_awake<R>(body: impl FnOnce() -> R) -> R {
         return body();
     }
     let done = AtomicBool::new(false);
-    let caller = rayon::current_thread_index();
     rayon::in_place_scope(|scope| {
         // One job on each thread of the pool, its own: a job spawned once for any
         // thread could be taken by the caller itself, while it waits for another
         // thread's part of a kernel, leaving the others to fall asleep.
-        scope.spawn_broadcast(|_, thread| {
-            if Some(thread.index()) == caller {
+        scope.spawn_broadcast(|_, _| {
+            // A thread that drives a body (this one's caller, or another's when two
+            // models train at once) or already spins must not spin here: two
+            // callers spinning for each other's bodies would wait forever.
+            if OCCUPIED.get() {
                 return;
             }
+            let _occupied = Occupied::enter();
             // No `spin_loop` (PAUSE) in these loops: under KVM a PAUSE loop makes
             // the host deschedule the virtual CPU (pause-loop exiting), and its part
             // of the next kernel then ran 40% slower (`kerno profile --trace`).
@@ -32,8 +36,29 @@ pub fn with_workers_awake<R>(body: impl FnOnce() -> R) -> R {
             }
         });
         let _stop = StopOnDrop(&done);
+        let _occupied = Occupied::enter();
         body()
     })
+}
+
+thread_local! {
+    /// Whether this thread runs the body of a `with_workers_awake`, or spins for one.
+    static OCCUPIED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread occupied until dropped, then restores what it was.
+struct Occupied(bool);
+
+impl Occupied {
+    fn enter() -> Self {
+        Occupied(OCCUPIED.replace(true))
+    }
+}
+
+impl Drop for Occupied {
+    fn drop(&mut self) {
+        OCCUPIED.set(self.0);
+    }
 }
 
 /// Data a parallel loop splits into chunks: a slice, or slices of one length
