@@ -255,10 +255,9 @@ fn run_task<'c>(block: BlockMut<'c>, k: usize, task: impl FnOnce(BlockMut<'c>)) 
 
 /// Runs `task(origin, rows_of_c)` on each block of `block_rows` rows of C, a
 /// product of depth `k`, spread over the pool's threads; for a GEMM of under
-/// [`PARALLEL_FLOPS`] operations, or
-/// with a one-thread pool, in order on the calling thread, which saves waking the
-/// workers for microseconds of work. The blocks, and so the results, are the same
-/// either way.
+/// [`PARALLEL_FLOPS`] operations, or with a one-thread pool, in order on the
+/// calling thread, which saves waking the workers for microseconds of work. The
+/// blocks, and so the results, are the same either way.
 fn for_each_row_block(
     c: BlockMut<'_>,
     k: usize,
