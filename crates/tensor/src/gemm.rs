@@ -7,7 +7,7 @@
 
 use crate::activation::relu;
 use crate::matrix::{MatMut, MatRef};
-use crate::parallel::{for_each_chunk, ByCols, ByRows};
+use crate::parallel::{for_each_chunk, for_each_chunk_in_order, ByCols, ByRows};
 use crate::profile::{self, Level, Work};
 use crate::simd::{
     flush_subnormals, has_thin_loop, thin_dots, BlockMut, Isa, Microkernel, TileEpilogue, MAX_MR,
@@ -148,35 +148,26 @@ pub fn gemm_with(
     let kernel = isa.kernel_for(m);
     let threads = rayon::current_num_threads();
     let parallel = is_parallel(2 * m * k * n);
-    let c = BlockMut::new(c);
-    if parallel && n > m && n >= threads * MIN_TASK_COLS {
+    // (split, whether every task reads all of B, the columns of B a task reads)
+    let (split, shared, task_cols) = if parallel && n > m && n >= threads * MIN_TASK_COLS {
         // B is the larger operand: blocks of columns, so that each task reads only its
         // columns of B (the weights, in a forward GEMM), not all of B shared between
         // the caches, and packs none of it when its columns stay in L2. Two blocks per
         // thread: a thread slowed by a busy neighbour on its core leaves the other
         // thread one to take (`kerno profile`: 1.24 -> 1.21 ms median step on 2 threads).
         let width = n.div_ceil(2 * threads).next_multiple_of(kernel.nr);
-        with_b_panels(b, kernel.nr, false, width, |panels| {
-            for_each_chunk(ByCols(c), width, &|i, ByCols(block)| {
-                let origin = Origin {
-                    row: 0,
-                    col: i * width,
-                };
-                let panels = panels.starting_at(origin.col);
-                run_task(block, k, |block| {
-                    gemm_block(kernel, a, panels, block, accumulate, epilogue, origin)
-                })
-            })
-        });
-        return;
-    }
-    // One block of rows per thread: each task then reads B from L3 once per depth
-    // block and reuses it from L2.
-    let block_rows = m.div_ceil(threads).next_multiple_of(kernel.mr);
-    with_b_panels(b, kernel.nr, parallel, n, |panels| {
-        for_each_row_block(c, k, block_rows, |origin, block| {
-            let a_block = a.rows_range(origin.row, block.rows());
-            gemm_block(kernel, a_block, panels, block, accumulate, epilogue, origin)
+        (Split::Cols(width), false, width)
+    } else {
+        // One block of rows per thread: each task then reads B from L3 once per depth
+        // block and reuses it from L2.
+        let block_rows = m.div_ceil(threads).next_multiple_of(kernel.mr);
+        (Split::Rows(block_rows), parallel, n)
+    };
+    with_b_panels(b, kernel.nr, shared, task_cols, |panels| {
+        for_each_block(BlockMut::new(c), k, split, |origin, block| {
+            let a = a.rows_range(origin.row, block.rows());
+            let panels = panels.starting_at(origin.col);
+            gemm_block(kernel, a, panels, block, accumulate, epilogue, origin)
         })
     })
 }
@@ -237,7 +228,7 @@ fn with_b_panels<R>(
 }
 
 /// Where a task's block starts in C, for the epilogue's bias and mask.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Origin {
     row: usize,
     col: usize,
@@ -253,33 +244,54 @@ fn run_task<'c>(block: BlockMut<'c>, k: usize, task: impl FnOnce(BlockMut<'c>)) 
     flush_subnormals(|| task(block));
 }
 
-/// Runs `task(origin, rows_of_c)` on each block of `block_rows` rows of C, a
+/// How C splits into the blocks of its tasks.
+#[derive(Clone, Copy)]
+enum Split {
+    /// Blocks of this many whole rows.
+    Rows(usize),
+    /// Blocks of this many whole columns.
+    Cols(usize),
+}
+
+/// Runs `task(origin, block_of_c)` on each block of C as `split` cuts it, a
 /// product of depth `k`, spread over the pool's threads; for a GEMM of under
 /// [`PARALLEL_FLOPS`] operations, or with a one-thread pool, in order on the
 /// calling thread, which saves waking the workers for microseconds of work. The
 /// blocks, and so the results, are the same either way.
-fn for_each_row_block(
+fn for_each_block(
     c: BlockMut<'_>,
     k: usize,
-    block_rows: usize,
+    split: Split,
     task: impl Fn(Origin, BlockMut<'_>) + Sync,
 ) {
-    let block = |index: usize, block: BlockMut<'_>| {
-        let origin = Origin {
-            row: index * block_rows,
-            col: 0,
+    let run = |index: usize, block: BlockMut<'_>| {
+        let origin = match split {
+            Split::Rows(rows) => Origin {
+                row: index * rows,
+                col: 0,
+            },
+            Split::Cols(cols) => Origin {
+                row: 0,
+                col: index * cols,
+            },
         };
         run_task(block, k, |block| task(origin, block));
     };
-    if is_parallel(2 * c.rows() * c.cols() * k) {
-        for_each_chunk(ByRows(c), block_rows, &|i, ByRows(rows)| block(i, rows));
-    } else {
-        let (mut rest, mut index) = (c, 0);
-        while rest.rows() > 0 {
-            let at = block_rows.min(rest.rows());
-            let (rows, below) = rest.split_at_row(at);
-            block(index, rows);
-            (rest, index) = (below, index + 1);
+    let parallel = is_parallel(2 * c.rows() * c.cols() * k);
+    match split {
+        Split::Rows(rows) => {
+            let work = |i, ByRows(block)| run(i, block);
+            match parallel {
+                true => for_each_chunk(ByRows(c), rows, &work),
+                false => for_each_chunk_in_order(ByRows(c), rows, work),
+            }
+        }
+        Split::Cols(cols) => {
+            let work = |i, ByCols(block)| run(i, block);
+            match parallel {
+                true => for_each_chunk(ByCols(c), cols, &work),
+                false => for_each_chunk_in_order(ByCols(c), cols, work),
+            }
         }
     }
 }
@@ -308,7 +320,8 @@ fn gemm_thin_n(
             }
         }
         let bt = &*bt;
-        for_each_row_block(BlockMut::new(c), k, BLOCK_ROWS, |origin, mut c_block| {
+        let split = Split::Rows(BLOCK_ROWS);
+        for_each_block(BlockMut::new(c), k, split, |origin, mut c_block| {
             let row_of_a = |r: usize| {
                 let start = (origin.row + r) * a.row_stride();
                 &a.data()[start..start + k]
@@ -371,8 +384,14 @@ fn gemm_thin_n_transposed(
                 cols: n,
                 nr: MAX_THIN_N,
             };
-            let origin = Origin { row: 0, col: 0 };
-            store_tile(&mut c, &rows, tile, !accumulate, epilogue, origin);
+            store_tile(
+                &mut c,
+                &rows,
+                tile,
+                !accumulate,
+                epilogue,
+                Origin::default(),
+            );
         }
     };
     with_buffer(&THIN_BT, run)

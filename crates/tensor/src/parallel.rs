@@ -133,6 +133,22 @@ pub(crate) fn for_each_chunk<C: Chunks>(data: C, len: usize, work: &(impl Fn(usi
     split_halves(data, 0, chunks, len, work)
 }
 
+/// [`for_each_chunk`] on the calling thread, the chunks in order.
+pub(crate) fn for_each_chunk_in_order<C: Chunks>(
+    mut data: C,
+    len: usize,
+    mut work: impl FnMut(usize, C),
+) {
+    let len = len.max(1);
+    let mut index = 0;
+    while data.len() > 0 {
+        let at = len.min(data.len());
+        let (chunk, rest) = data.split_at(at);
+        work(index, chunk);
+        (data, index) = (rest, index + 1);
+    }
+}
+
 fn split_halves<C: Chunks>(
     data: C,
     first: usize,
@@ -235,6 +251,21 @@ mod tests {
                 assert_eq!(out, source, "{threads} threads, {n}/{len}");
                 assert!(index.iter().enumerate().all(|(k, &i)| i == k / len));
             }
+        }
+    }
+
+    #[test]
+    fn for_each_chunk_in_order_visits_the_chunks_in_order() {
+        for (n, len) in [(0, 4), (1, 4), (1000, 64), (1000, 3000), (7, 1)] {
+            let mut data: Vec<usize> = vec![0; n];
+            let mut seen = Vec::new();
+            for_each_chunk_in_order(&mut data[..], len, |i, chunk| {
+                assert!(chunk.len() <= len && !chunk.is_empty());
+                chunk.fill(i);
+                seen.push(i);
+            });
+            assert_eq!(seen, (0..n.div_ceil(len)).collect::<Vec<_>>(), "{n}/{len}");
+            assert!(data.iter().enumerate().all(|(k, &i)| i == k / len));
         }
     }
 

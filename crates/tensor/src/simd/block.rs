@@ -111,7 +111,7 @@ pub(crate) struct TileMut<'a> {
     ptr: *mut f32,
     pub rows: usize,
     pub cols: usize,
-    pub row_stride: usize,
+    row_stride: usize,
     /// Add to C's values instead of overwriting them.
     pub accumulate: bool,
     _block: PhantomData<&'a mut f32>,
