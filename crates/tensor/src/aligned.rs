@@ -61,12 +61,15 @@ impl DerefMut for AlignedBuf {
     }
 }
 
+/// The values copied into a buffer that starts a cache line.
 impl From<Vec<f32>> for AlignedBuf {
     fn from(values: Vec<f32>) -> Self {
         Self::from_slice(&values)
     }
 }
 
+/// Collected, then copied into a buffer that starts a cache line (weights at
+/// initialisation, not a training step).
 impl FromIterator<f32> for AlignedBuf {
     fn from_iter<I: IntoIterator<Item = f32>>(iter: I) -> Self {
         iter.into_iter().collect::<Vec<f32>>().into()

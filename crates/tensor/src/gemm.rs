@@ -633,6 +633,16 @@ fn pack_b_rows<const NR: usize>(b: MatRef<'_>, pc: usize, kc: usize, out: &mut [
 
 /// Packs `A[ir..ir+rows, pc..pc+kc]` column by column (`kc × mr`), zero-padded below.
 fn pack_a(a: MatRef<'_>, ir: usize, rows: usize, pc: usize, kc: usize, mr: usize, out: &mut [f32]) {
+    if a.row_stride() == 1 {
+        // A transposed (a last, partial panel: whole ones are read in place): each
+        // column of the panel is contiguous.
+        for (p, dst) in out.chunks_exact_mut(mr).enumerate() {
+            let start = (pc + p) * a.col_stride() + ir;
+            dst[..rows].copy_from_slice(&a.data()[start..start + rows]);
+            dst[rows..].fill(0.0);
+        }
+        return;
+    }
     match mr {
         _ if rows < mr || a.col_stride() != 1 => pack_a_any(a, ir, rows, pc, kc, mr, out),
         12 => pack_a_full::<12>(a, ir, pc, out),
