@@ -1,17 +1,18 @@
 //! GEMM in the BLIS structure: B packed once per call into strips of `NR` columns
 //! (walked in `KC × NC` cache blocks) unless its rows are whole strips that stay in
-//! L2, each task's A packed into `MR × KC` panels unless it is transposed (its
-//! panels' columns then lie contiguous in place), a register-blocked microkernel
-//! per tile, and the epilogue applied as each finished tile is stored. Buffers are
-//! per thread and reused: no allocation per call.
+//! L2, A read in place by whole panels of `MR` rows (a row-major A row by row, a
+//! transposed one column by column: either way each line of the panel is
+//! contiguous) and only its last, partial panel packed, a register-blocked
+//! microkernel per tile, and the epilogue applied as each finished tile is stored.
+//! Buffers are per thread and reused: no allocation per call.
 
 use crate::activation::relu;
 use crate::matrix::{MatMut, MatRef};
 use crate::parallel::{for_each_chunk, for_each_chunk_in_order, ByCols, ByRows};
 use crate::profile::{self, Level, Work};
 use crate::simd::{
-    flush_subnormals, has_thin_loop, thin_dots, BlockMut, Isa, Microkernel, TileEpilogue, MAX_MR,
-    MAX_NR, MAX_THIN_N, THIN_STEP,
+    flush_subnormals, has_thin_loop, thin_dots, BlockMut, Isa, Microkernel, PanelLayout,
+    TileEpilogue, MAX_MR, MAX_NR, MAX_THIN_N, THIN_STEP,
 };
 use std::cell::RefCell;
 use std::thread::LocalKey;
@@ -495,14 +496,22 @@ fn gemm_block(
                 };
                 for ir in (0..m).step_by(mr) {
                     let rows = mr.min(m - ir);
-                    let (a_cols, lda) = if a.row_stride() == 1 && rows == mr {
+                    let (a_cols, lda, layout) = if a.row_stride() == 1 && rows == mr {
                         // A transposed: its panel's columns are contiguous, read in place.
-                        (&a.data()[pc * a.col_stride() + ir..], a.col_stride())
+                        let start = pc * a.col_stride() + ir;
+                        (&a.data()[start..], a.col_stride(), PanelLayout::Columns)
+                    } else if a.col_stride() == 1 && rows == mr {
+                        // A row-major: its panel's rows are contiguous, read in place.
+                        // Packing them cost the forward GEMM 5% (`kerno profile`): a
+                        // task reuses each panel for only a few strips of B.
+                        let start = ir * a.row_stride() + pc;
+                        (&a.data()[start..], a.row_stride(), PanelLayout::Rows)
                     } else {
                         let a_packed = grow(a_panel, kc * mr);
                         pack_a(a, ir, rows, pc, kc, mr, a_packed);
-                        (&*a_packed, mr)
+                        (&*a_packed, mr, PanelLayout::Columns)
                     };
+                    let kernels = kernel.for_layout(layout);
                     for s in 0..strips {
                         let col = jc + s * nr;
                         let (b_strip, ldb) = b_panels.strip(pc, kc, col, nr);
@@ -514,7 +523,7 @@ fn gemm_block(
                             nr,
                         };
                         let full = tile.rows == mr && tile.cols == nr;
-                        let in_registers = kernel.into.filter(|_| full).zip(tile_epilogue_of(
+                        let in_registers = kernels.into.filter(|_| full).zip(tile_epilogue_of(
                             tile_epilogue,
                             origin.row + ir,
                             origin.col + col,
@@ -524,7 +533,7 @@ fn gemm_block(
                             into(kc, a_cols, lda, b_strip, ldb, c_tile, epilogue);
                         } else {
                             let acc = &mut acc[..mr * nr];
-                            (kernel.run)(kc, a_cols, lda, b_strip, ldb, acc);
+                            (kernels.run)(kc, a_cols, lda, b_strip, ldb, acc);
                             store_tile(&mut c, acc, tile, overwrite, tile_epilogue, origin);
                         }
                     }
@@ -631,11 +640,12 @@ fn pack_b_rows<const NR: usize>(b: MatRef<'_>, pc: usize, kc: usize, out: &mut [
     }
 }
 
-/// Packs `A[ir..ir+rows, pc..pc+kc]` column by column (`kc × mr`), zero-padded below.
+/// Packs `A[ir..ir+rows, pc..pc+kc]` column by column (`kc × mr`), zero-padded
+/// below: a last, partial panel (whole ones are read in place), or any panel of an
+/// A with neither stride 1.
 fn pack_a(a: MatRef<'_>, ir: usize, rows: usize, pc: usize, kc: usize, mr: usize, out: &mut [f32]) {
     if a.row_stride() == 1 {
-        // A transposed (a last, partial panel: whole ones are read in place): each
-        // column of the panel is contiguous.
+        // A transposed: each column of the panel is contiguous.
         for (p, dst) in out.chunks_exact_mut(mr).enumerate() {
             let start = (pc + p) * a.col_stride() + ir;
             dst[..rows].copy_from_slice(&a.data()[start..start + rows]);
@@ -643,41 +653,6 @@ fn pack_a(a: MatRef<'_>, ir: usize, rows: usize, pc: usize, kc: usize, mr: usize
         }
         return;
     }
-    match mr {
-        _ if rows < mr || a.col_stride() != 1 => pack_a_any(a, ir, rows, pc, kc, mr, out),
-        12 => pack_a_full::<12>(a, ir, pc, out),
-        8 => pack_a_full::<8>(a, ir, pc, out),
-        6 => pack_a_full::<6>(a, ir, pc, out),
-        4 => pack_a_full::<4>(a, ir, pc, out),
-        _ => pack_a_any(a, ir, rows, pc, kc, mr, out),
-    }
-}
-
-/// [`pack_a`] of a whole panel (`MR` rows) of a row-major A: each column of the
-/// panel takes one value from each of `MR` rows, a number known when compiled.
-fn pack_a_full<const MR: usize>(a: MatRef<'_>, ir: usize, pc: usize, out: &mut [f32]) {
-    let kc = out.len() / MR;
-    let sources: [&[f32]; MR] = std::array::from_fn(|i| {
-        let start = (ir + i) * a.row_stride() + pc;
-        &a.data()[start..start + kc]
-    });
-    for (p, dst) in out.chunks_exact_mut(MR).enumerate() {
-        for (d, source) in dst.iter_mut().zip(&sources) {
-            *d = source[p];
-        }
-    }
-}
-
-/// [`pack_a`] of any panel, element by element.
-fn pack_a_any(
-    a: MatRef<'_>,
-    ir: usize,
-    rows: usize,
-    pc: usize,
-    kc: usize,
-    mr: usize,
-    out: &mut [f32],
-) {
     if rows < mr {
         out.fill(0.0);
     }

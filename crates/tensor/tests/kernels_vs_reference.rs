@@ -401,6 +401,23 @@ fn gemm_reads_b_in_place_from_padded_rows() {
     }
 }
 
+/// A's whole panels are read in place, row by row (row-major A) or column by
+/// column (transposed A), also when its rows are padded; its last, partial panel is packed.
+#[test]
+fn gemm_reads_a_in_place_from_padded_rows() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for (m, k, n, stride) in [(37, 19, 64, 21), (16, 300, 40, 333), (70, 5, 96, 75)] {
+        let b = random(&mut rng, k * n);
+        let b = MatRef::row_major(&b, k, n);
+        let storage = random(&mut rng, m * stride);
+        let a = MatRef::new(&storage, m, k, stride, 1);
+        assert_gemm_matches_reference(a, b, &format!("{m}x{k}x{n}, A stride {stride}"));
+        let storage = random(&mut rng, k * stride.max(m));
+        let a = MatRef::new(&storage, k, m, stride.max(m), 1).t();
+        assert_gemm_matches_reference(a, b, &format!("{m}x{k}x{n}, Aᵀ stride {stride}"));
+    }
+}
+
 /// Thin outputs from a transposed A (a weight gradient `Hᵀ·dZ`) take the transposed
 /// product; it must accumulate and apply epilogues as the tiled path does.
 #[test]

@@ -1,18 +1,29 @@
 //! GEMM microkernels, one per instruction set: AVX-512F and AVX2+FMA with
 //! `std::arch`, and a portable one on `wide`'s vectors for every other target.
 
-use super::{Isa, Microkernel, TileEpilogue, TileMut};
+use super::{Isa, Kernels, Microkernel, TileEpilogue, TileMut};
 
 pub const MAX_MR: usize = 12;
 pub const MAX_NR: usize = 32;
 
-/// The `MR × 32` AVX-512 product of `kc` columns of `MR` floats of A (`lda` apart)
-/// and `kc` rows of 32 floats of B (`ldb` apart), in `2·MR` zmm accumulators: two
-/// loads of B and `MR` broadcasts of A per step of `k`.
+/// A's element (`i`, `p`) of a panel: `a[i·lda + p]` when `ROWS` (a row-major A
+/// read in place), else `a[p·lda + i]` (a packed panel, or a transposed A).
+///
+/// # Safety
+/// The element lies inside the allocation `a` points into (`assert_panels_fit`).
+#[inline(always)]
+unsafe fn a_at<const ROWS: bool>(a: *const f32, lda: usize, i: usize, p: usize) -> f32 {
+    // SAFETY: the caller's contract.
+    unsafe { *a.add(if ROWS { i * lda + p } else { p * lda + i }) }
+}
+
+/// The `MR × 32` AVX-512 product of a panel of `MR × kc` floats of A (laid out as
+/// `ROWS` says, see [`a_at`]) and `kc` rows of 32 floats of B (`ldb` apart), in
+/// `2·MR` zmm accumulators: two loads of B and `MR` broadcasts of A per step of `k`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[inline]
-fn avx512_product<const MR: usize>(
+fn avx512_product<const MR: usize, const ROWS: bool>(
     kc: usize,
     a: &[f32],
     lda: usize,
@@ -24,23 +35,19 @@ fn avx512_product<const MR: usize>(
 ) {
     use std::arch::x86_64::*;
     const NR: usize = 32;
-    assert_panels_fit(kc, a, lda, MR, b, ldb, NR);
+    assert_panels_fit::<ROWS>(kc, a, lda, MR, b, ldb, NR);
     let mut lo = [_mm512_setzero_ps(); MR];
     let mut hi = [_mm512_setzero_ps(); MR];
     for p in 0..kc {
-        // SAFETY: column p of A starts at p·lda and row p of B at p·ldb, and
-        // `assert_panels_fit` keeps their MR and NR = 32 floats inside `a` and `b`.
-        let (a_col, b0, b1) = unsafe {
+        // SAFETY: row p of B starts at p·ldb, and `assert_panels_fit` keeps its
+        // NR = 32 floats inside `b`.
+        let (b0, b1) = unsafe {
             let b_row = b.as_ptr().add(p * ldb);
-            let a_col = std::slice::from_raw_parts(a.as_ptr().add(p * lda), MR);
-            (
-                a_col,
-                _mm512_loadu_ps(b_row),
-                _mm512_loadu_ps(b_row.add(16)),
-            )
+            (_mm512_loadu_ps(b_row), _mm512_loadu_ps(b_row.add(16)))
         };
         for i in 0..MR {
-            let av = _mm512_set1_ps(a_col[i]);
+            // SAFETY: `assert_panels_fit` keeps the panel's MR × kc floats inside `a`.
+            let av = _mm512_set1_ps(unsafe { a_at::<ROWS>(a.as_ptr(), lda, i, p) });
             lo[i] = _mm512_fmadd_ps(av, b0, lo[i]);
             hi[i] = _mm512_fmadd_ps(av, b1, hi[i]);
         }
@@ -50,7 +57,7 @@ fn avx512_product<const MR: usize>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-fn avx512_run<const MR: usize>(
+fn avx512_run<const MR: usize, const ROWS: bool>(
     kc: usize,
     a: &[f32],
     lda: usize,
@@ -59,7 +66,7 @@ fn avx512_run<const MR: usize>(
     acc: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let (lo, hi) = avx512_product::<MR>(kc, a, lda, b, ldb);
+    let (lo, hi) = avx512_product::<MR, ROWS>(kc, a, lda, b, ldb);
     let acc = &mut acc[..MR * 32];
     for i in 0..MR {
         // SAFETY: `acc` holds MR × 32 floats; row i's 32 floats start at i·32.
@@ -74,7 +81,7 @@ fn avx512_run<const MR: usize>(
 /// applied in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-fn avx512_into<const MR: usize>(
+fn avx512_into<const MR: usize, const ROWS: bool>(
     kc: usize,
     a: &[f32],
     lda: usize,
@@ -85,7 +92,7 @@ fn avx512_into<const MR: usize>(
 ) {
     use std::arch::x86_64::*;
     assert!(c.rows == MR && c.cols == 32, "the tile is not {MR}x32");
-    let (lo, hi) = avx512_product::<MR>(kc, a, lda, b, ldb);
+    let (lo, hi) = avx512_product::<MR, ROWS>(kc, a, lda, b, ldb);
     let zero = _mm512_setzero_ps();
     let accumulate = c.accumulate;
     for i in 0..MR {
@@ -125,28 +132,35 @@ fn avx512_into<const MR: usize>(
     }
 }
 
-/// The `6 × 16` AVX2 product of `kc` columns of 6 floats of A (`lda` apart) and
-/// `kc` rows of 16 floats of B (`ldb` apart), in twelve ymm accumulators: two
-/// loads of B and six broadcasts of A per step of `k`.
+/// The `6 × 16` AVX2 product of a panel of `6 × kc` floats of A (laid out as
+/// `ROWS` says, see [`a_at`]) and `kc` rows of 16 floats of B (`ldb` apart), in
+/// twelve ymm accumulators: two loads of B and six broadcasts of A per step of `k`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn avx2_6x16(kc: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, acc: &mut [f32]) {
+fn avx2_6x16<const ROWS: bool>(
+    kc: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    acc: &mut [f32],
+) {
     use std::arch::x86_64::*;
     const MR: usize = 6;
     const NR: usize = 16;
-    assert_panels_fit(kc, a, lda, MR, b, ldb, NR);
+    assert_panels_fit::<ROWS>(kc, a, lda, MR, b, ldb, NR);
     let mut lo = [_mm256_setzero_ps(); MR];
     let mut hi = [_mm256_setzero_ps(); MR];
     for p in 0..kc {
-        // SAFETY: column p of A starts at p·lda and row p of B at p·ldb, and
-        // `assert_panels_fit` keeps their MR and NR = 16 floats inside `a` and `b`.
-        let (a_col, b0, b1) = unsafe {
+        // SAFETY: row p of B starts at p·ldb, and `assert_panels_fit` keeps its
+        // NR = 16 floats inside `b`.
+        let (b0, b1) = unsafe {
             let b_row = b.as_ptr().add(p * ldb);
-            let a_col = std::slice::from_raw_parts(a.as_ptr().add(p * lda), MR);
-            (a_col, _mm256_loadu_ps(b_row), _mm256_loadu_ps(b_row.add(8)))
+            (_mm256_loadu_ps(b_row), _mm256_loadu_ps(b_row.add(8)))
         };
         for i in 0..MR {
-            let av = _mm256_set1_ps(a_col[i]);
+            // SAFETY: `assert_panels_fit` keeps the panel's MR × kc floats inside `a`.
+            let av = _mm256_set1_ps(unsafe { a_at::<ROWS>(a.as_ptr(), lda, i, p) });
             lo[i] = _mm256_fmadd_ps(av, b0, lo[i]);
             hi[i] = _mm256_fmadd_ps(av, b1, hi[i]);
         }
@@ -162,7 +176,14 @@ fn avx2_6x16(kc: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, acc: &mut 
 
 /// The `4 × 16` product on `wide`'s 8-lane vectors (NEON pairs on aarch64, SSE
 /// pairs on baseline x86-64), in eight accumulators.
-fn portable_4x16(kc: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, acc: &mut [f32]) {
+fn portable_4x16<const ROWS: bool>(
+    kc: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    acc: &mut [f32],
+) {
     use wide::f32x8;
     const MR: usize = 4;
     const NR: usize = 16;
@@ -170,11 +191,10 @@ fn portable_4x16(kc: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, acc: &
     let mut lo = [f32x8::ZERO; MR];
     let mut hi = [f32x8::ZERO; MR];
     for p in 0..kc {
-        let a_col = &a[p * lda..p * lda + MR];
         let b_row = &b[p * ldb..p * ldb + NR];
         let (b0, b1) = (lanes(&b_row[..8]), lanes(&b_row[8..]));
         for i in 0..MR {
-            let av = f32x8::splat(a_col[i]);
+            let av = f32x8::splat(a[if ROWS { i * lda + p } else { p * lda + i }]);
             lo[i] = av.mul_add(b0, lo[i]);
             hi[i] = av.mul_add(b1, hi[i]);
         }
@@ -185,10 +205,11 @@ fn portable_4x16(kc: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, acc: &
     }
 }
 
-/// Checks that `kc` columns of `mr` floats of A, `lda` apart, and `kc` rows of
-/// `nr` floats of B, `ldb` apart, lie inside `a` and `b`: the bounds the unsafe
-/// loads of the kernels rely on.
-fn assert_panels_fit(
+/// Checks that a panel of `mr × kc` floats of A (`mr` rows of `kc`, `lda` apart,
+/// when `ROWS`, else `kc` columns of `mr`) and `kc` rows of `nr` floats of B,
+/// `ldb` apart, lie inside `a` and `b`: the bounds the unsafe loads of the
+/// kernels rely on.
+fn assert_panels_fit<const ROWS: bool>(
     kc: usize,
     a: &[f32],
     lda: usize,
@@ -197,14 +218,19 @@ fn assert_panels_fit(
     ldb: usize,
     nr: usize,
 ) {
-    let fits = |len: usize, ld: usize, width: usize| {
-        (kc - 1)
+    // `lines` lines of `width` floats, `ld` apart, from the start of `len` floats.
+    let fits = |len: usize, lines: usize, ld: usize, width: usize| {
+        (lines - 1)
             .checked_mul(ld)
             .and_then(|last| last.checked_add(width))
             .is_some_and(|end| end <= len)
     };
+    let a_fits = match ROWS {
+        true => fits(a.len(), mr, lda, kc),
+        false => fits(a.len(), kc, lda, mr),
+    };
     assert!(
-        kc == 0 || (fits(a.len(), lda, mr) && fits(b.len(), ldb, nr)),
+        kc == 0 || (a_fits && fits(b.len(), kc, ldb, nr)),
         "panel of A or B too short"
     );
 }
@@ -212,16 +238,24 @@ fn assert_panels_fit(
 /// The AVX-512 kernel `MR` rows tall.
 #[cfg(target_arch = "x86_64")]
 fn avx512_kernel<const MR: usize>() -> Microkernel {
+    fn kernels<const MR: usize, const ROWS: bool>() -> Kernels {
+        Kernels {
+            // SAFETY: AVX-512 kernels are reached only through `Isa::kernel_for`,
+            // which asserts that the CPU supports AVX-512F and FMA.
+            run: |kc, a, lda, b, ldb, acc| unsafe {
+                avx512_run::<MR, ROWS>(kc, a, lda, b, ldb, acc)
+            },
+            // SAFETY: as above.
+            into: Some(|kc, a, lda, b, ldb, c, epilogue| unsafe {
+                avx512_into::<MR, ROWS>(kc, a, lda, b, ldb, c, epilogue)
+            }),
+        }
+    }
     Microkernel {
         mr: MR,
         nr: 32,
-        // SAFETY: AVX-512 kernels are reached only through `Isa::kernel_for`, which
-        // asserts that the CPU supports AVX-512F and FMA.
-        run: |kc, a, lda, b, ldb, acc| unsafe { avx512_run::<MR>(kc, a, lda, b, ldb, acc) },
-        // SAFETY: as above.
-        into: Some(|kc, a, lda, b, ldb, c, epilogue| unsafe {
-            avx512_into::<MR>(kc, a, lda, b, ldb, c, epilogue)
-        }),
+        columns: kernels::<MR, false>(),
+        rows: kernels::<MR, true>(),
     }
 }
 
@@ -257,15 +291,32 @@ fn table(isa: Isa) -> Microkernel {
         Isa::Avx2Fma => Microkernel {
             mr: 6,
             nr: 16,
-            // SAFETY: reached only after `Isa::kernel_for` checked AVX2 and FMA support.
-            run: |kc, a, lda, b, ldb, acc| unsafe { avx2_6x16(kc, a, lda, b, ldb, acc) },
-            into: None,
+            columns: Kernels {
+                // SAFETY: reached only after `Isa::kernel_for` checked AVX2 and FMA support.
+                run: |kc, a, lda, b, ldb, acc| unsafe {
+                    avx2_6x16::<false>(kc, a, lda, b, ldb, acc)
+                },
+                into: None,
+            },
+            rows: Kernels {
+                // SAFETY: as above.
+                run: |kc, a, lda, b, ldb, acc| unsafe {
+                    avx2_6x16::<true>(kc, a, lda, b, ldb, acc)
+                },
+                into: None,
+            },
         },
         _ => Microkernel {
             mr: 4,
             nr: 16,
-            run: portable_4x16,
-            into: None,
+            columns: Kernels {
+                run: portable_4x16::<false>,
+                into: None,
+            },
+            rows: Kernels {
+                run: portable_4x16::<true>,
+                into: None,
+            },
         },
     }
 }

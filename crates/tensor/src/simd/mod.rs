@@ -102,14 +102,41 @@ impl Isa {
     }
 }
 
-/// A register-blocked `MR × NR` microkernel:
-/// `acc[i·NR + j] = Σ_p a[p·lda + i] · b[p·ldb + j]` over `kc` steps: `kc` columns
-/// of `MR` floats of A, `lda` apart (`MR` when A is packed), and `kc` rows of `NR`
-/// floats of B, `ldb` apart (`NR` when B is packed).
+/// A register-blocked `MR × NR` microkernel, in one version for each layout of A's panel.
 #[derive(Clone, Copy)]
 pub(crate) struct Microkernel {
     pub mr: usize,
     pub nr: usize,
+    columns: Kernels,
+    rows: Kernels,
+}
+
+impl Microkernel {
+    /// The kernels that read A's panel laid out as `layout`.
+    pub fn for_layout(&self, layout: PanelLayout) -> Kernels {
+        match layout {
+            PanelLayout::Columns => self.columns,
+            PanelLayout::Rows => self.rows,
+        }
+    }
+}
+
+/// How a panel of `MR` rows and `kc` columns of A lies in memory, `lda` apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PanelLayout {
+    /// Column by column, element (i, p) at `a[p·lda + i]`: a packed panel
+    /// (`lda = MR`), or a transposed A read in place.
+    Columns,
+    /// Row by row, element (i, p) at `a[i·lda + p]`: a row-major A read in place.
+    Rows,
+}
+
+/// A microkernel for one layout of A:
+/// `acc[i·NR + j] = Σ_p A(i, p) · b[p·ldb + j]` over `kc` steps, with A's panel
+/// laid out as the kernel's [`PanelLayout`] says and `kc` rows of `NR` floats of
+/// B, `ldb` apart (`NR` when B is packed).
+#[derive(Clone, Copy)]
+pub(crate) struct Kernels {
     pub run: RunKernel,
     /// The same product written into a full `MR × NR` tile of C with the epilogue
     /// applied in registers, where the instruction set has it.
