@@ -36,6 +36,13 @@ const PARALLEL_FLOPS: usize = 1_000_000;
 const PARALLEL_PACKING: usize = 256 * 1024;
 /// Columns of C from which each thread takes a block of columns rather than rows.
 const MIN_TASK_COLS: usize = 128;
+/// Rows of C per parallel task of the thin path of a transposed A (columns of
+/// `Cᵀ`, a whole number of any kernel's strips).
+const THIN_T_ROWS: usize = 128;
+const _: () = assert!(
+    THIN_T_ROWS.is_multiple_of(MAX_NR),
+    "a task's columns of Cᵀ are whole strips"
+);
 /// Rows of C per parallel task of the thin path. (Any partition of C's rows gives
 /// the same bits: each output's sum depends only on the depth blocks, fixed by `k`.)
 const BLOCK_ROWS: usize = 32;
@@ -313,11 +320,27 @@ fn gemm_thin_n(
     let width = n.next_multiple_of(THIN_STEP);
     let run = |bt: &mut Vec<f32>| {
         let bt = grow(bt, width * k);
-        // Row by row of B, each value to its column of Bᵀ; the padding columns are zero.
-        bt[n * k..].fill(0.0);
-        for p in 0..k {
-            for j in 0..n {
-                bt[j * k + p] = b.get(p, j);
+        // Each column of B to its row of Bᵀ; the padding rows are zero.
+        let (columns, padding) = bt.split_at_mut(n * k);
+        padding.fill(0.0);
+        if b.col_stride() == 1 {
+            // Row by row of B, its values to the rows of Bᵀ at once.
+            let mut bt_rows: [&mut [f32]; MAX_THIN_N] = Default::default();
+            for (slot, row) in bt_rows.iter_mut().zip(columns.chunks_exact_mut(k.max(1))) {
+                *slot = row;
+            }
+            for p in 0..k {
+                let row = &b.data()[p * b.row_stride()..][..n];
+                for (bt_row, &v) in bt_rows.iter_mut().zip(row) {
+                    bt_row[p] = v;
+                }
+            }
+        } else {
+            for (j, bt_row) in columns.chunks_exact_mut(k.max(1)).enumerate() {
+                let column = &b.data()[j * b.col_stride()..];
+                for (p, v) in bt_row.iter_mut().enumerate() {
+                    *v = column[p * b.row_stride()];
+                }
             }
         }
         let bt = &*bt;
@@ -352,7 +375,8 @@ fn gemm_thin_n(
 
 /// `C = A·B` for a thin output and a transposed A (a weight gradient `Hᵀ·dZ`):
 /// computes `Cᵀ = Bᵀ·Aᵀ`, whose operands are both row-major and whose output is
-/// wide, with the tiled path, then writes it transposed into C.
+/// wide, with the tiled kernels, a block of [`THIN_T_ROWS`] columns of `Cᵀ` per
+/// task, each stored transposed into its rows of C by the task that computed it.
 fn gemm_thin_n_transposed(
     isa: Isa,
     a: MatRef<'_>,
@@ -361,41 +385,40 @@ fn gemm_thin_n_transposed(
     accumulate: bool,
     epilogue: Epilogue<'_>,
 ) {
-    let (m, n) = (a.rows(), b.cols());
-    let mut c = BlockMut::new(c);
-    let run = |ct: &mut Vec<f32>| {
-        let ct = grow(ct, n * m);
-        gemm_with(
-            isa,
-            b.t(),
-            a.t(),
-            MatMut::row_major(ct, n, m),
-            false,
-            Epilogue::None,
-        );
-        let mut rows = [0.0f32; MAX_THIN_N];
-        for i in 0..m {
-            for (j, v) in rows[..n].iter_mut().enumerate() {
-                *v = ct[j * m + i];
+    let (k, n) = (a.cols(), b.cols());
+    let kernel = isa.kernel_for(n);
+    let (bt, at) = (b.t(), a.t());
+    with_b_panels(at, kernel.nr, false, THIN_T_ROWS, |panels| {
+        let split = Split::Rows(THIN_T_ROWS);
+        for_each_block(BlockMut::new(c), k, split, |origin, mut c_block| {
+            let rows = c_block.rows();
+            // This block of Cᵀ: at most 6 KiB, on the stack.
+            let mut ct = [0.0f32; MAX_THIN_N * THIN_T_ROWS];
+            let ct = &mut ct[..n * rows];
+            let ct_block = BlockMut::new(MatMut::row_major(&mut *ct, n, rows));
+            let panels = panels.starting_at(origin.row);
+            let none = Epilogue::None;
+            gemm_block(kernel, bt, panels, ct_block, false, none, Origin::default());
+            // Transposed into C, `MAX_MR` rows at a time.
+            let mut tile = [0.0f32; MAX_MR * MAX_THIN_N];
+            for first in (0..rows).step_by(MAX_MR) {
+                let count = MAX_MR.min(rows - first);
+                for (i, row) in tile.chunks_exact_mut(MAX_THIN_N).take(count).enumerate() {
+                    for (j, v) in row[..n].iter_mut().enumerate() {
+                        *v = ct[j * rows + first + i];
+                    }
+                }
+                let tile_at = Tile {
+                    row: first,
+                    col: 0,
+                    rows: count,
+                    cols: n,
+                    nr: MAX_THIN_N,
+                };
+                store_tile(&mut c_block, &tile, tile_at, !accumulate, epilogue, origin);
             }
-            let tile = Tile {
-                row: i,
-                col: 0,
-                rows: 1,
-                cols: n,
-                nr: MAX_THIN_N,
-            };
-            store_tile(
-                &mut c,
-                &rows,
-                tile,
-                !accumulate,
-                epilogue,
-                Origin::default(),
-            );
-        }
-    };
-    with_buffer(&THIN_BT, run)
+        });
+    });
 }
 
 /// Where the microkernels read B from.
