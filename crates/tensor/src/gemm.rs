@@ -600,7 +600,11 @@ fn depth_block(k: usize) -> usize {
 /// `kc × nr` row-major and zero-padded on the right.
 fn pack_b(b: MatRef<'_>, pc: usize, kc: usize, nr: usize, out: &mut [f32]) {
     if b.row_stride() == 1 && b.col_stride() != 1 {
-        return pack_b_columns(b, pc, kc, nr, out);
+        return match nr {
+            32 => pack_b_columns::<32>(b, pc, kc, out),
+            16 => pack_b_columns::<16>(b, pc, kc, out),
+            _ => unreachable!("no microkernel is {nr} wide"),
+        };
     }
     if b.col_stride() != 1 {
         let n = b.cols();
@@ -622,21 +626,22 @@ fn pack_b(b: MatRef<'_>, pc: usize, kc: usize, nr: usize, out: &mut [f32]) {
     }
 }
 
-/// [`pack_b`] for a transposed B (`Wᵀ` in an input gradient), reading it column by
-/// column: each column's `kc` values are contiguous and go down one lane of a strip.
-fn pack_b_columns(b: MatRef<'_>, pc: usize, kc: usize, nr: usize, out: &mut [f32]) {
+/// [`pack_b`] for a transposed B (`Wᵀ` in an input gradient): each column's `kc`
+/// values are contiguous in place, and each goes down one lane of its strip.
+fn pack_b_columns<const NR: usize>(b: MatRef<'_>, pc: usize, kc: usize, out: &mut [f32]) {
     let n = b.cols();
-    for (s, strip) in out.chunks_exact_mut(kc * nr).enumerate() {
-        for lane in 0..nr {
-            let col = s * nr + lane;
-            let dst = strip[lane..].iter_mut().step_by(nr);
-            if col < n {
-                let start = col * b.col_stride() + pc;
-                let src = &b.data()[start..start + kc];
-                dst.zip(src).for_each(|(d, &v)| *d = v);
-            } else {
-                dst.for_each(|d| *d = 0.0);
+    for (s, strip) in out.chunks_exact_mut(kc * NR).enumerate() {
+        let lanes = NR.min(n - s * NR);
+        // Lanes past B's last column read that column, then are zeroed.
+        let columns: [&[f32]; NR] = std::array::from_fn(|lane| {
+            let start = (s * NR + lane.min(lanes - 1)) * b.col_stride() + pc;
+            &b.data()[start..start + kc]
+        });
+        for (p, row) in strip.chunks_exact_mut(NR).enumerate() {
+            for (v, column) in row.iter_mut().zip(&columns) {
+                *v = column[p];
             }
+            row[lanes..].fill(0.0);
         }
     }
 }
