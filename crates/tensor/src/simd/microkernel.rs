@@ -94,40 +94,79 @@ fn avx512_into<const MR: usize, const ROWS: bool>(
     assert!(c.rows == MR && c.cols == 32, "the tile is not {MR}x32");
     let (lo, hi) = avx512_product::<MR, ROWS>(kc, a, lda, b, ldb);
     let zero = _mm512_setzero_ps();
+    // One loop per epilogue, each small enough to unroll with the accumulators
+    // kept in registers (one loop matching the epilogue on each row spilled them).
+    match epilogue {
+        TileEpilogue::None => store_rows(&mut c, lo, hi, |_, x0, x1| (x0, x1)),
+        TileEpilogue::Bias(bias) | TileEpilogue::BiasRelu(bias) => {
+            let bias = &bias[..32];
+            // SAFETY: `bias` is cut to exactly 32 floats.
+            let (b0, b1) = unsafe {
+                (
+                    _mm512_loadu_ps(bias.as_ptr()),
+                    _mm512_loadu_ps(bias.as_ptr().add(16)),
+                )
+            };
+            if matches!(epilogue, TileEpilogue::BiasRelu(_)) {
+                // max(0, x) returns x when x is NaN, as the scalar relu.
+                store_rows(&mut c, lo, hi, |_, x0, x1| {
+                    let x0 = _mm512_max_ps(zero, _mm512_add_ps(x0, b0));
+                    (x0, _mm512_max_ps(zero, _mm512_add_ps(x1, b1)))
+                })
+            } else {
+                store_rows(&mut c, lo, hi, |_, x0, x1| {
+                    (_mm512_add_ps(x0, b0), _mm512_add_ps(x1, b1))
+                })
+            }
+        }
+        TileEpilogue::ReluMask { mask, row_stride } => {
+            store_rows(&mut c, lo, hi, |i, x0, x1| {
+                let m = &mask[i * row_stride..i * row_stride + 32];
+                // SAFETY: `m` is cut to exactly 32 floats.
+                let (m0, m1) = unsafe {
+                    (
+                        _mm512_loadu_ps(m.as_ptr()),
+                        _mm512_loadu_ps(m.as_ptr().add(16)),
+                    )
+                };
+                let k0 = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m0, zero);
+                let k1 = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m1, zero);
+                (_mm512_maskz_mov_ps(k0, x0), _mm512_maskz_mov_ps(k1, x1))
+            })
+        }
+    }
+}
+
+/// Stores row `i` of an `MR × 32` tile, `(lo[i], hi[i])` added to C's values when
+/// the tile accumulates, as `epilogue(i, ·, ·)` returns it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn store_rows<const MR: usize>(
+    c: &mut TileMut<'_>,
+    lo: [std::arch::x86_64::__m512; MR],
+    hi: [std::arch::x86_64::__m512; MR],
+    epilogue: impl Fn(
+        usize,
+        std::arch::x86_64::__m512,
+        std::arch::x86_64::__m512,
+    ) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512),
+) {
+    use std::arch::x86_64::*;
     let accumulate = c.accumulate;
     for i in 0..MR {
-        let row = c.row_mut(i);
+        let row = &mut c.row_mut(i)[..32];
         let (mut x0, mut x1) = (lo[i], hi[i]);
-        // SAFETY (every load and store below): each slice is cut to exactly 32 floats
-        // first, so the loads at offsets 0 and 16 stay inside it.
+        // SAFETY (every load and store): `row` is cut to exactly 32 floats, so the
+        // accesses at offsets 0 and 16 stay inside it.
         unsafe {
             if accumulate {
                 x0 = _mm512_add_ps(_mm512_loadu_ps(row.as_ptr()), x0);
                 x1 = _mm512_add_ps(_mm512_loadu_ps(row.as_ptr().add(16)), x1);
             }
-            match epilogue {
-                TileEpilogue::None => {}
-                TileEpilogue::Bias(bias) | TileEpilogue::BiasRelu(bias) => {
-                    let bias = &bias[..32];
-                    x0 = _mm512_add_ps(x0, _mm512_loadu_ps(bias.as_ptr()));
-                    x1 = _mm512_add_ps(x1, _mm512_loadu_ps(bias.as_ptr().add(16)));
-                    if matches!(epilogue, TileEpilogue::BiasRelu(_)) {
-                        // max(0, x) returns x when x is NaN, as the scalar relu.
-                        x0 = _mm512_max_ps(zero, x0);
-                        x1 = _mm512_max_ps(zero, x1);
-                    }
-                }
-                TileEpilogue::ReluMask { mask, row_stride } => {
-                    let m = &mask[i * row_stride..i * row_stride + 32];
-                    let k0 = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_loadu_ps(m.as_ptr()), zero);
-                    let k1 =
-                        _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_loadu_ps(m.as_ptr().add(16)), zero);
-                    x0 = _mm512_maskz_mov_ps(k0, x0);
-                    x1 = _mm512_maskz_mov_ps(k1, x1);
-                }
-            }
-            _mm512_storeu_ps(row.as_mut_ptr(), x0);
-            _mm512_storeu_ps(row.as_mut_ptr().add(16), x1);
+            let (y0, y1) = epilogue(i, x0, x1);
+            _mm512_storeu_ps(row.as_mut_ptr(), y0);
+            _mm512_storeu_ps(row.as_mut_ptr().add(16), y1);
         }
     }
 }
