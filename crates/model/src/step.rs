@@ -6,7 +6,7 @@ use crate::workspace::Workspace;
 use kerno_tensor::activation::column_sums;
 use kerno_tensor::loss::{self, LossStats, Targets};
 use kerno_tensor::profile::{self, Work};
-use kerno_tensor::{gemm, Activation, Epilogue, MatMut, MatRef};
+use kerno_tensor::{gemm, gemm_column_sums, Activation, Epilogue, MatMut, MatRef};
 
 /// A GEMM of `m×k` by `k×n` as profiled work: `2mkn` operations.
 fn gemm_work(name: &'static str, m: usize, k: usize, n: usize) -> Work {
@@ -130,6 +130,8 @@ pub(crate) fn loss_and_grad(
 /// Back-propagates from `ws.grads[last]` (already the pre-activation gradient) into
 /// every layer's kernel and bias gradients. The first layer's input gradient is never needed.
 pub(crate) fn backward(layers: &[DenseLayer], input_dim: usize, ws: &mut Workspace, rows: usize) {
+    // Whether layer l's bias gradient was summed by the GEMM that produced its `dz`.
+    let mut bias_grad_done = false;
     for l in (0..layers.len()).rev() {
         let layer = &layers[l];
         let inputs = if l == 0 {
@@ -157,14 +159,15 @@ pub(crate) fn backward(layers: &[DenseLayer], input_dim: usize, ws: &mut Workspa
             Epilogue::None,
         );
         drop(span);
-        let span = profile::span(|| {
-            Work::kernel("bias gradient (column sums)")
-                .layer(l)
-                .flops(dz.len() as u64)
-                .bytes(4 * (dz.len() + layer.units) as u64)
-        });
-        column_sums(dz, &mut ws.dbiases[l]);
-        drop(span);
+        if !bias_grad_done {
+            let _span = profile::span(|| {
+                Work::kernel("bias gradient (column sums)")
+                    .layer(l)
+                    .flops(dz.len() as u64)
+                    .bytes(4 * (dz.len() + layer.units) as u64)
+            });
+            column_sums(dz, &mut ws.dbiases[l]);
+        }
         if l == 0 {
             break;
         }
@@ -176,23 +179,31 @@ pub(crate) fn backward(layers: &[DenseLayer], input_dim: usize, ws: &mut Workspa
             Epilogue::None
         };
         let d_below = &mut lower[l - 1][..rows * inputs];
-        let name = if below.activation == Activation::Relu {
-            "input-gradient GEMM + relu mask"
-        } else {
-            "input-gradient GEMM"
+        // With relu (or no activation) the GEMM's output is the layer below's
+        // `dz`, final as stored: its columns are summed into that layer's bias
+        // gradient there, not in a pass of their own.
+        bias_grad_done = matches!(below.activation, Activation::Relu | Activation::Linear);
+        let name = match (below.activation == Activation::Relu, bias_grad_done) {
+            (true, _) => "input-gradient GEMM + relu mask + bias gradient",
+            (false, true) => "input-gradient GEMM + bias gradient",
+            (false, false) => "input-gradient GEMM",
         };
         let span = profile::span(|| {
             gemm_work(name, rows, layer.units, inputs)
                 .layer(l)
                 .bytes(4 * (rows * layer.units + inputs * layer.units + 2 * rows * inputs) as u64)
         });
-        gemm(
+        let (dz, kernel_t) = (
             MatRef::row_major(dz, rows, layer.units),
             MatRef::row_major(&layer.kernel, inputs, layer.units).t(),
-            MatMut::row_major(d_below, rows, inputs),
-            false,
-            epilogue,
         );
+        let d_below_mat = MatMut::row_major(d_below, rows, inputs);
+        if bias_grad_done {
+            let sums = &mut ws.dbiases[l - 1];
+            gemm_column_sums(dz, kernel_t, d_below_mat, false, epilogue, sums);
+        } else {
+            gemm(dz, kernel_t, d_below_mat, false, epilogue);
+        }
         drop(span);
         if below.activation != Activation::Relu {
             let _span = profile::span(|| {

@@ -153,7 +153,8 @@ fn the_profile_table_names_the_kernels_and_the_peak() {
     for expected in [
         "forward GEMM + bias + relu, layer 1",
         "weight-gradient GEMM, layer 1",
-        "input-gradient GEMM + relu mask, layer 2",
+        "input-gradient GEMM + relu mask + bias gradient, layer 2",
+        "bias gradient (column sums), layer 2",
         "softmax + cross-entropy (fused), layer 2",
         "optimizer update, layer 1",
         "batch gather",

@@ -11,8 +11,8 @@ use crate::matrix::{MatMut, MatRef};
 use crate::parallel::{for_each_chunk, for_each_chunk_in_order, ByCols, ByRows};
 use crate::profile::{self, Level, Work};
 use crate::simd::{
-    flush_subnormals, has_thin_loop, thin_dots, BlockMut, Isa, Microkernel, PanelLayout,
-    TileEpilogue, MAX_MR, MAX_NR, MAX_THIN_N, THIN_STEP,
+    elementwise, flush_subnormals, has_thin_loop, thin_dots, BlockMut, Isa, Microkernel,
+    PanelLayout, TileEpilogue, MAX_MR, MAX_NR, MAX_THIN_N, THIN_STEP,
 };
 use std::cell::RefCell;
 use std::thread::LocalKey;
@@ -115,6 +115,57 @@ pub fn gemm_with(
     accumulate: bool,
     epilogue: Epilogue<'_>,
 ) {
+    gemm_summing(isa, a, b, c, accumulate, epilogue, None)
+}
+
+/// [`gemm`] that also writes the column sums of the finished C into `sums`
+/// (`sums[j] = Σ_r C[r, j]`, the rows added in order, bit for bit as
+/// [`column_sums`](crate::activation::column_sums)): the bias gradient of the
+/// layer whose output gradient C is. Where each task computes whole columns of C
+/// (one task, or a split by columns) each panel of rows is added as soon as it is
+/// stored, from L1, instead of in a pass over C afterwards.
+///
+/// # Panics
+/// As [`gemm`], and when `sums` does not have one element per column of C.
+pub fn gemm_column_sums(
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: MatMut<'_>,
+    accumulate: bool,
+    epilogue: Epilogue<'_>,
+    sums: &mut [f32],
+) {
+    gemm_column_sums_with(Isa::detected(), a, b, c, accumulate, epilogue, sums)
+}
+
+/// [`gemm_column_sums`] with a chosen instruction set (tests force each one).
+///
+/// # Panics
+/// As [`gemm_column_sums`], and when `isa` is not supported by this CPU.
+pub fn gemm_column_sums_with(
+    isa: Isa,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: MatMut<'_>,
+    accumulate: bool,
+    epilogue: Epilogue<'_>,
+    sums: &mut [f32],
+) {
+    let n = b.cols();
+    assert_eq!(sums.len(), n, "gemm: column sums must have {n} elements");
+    gemm_summing(isa, a, b, c, accumulate, epilogue, Some(sums))
+}
+
+/// [`gemm_with`], and the column sums of C into `sums` when there are any.
+fn gemm_summing(
+    isa: Isa,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    mut c: MatMut<'_>,
+    accumulate: bool,
+    epilogue: Epilogue<'_>,
+    mut sums: Option<&mut [f32]>,
+) {
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     assert_eq!(
         b.rows(),
@@ -142,22 +193,33 @@ pub fn gemm_with(
         }
         Epilogue::None => {}
     }
+    if let Some(sums) = sums.as_deref_mut() {
+        // Zero first: an empty C sums to zero, and tiles add to what is there.
+        sums.fill(0.0);
+    }
     if m == 0 || n == 0 {
         return;
     }
-    if n <= MAX_THIN_N && has_thin_loop(isa) {
+    let thin_a = a.col_stride() == 1 || (a.row_stride() == 1 && m > MAX_THIN_N);
+    if n <= MAX_THIN_N && has_thin_loop(isa) && thin_a {
         if a.col_stride() == 1 {
-            return gemm_thin_n(isa, a, b, c, accumulate, epilogue);
+            gemm_thin_n(isa, a, b, c.reborrow(), accumulate, epilogue);
+        } else {
+            gemm_thin_n_transposed(isa, a, b, c.reborrow(), accumulate, epilogue);
         }
-        if a.row_stride() == 1 && m > MAX_THIN_N {
-            return gemm_thin_n_transposed(isa, a, b, c, accumulate, epilogue);
+        if let Some(sums) = sums {
+            sum_columns(isa, c.as_ref(), sums);
         }
+        return;
     }
     let kernel = isa.kernel_for(m);
     let threads = rayon::current_num_threads();
     let parallel = is_parallel(2 * m * k * n);
     // (split, whether every task reads all of B, the columns of B a task reads)
-    let (split, shared, task_cols) = if parallel && n > m && n >= threads * MIN_TASK_COLS {
+    let (split, shared, task_cols) = if !parallel && sums.is_some() {
+        // One task: it adds each finished panel of rows to the sums, rows in order.
+        (Split::Rows(m), false, n)
+    } else if parallel && n > m && n >= threads * MIN_TASK_COLS {
         // B is the larger operand: blocks of columns, so that each task reads only its
         // columns of B (the weights, in a forward GEMM), not all of B shared between
         // the caches, and packs none of it when its columns stay in L2. Two blocks per
@@ -171,13 +233,66 @@ pub fn gemm_with(
         let block_rows = m.div_ceil(threads).next_multiple_of(kernel.mr);
         (Split::Rows(block_rows), parallel, n)
     };
+    // Tasks of whole columns (one task, or a split by columns) add each panel of
+    // rows to the sums once it is stored; after a split by rows, C is summed in a pass.
+    let (fused_sums, sums_after) = match !parallel || matches!(split, Split::Cols(_)) {
+        true => (
+            sums.map(|s| BlockMut::new(MatMut::row_major(s, 1, n))),
+            None,
+        ),
+        false => (None, sums),
+    };
     with_b_panels(b, kernel.nr, shared, task_cols, |panels| {
-        for_each_block(BlockMut::new(c), k, split, |origin, block| {
+        let c = BlockMut::new(c.reborrow());
+        for_each_block(c, fused_sums, k, split, |origin, block, sums| {
             let a = a.rows_range(origin.row, block.rows());
             let panels = panels.starting_at(origin.col);
-            gemm_block(kernel, a, panels, block, accumulate, epilogue, origin)
+            let output = Output {
+                c: block,
+                sums,
+                accumulate,
+                epilogue,
+                origin,
+            };
+            gemm_block(isa, kernel, a, panels, output)
         })
-    })
+    });
+    if let Some(sums) = sums_after {
+        sum_columns(isa, c.as_ref(), sums);
+    }
+}
+
+/// `sums[j] = Σ_r C[r, j]`, the rows added in order.
+fn sum_columns(isa: Isa, c: MatRef<'_>, sums: &mut [f32]) {
+    sums.fill(0.0);
+    add_rows_in_order(isa, sums, 0..c.rows(), |r| {
+        &c.data()[r * c.row_stride()..][..c.cols()]
+    });
+}
+
+/// Adds `row(r)` for each `r` of `rows`, in order, to `sums`.
+fn add_rows_in_order<'r>(
+    isa: Isa,
+    sums: &mut [f32],
+    rows: std::ops::Range<usize>,
+    row: impl Fn(usize) -> &'r [f32],
+) {
+    for first in rows.clone().step_by(MAX_MR) {
+        let count = MAX_MR.min(rows.end - first);
+        let group: [&[f32]; MAX_MR] =
+            std::array::from_fn(|i| if i < count { row(first + i) } else { &[] });
+        elementwise::add_rows(isa, sums, &group[..count]);
+    }
+}
+
+/// What a task writes: its block of C (at `origin` in the whole C), and the
+/// column sums of its block's columns when it adds its panels to them.
+struct Output<'c, 'e> {
+    c: BlockMut<'c>,
+    sums: Option<BlockMut<'c>>,
+    accumulate: bool,
+    epilogue: Epilogue<'e>,
+    origin: Origin,
 }
 
 /// Whether work of `flops` operations is spread over the threads: from
@@ -261,18 +376,20 @@ enum Split {
     Cols(usize),
 }
 
-/// Runs `task(origin, block_of_c)` on each block of C as `split` cuts it, a
-/// product of depth `k`, spread over the pool's threads; for a GEMM of under
+/// Runs `task(origin, block_of_c, its_sums)` on each block of C as `split` cuts
+/// it, a product of depth `k`, spread over the pool's threads; for a GEMM of under
 /// [`PARALLEL_FLOPS`] operations, or with a one-thread pool, in order on the
 /// calling thread, which saves waking the workers for microseconds of work. The
-/// blocks, and so the results, are the same either way.
+/// blocks, and so the results, are the same either way. `sums` (one row, C's
+/// columns) is cut with C's columns; a split by rows takes it only in one block.
 fn for_each_block(
     c: BlockMut<'_>,
+    sums: Option<BlockMut<'_>>,
     k: usize,
     split: Split,
-    task: impl Fn(Origin, BlockMut<'_>) + Sync,
+    task: impl Fn(Origin, BlockMut<'_>, Option<BlockMut<'_>>) + Sync,
 ) {
-    let run = |index: usize, block: BlockMut<'_>| {
+    let run = |index: usize, block: BlockMut<'_>, sums: Option<BlockMut<'_>>| {
         let origin = match split {
             Split::Rows(rows) => Origin {
                 row: index * rows,
@@ -283,22 +400,29 @@ fn for_each_block(
                 col: index * cols,
             },
         };
-        run_task(block, k, |block| task(origin, block));
+        run_task(block, k, |block| task(origin, block, sums));
     };
     let parallel = is_parallel(2 * c.rows() * c.cols() * k);
     match split {
+        Split::Rows(rows) if sums.is_some() => {
+            assert!(rows >= c.rows(), "column sums need every row in one block");
+            run(0, c, sums)
+        }
         Split::Rows(rows) => {
-            let work = |i, ByRows(block)| run(i, block);
+            let work = |i, ByRows(block)| run(i, block, None);
             match parallel {
                 true => for_each_chunk(ByRows(c), rows, &work),
                 false => for_each_chunk_in_order(ByRows(c), rows, work),
             }
         }
         Split::Cols(cols) => {
-            let work = |i, ByCols(block)| run(i, block);
+            let work = |i, (ByCols(block), sums): (_, Option<ByCols<'_>>)| {
+                run(i, block, sums.map(|ByCols(sums)| sums))
+            };
+            let blocks = (ByCols(c), sums.map(ByCols));
             match parallel {
-                true => for_each_chunk(ByCols(c), cols, &work),
-                false => for_each_chunk_in_order(ByCols(c), cols, work),
+                true => for_each_chunk(blocks, cols, &work),
+                false => for_each_chunk_in_order(blocks, cols, work),
             }
         }
     }
@@ -345,30 +469,36 @@ fn gemm_thin_n(
         }
         let bt = &*bt;
         let split = Split::Rows(BLOCK_ROWS);
-        for_each_block(BlockMut::new(c), k, split, |origin, mut c_block| {
-            let row_of_a = |r: usize| {
-                let start = (origin.row + r) * a.row_stride();
-                &a.data()[start..start + k]
-            };
-            let rows = c_block.rows();
-            for i in (0..rows).step_by(2) {
-                let pair = 2.min(rows - i);
-                let sums = if pair == 2 {
-                    thin_dots(isa, &[row_of_a(i), row_of_a(i + 1)], bt, k, width)
-                } else {
-                    thin_dots(isa, &[row_of_a(i)], bt, k, width)
+        for_each_block(
+            BlockMut::new(c),
+            None,
+            k,
+            split,
+            |origin, mut c_block, _| {
+                let row_of_a = |r: usize| {
+                    let start = (origin.row + r) * a.row_stride();
+                    &a.data()[start..start + k]
                 };
-                let tile = Tile {
-                    row: i,
-                    col: 0,
-                    rows: pair,
-                    cols: n,
-                    nr: MAX_THIN_N,
-                };
-                let sums = sums.as_flattened();
-                store_tile(&mut c_block, sums, tile, !accumulate, epilogue, origin);
-            }
-        });
+                let rows = c_block.rows();
+                for i in (0..rows).step_by(2) {
+                    let pair = 2.min(rows - i);
+                    let sums = if pair == 2 {
+                        thin_dots(isa, &[row_of_a(i), row_of_a(i + 1)], bt, k, width)
+                    } else {
+                        thin_dots(isa, &[row_of_a(i)], bt, k, width)
+                    };
+                    let tile = Tile {
+                        row: i,
+                        col: 0,
+                        rows: pair,
+                        cols: n,
+                        nr: MAX_THIN_N,
+                    };
+                    let sums = sums.as_flattened();
+                    store_tile(&mut c_block, sums, tile, !accumulate, epilogue, origin);
+                }
+            },
+        );
     };
     with_buffer(&THIN_BT, run)
 }
@@ -390,34 +520,46 @@ fn gemm_thin_n_transposed(
     let (bt, at) = (b.t(), a.t());
     with_b_panels(at, kernel.nr, false, THIN_T_ROWS, |panels| {
         let split = Split::Rows(THIN_T_ROWS);
-        for_each_block(BlockMut::new(c), k, split, |origin, mut c_block| {
-            let rows = c_block.rows();
-            // This block of Cᵀ: at most 6 KiB, on the stack.
-            let mut ct = [0.0f32; MAX_THIN_N * THIN_T_ROWS];
-            let ct = &mut ct[..n * rows];
-            let ct_block = BlockMut::new(MatMut::row_major(&mut *ct, n, rows));
-            let panels = panels.starting_at(origin.row);
-            let none = Epilogue::None;
-            gemm_block(kernel, bt, panels, ct_block, false, none, Origin::default());
-            // Transposed into C, `MAX_MR` rows at a time.
-            let mut tile = [0.0f32; MAX_MR * MAX_THIN_N];
-            for first in (0..rows).step_by(MAX_MR) {
-                let count = MAX_MR.min(rows - first);
-                for (i, row) in tile.chunks_exact_mut(MAX_THIN_N).take(count).enumerate() {
-                    for (j, v) in row[..n].iter_mut().enumerate() {
-                        *v = ct[j * rows + first + i];
-                    }
-                }
-                let tile_at = Tile {
-                    row: first,
-                    col: 0,
-                    rows: count,
-                    cols: n,
-                    nr: MAX_THIN_N,
+        for_each_block(
+            BlockMut::new(c),
+            None,
+            k,
+            split,
+            |origin, mut c_block, _| {
+                let rows = c_block.rows();
+                // This block of Cᵀ: at most 6 KiB, on the stack.
+                let mut ct = [0.0f32; MAX_THIN_N * THIN_T_ROWS];
+                let ct = &mut ct[..n * rows];
+                let ct_block = BlockMut::new(MatMut::row_major(&mut *ct, n, rows));
+                let output = Output {
+                    c: ct_block,
+                    sums: None,
+                    accumulate: false,
+                    epilogue: Epilogue::None,
+                    origin: Origin::default(),
                 };
-                store_tile(&mut c_block, &tile, tile_at, !accumulate, epilogue, origin);
-            }
-        });
+                gemm_block(isa, kernel, bt, panels.starting_at(origin.row), output);
+                // Transposed into C, `MAX_MR` rows at a time.
+                let mut tile = [0.0f32; MAX_MR * MAX_THIN_N];
+                for first in (0..rows).step_by(MAX_MR) {
+                    let count = MAX_MR.min(rows - first);
+                    for (i, row) in tile.chunks_exact_mut(MAX_THIN_N).take(count).enumerate() {
+                        for (j, v) in row[..n].iter_mut().enumerate() {
+                            *v = ct[j * rows + first + i];
+                        }
+                    }
+                    let tile_at = Tile {
+                        row: first,
+                        col: 0,
+                        rows: count,
+                        cols: n,
+                        nr: MAX_THIN_N,
+                    };
+                    let overwrite = !accumulate;
+                    store_tile(&mut c_block, &tile, tile_at, overwrite, epilogue, origin);
+                }
+            },
+        );
     });
 }
 
@@ -477,14 +619,19 @@ impl<'a> BPanels<'a> {
 /// One task's block of C (at `origin`), computed sequentially from the rows of A
 /// and the strips of B's columns that make it.
 fn gemm_block(
+    isa: Isa,
     kernel: Microkernel,
     a: MatRef<'_>,
     b_panels: BPanels<'_>,
-    mut c: BlockMut<'_>,
-    accumulate: bool,
-    epilogue: Epilogue<'_>,
-    origin: Origin,
+    output: Output<'_, '_>,
 ) {
+    let Output {
+        mut c,
+        mut sums,
+        accumulate,
+        epilogue,
+        origin,
+    } = output;
     let (m, k, n) = (a.rows(), a.cols(), c.cols());
     let (mr, nr) = (kernel.mr, kernel.nr);
     let mut acc = [0.0f32; MAX_MR * MAX_NR];
@@ -501,6 +648,9 @@ fn gemm_block(
                 store_tile(&mut c, &acc, tile, !accumulate, epilogue, origin);
             }
         }
+        if let Some(sums) = &mut sums {
+            add_rows_in_order(isa, sums.row_mut(0), 0..m, |r| c.row(r));
+        }
         return;
     }
     A_PANEL.with(|a_panel| {
@@ -512,11 +662,8 @@ fn gemm_block(
             for pc in (0..k).step_by(depth) {
                 let kc = depth.min(k - pc);
                 let overwrite = pc == 0 && !accumulate;
-                let tile_epilogue = if pc + kc == k {
-                    epilogue
-                } else {
-                    Epilogue::None
-                };
+                let last = pc + kc == k;
+                let tile_epilogue = if last { epilogue } else { Epilogue::None };
                 for ir in (0..m).step_by(mr) {
                     let rows = mr.min(m - ir);
                     let (a_cols, lda, layout) = if a.row_stride() == 1 && rows == mr {
@@ -559,6 +706,12 @@ fn gemm_block(
                             (kernels.run)(kc, a_cols, lda, b_strip, ldb, acc);
                             store_tile(&mut c, acc, tile, overwrite, tile_epilogue, origin);
                         }
+                    }
+                    if let Some(sums) = sums.as_mut().filter(|_| last) {
+                        // The panel's finished rows, just stored, still in L1.
+                        let sums = &mut sums.row_mut(0)[jc..jc + nc];
+                        let rows = ir..ir + rows;
+                        add_rows_in_order(isa, sums, rows, |r| &c.row(r)[jc..jc + nc]);
                     }
                 }
             }

@@ -21,7 +21,9 @@ mod tensor;
 
 pub use activation::Activation;
 pub use aligned::AlignedBuf;
-pub use gemm::{gemm, gemm_with, reserve_packing_buffers, Epilogue};
+pub use gemm::{
+    gemm, gemm_column_sums, gemm_column_sums_with, gemm_with, reserve_packing_buffers, Epilogue,
+};
 pub use matrix::{MatMut, MatRef};
 pub use parallel::with_workers_awake;
 pub use samples::{Samples, ScaledBytes};

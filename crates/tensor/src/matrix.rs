@@ -178,6 +178,11 @@ impl<'a> MatMut<'a> {
         MatRef::new(self.data, self.rows, self.cols, self.row_stride, 1)
     }
 
+    /// The same view, borrowed for a shorter time.
+    pub fn reborrow(&mut self) -> MatMut<'_> {
+        MatMut::new(self.data, self.rows, self.cols, self.row_stride)
+    }
+
     /// Row `r` (its `cols` elements, without padding).
     pub fn row_mut(&mut self, r: usize) -> &mut [f32] {
         let start = r * self.row_stride;

@@ -96,6 +96,22 @@ impl<A: Chunks, B: Chunks> Chunks for (A, B) {
     }
 }
 
+/// Data that may be absent: split where it is there.
+impl<C: Chunks> Chunks for Option<C> {
+    fn len(&self) -> usize {
+        self.as_ref().map_or(0, C::len)
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        match self {
+            Some(data) => {
+                let (left, right) = data.split_at(mid);
+                (Some(left), Some(right))
+            }
+            None => (None, None),
+        }
+    }
+}
+
 /// A block of a matrix split into blocks of whole rows.
 pub(crate) struct ByRows<'a>(pub BlockMut<'a>);
 

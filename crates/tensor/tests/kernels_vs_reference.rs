@@ -1,7 +1,10 @@
 //! Every fast kernel against its plain f64 reference, on random and odd shapes.
 
+use kerno_tensor::activation::column_sums;
 use kerno_tensor::loss::{self, Targets};
-use kerno_tensor::{gemm_with, reference, Activation, Epilogue, Isa, MatMut, MatRef};
+use kerno_tensor::{
+    gemm_column_sums_with, gemm_with, reference, Activation, Epilogue, Isa, MatMut, MatRef,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -336,6 +339,60 @@ fn bit_identical_for_any_thread_count(rng: &mut ChaCha8Rng, m: usize, k: usize, 
         .iter()
         .zip(run(5))
         .all(|(x, y)| x.to_bits() == y.to_bits()));
+}
+
+/// The column sums a GEMM adds up as it stores C are, bit for bit, those of a
+/// separate pass over the C it wrote, on every path (one task, blocks of columns,
+/// blocks of rows summed after, thin outputs), instruction set and thread count;
+/// and C is the one `gemm` writes.
+#[test]
+fn gemm_column_sums_match_a_pass_over_c() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    // (m, k, n, A transposed, B transposed)
+    let cases = [
+        (128, 10, 512, false, true),
+        (130, 37, 700, false, false),
+        (600, 50, 64, false, false),
+        (33, 900, 40, false, false),
+        (129, 17, 10, false, false),
+        (200, 33, 7, true, false),
+        (5, 0, 40, false, false),
+    ];
+    for (m, k, n, ta, tb) in cases {
+        let (a, b) = (random(&mut rng, m * k), random(&mut rng, k * n));
+        let (a, b) = (view(&a, m, k, ta), view(&b, k, n, tb));
+        let mask = random(&mut rng, m * n);
+        let start = random(&mut rng, m * n);
+        let epilogues = [
+            (Epilogue::ReluMask(MatRef::row_major(&mask, m, n)), false),
+            (Epilogue::None, true),
+        ];
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for isa in Isa::available() {
+                for (epilogue, accumulate) in epilogues {
+                    let kind = if accumulate { "C +=" } else { "relu mask" };
+                    let case = format!("{m}x{k}x{n} {isa:?} {threads} threads, {kind}");
+                    let (mut plain, mut summed) = (start.clone(), start.clone());
+                    let mut sums = vec![f32::NAN; n];
+                    pool.install(|| {
+                        let c = MatMut::row_major(&mut plain, m, n);
+                        gemm_with(isa, a, b, c, accumulate, epilogue);
+                        let c = MatMut::row_major(&mut summed, m, n);
+                        gemm_column_sums_with(isa, a, b, c, accumulate, epilogue, &mut sums);
+                    });
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&summed), bits(&plain), "C of {case}");
+                    let mut expected = vec![0.0; n];
+                    column_sums(&plain, &mut expected);
+                    assert_eq!(bits(&sums), bits(&expected), "sums of {case}");
+                }
+            }
+        }
+    }
 }
 
 /// GEMMs wider than tall split C in blocks of columns over the threads: each

@@ -80,6 +80,14 @@ impl<'a> BlockMut<'a> {
     }
 
     /// Row `r` of the block: its `cols` elements.
+    pub fn row(&self, r: usize) -> &[f32] {
+        assert!(r < self.rows, "row {r} is outside the block");
+        // SAFETY: row r's `cols` elements lie inside the matrix and belong to this
+        // block alone; `&self` keeps them from being written meanwhile.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(r * self.row_stride), self.cols) }
+    }
+
+    /// Row `r` of the block: its `cols` elements.
     pub fn row_mut(&mut self, r: usize) -> &mut [f32] {
         assert!(r < self.rows, "row {r} is outside the block");
         // SAFETY: row r's `cols` elements lie inside the matrix and belong to this

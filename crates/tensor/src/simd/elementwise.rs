@@ -51,6 +51,60 @@ pub(crate) fn rmsprop(isa: Isa, w: &mut [f32], g: &[f32], v: &mut [f32], p: RmsP
 }
 
 #[inline(always)]
+fn add_rows_body(sums: &mut [f32], rows: &[&[f32]]) {
+    // 64 columns at a time kept in registers down all the rows (four vectors, four
+    // independent chains of adds): a loop over the rows that added each into
+    // memory waited on the store before each add.
+    const LANES: usize = 64;
+    let whole = sums.len() - sums.len() % LANES;
+    for (at, chunk) in sums[..whole].chunks_exact_mut(LANES).enumerate() {
+        let mut acc: [f32; LANES] = chunk.try_into().expect("a whole chunk");
+        for row in rows {
+            let values = &row[at * LANES..(at + 1) * LANES];
+            acc.iter_mut().zip(values).for_each(|(s, &v)| *s += v);
+        }
+        chunk.copy_from_slice(&acc);
+    }
+    for row in rows {
+        let values = &row[whole..sums.len()];
+        sums[whole..]
+            .iter_mut()
+            .zip(values)
+            .for_each(|(s, &v)| *s += v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn add_rows_avx512(sums: &mut [f32], rows: &[&[f32]]) {
+    add_rows_body(sums, rows)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn add_rows_avx2(sums: &mut [f32], rows: &[&[f32]]) {
+    add_rows_body(sums, rows)
+}
+
+/// `sums[j] += row[j]` for each of `rows` in order (column sums: the same bits on
+/// every instruction set), with the loop built for `isa`.
+///
+/// # Panics
+/// When `isa` is not supported by this CPU, or a row is shorter than `sums`.
+pub(crate) fn add_rows(isa: Isa, sums: &mut [f32], rows: &[&[f32]]) {
+    assert!(isa.is_supported(), "{} is not supported here", isa.name());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU supports AVX-512F, checked just above.
+        Isa::Avx512 => unsafe { add_rows_avx512(sums, rows) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        Isa::Avx2Fma => unsafe { add_rows_avx2(sums, rows) },
+        _ => add_rows_body(sums, rows),
+    }
+}
+
+#[inline(always)]
 fn scale_bytes_body(src: &[u8], dst: &mut [f32], divisor: f32) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = s as f32 / divisor;
