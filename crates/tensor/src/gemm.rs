@@ -598,6 +598,20 @@ impl<'a> BPanels<'a> {
 
     /// Rows `pc..pc + kc` of the strip of `nr` columns from `col`, with its row stride.
     fn strip(self, pc: usize, kc: usize, col: usize, nr: usize) -> (&'a [f32], usize) {
+        let (strip, ldb, _) = self.strips(pc, kc, col, nr, 1);
+        (strip, ldb)
+    }
+
+    /// Rows `pc..pc + kc` of `count` strips of `nr` columns from `col`: the floats
+    /// holding them, their row stride, and how far each strip starts after the last.
+    fn strips(
+        self,
+        pc: usize,
+        kc: usize,
+        col: usize,
+        nr: usize,
+        count: usize,
+    ) -> (&'a [f32], usize, usize) {
         match self {
             BPanels::Packed {
                 data,
@@ -605,12 +619,12 @@ impl<'a> BPanels<'a> {
                 first_col,
             } => {
                 let start = pc * width + (first_col + col) * kc;
-                (&data[start..start + kc * nr], nr)
+                (&data[start..start + count * kc * nr], nr, kc * nr)
             }
             BPanels::InPlace(b) => {
                 let start = pc * b.row_stride() + col;
-                let len = (kc - 1) * b.row_stride() + nr;
-                (&b.data()[start..start + len], b.row_stride())
+                let len = (kc - 1) * b.row_stride() + count * nr;
+                (&b.data()[start..start + len], b.row_stride(), nr)
             }
         }
     }
@@ -682,7 +696,27 @@ fn gemm_block(
                         (&*a_packed, mr, PanelLayout::Columns)
                     };
                     let kernels = kernel.for_layout(layout);
-                    for s in 0..strips {
+                    // The strips wholly inside this block, in one call where the
+                    // kernel stores its tiles (and applies the epilogue) itself.
+                    let full_strips = if rows == mr { nc / nr } else { 0 };
+                    let in_registers =
+                        kernels
+                            .into
+                            .filter(|_| full_strips > 0)
+                            .zip(tile_epilogue_of(
+                                tile_epilogue,
+                                origin.row + ir,
+                                origin.col + jc,
+                            ));
+                    let mut first = 0;
+                    if let Some((into, epilogue)) = in_registers {
+                        let (b_strips, ldb, step) = b_panels.strips(pc, kc, jc, nr, full_strips);
+                        let width = full_strips * nr;
+                        let c_tiles = c.tile_mut(ir, jc, mr, width).accumulating(!overwrite);
+                        into(kc, a_cols, lda, b_strips, ldb, step, c_tiles, epilogue);
+                        first = full_strips;
+                    }
+                    for s in first..strips {
                         let col = jc + s * nr;
                         let (b_strip, ldb) = b_panels.strip(pc, kc, col, nr);
                         let tile = Tile {
@@ -692,20 +726,9 @@ fn gemm_block(
                             cols: nr.min(n - col),
                             nr,
                         };
-                        let full = tile.rows == mr && tile.cols == nr;
-                        let in_registers = kernels.into.filter(|_| full).zip(tile_epilogue_of(
-                            tile_epilogue,
-                            origin.row + ir,
-                            origin.col + col,
-                        ));
-                        if let Some((into, epilogue)) = in_registers {
-                            let c_tile = c.tile_mut(ir, col, mr, nr).accumulating(!overwrite);
-                            into(kc, a_cols, lda, b_strip, ldb, c_tile, epilogue);
-                        } else {
-                            let acc = &mut acc[..mr * nr];
-                            (kernels.run)(kc, a_cols, lda, b_strip, ldb, acc);
-                            store_tile(&mut c, acc, tile, overwrite, tile_epilogue, origin);
-                        }
+                        let acc = &mut acc[..mr * nr];
+                        (kernels.run)(kc, a_cols, lda, b_strip, ldb, acc);
+                        store_tile(&mut c, acc, tile, overwrite, tile_epilogue, origin);
                     }
                     if let Some(sums) = sums.as_mut().filter(|_| last) {
                         // The panel's finished rows, just stored, still in L1.

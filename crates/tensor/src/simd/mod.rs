@@ -138,27 +138,30 @@ pub(crate) enum PanelLayout {
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels {
     pub run: RunKernel,
-    /// The same product written into a full `MR × NR` tile of C with the epilogue
-    /// applied in registers, where the instruction set has it.
-    pub into: Option<IntoTile>,
+    /// The products with a row of strips of B, `strip_stride` floats apart,
+    /// written into a row of full `MR × NR` tiles of C with the epilogue applied in
+    /// registers, where the instruction set has it.
+    pub into: Option<IntoTiles>,
 }
 
 /// A microkernel that writes its product into an `MR × NR` array.
 pub(crate) type RunKernel =
     fn(kc: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, acc: &mut [f32]);
 
-/// A microkernel that writes its product into a full tile of C, epilogue applied.
-pub(crate) type IntoTile = fn(
+/// A microkernel that writes its products with `c.cols / NR` strips of B into a
+/// row of full tiles of C, epilogue applied.
+pub(crate) type IntoTiles = fn(
     kc: usize,
     a: &[f32],
     lda: usize,
     b: &[f32],
     ldb: usize,
+    strip_stride: usize,
     c: TileMut<'_>,
     epilogue: TileEpilogue<'_>,
 );
 
-/// The epilogue as one tile sees it: slices start at the tile's first column (and row).
+/// The epilogue as a row of tiles sees it: slices start at its first column (and row).
 #[derive(Clone, Copy)]
 pub(crate) enum TileEpilogue<'a> {
     None,
