@@ -311,7 +311,7 @@ impl Sequential {
                 indices,
                 true,
             );
-            step::backward(&model.layers, model.input_dim, ws, indices.len());
+            step::backward(&model.layers, loss, model.input_dim, ws, indices.len());
             model
                 .layers
                 .iter()

@@ -271,7 +271,13 @@ impl Sequential {
             indices,
             true,
         );
-        step::backward(&self.layers, self.input_dim, ws, indices.len());
+        step::backward(
+            &self.layers,
+            compiled.loss,
+            self.input_dim,
+            ws,
+            indices.len(),
+        );
         compiled
             .optimizer
             .apply(&mut compiled.state, &mut self.layers, ws);
@@ -308,11 +314,12 @@ pub(crate) fn run_batch(
     let Workspace {
         outputs,
         grads,
+        dbiases,
         y,
         classes,
         ..
     } = ws;
-    let grad = train.then(|| &mut grads[last][..len]);
+    let grad = train.then(|| (&mut grads[last][..len], &mut dbiases[last][..]));
     let batch_targets = targets.batch(y, classes, rows);
     step::loss_and_grad(layers, loss, &outputs[last][..len], grad, batch_targets)
 }

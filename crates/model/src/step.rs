@@ -4,7 +4,7 @@ use crate::layer::DenseLayer;
 use crate::loss::Loss;
 use crate::workspace::Workspace;
 use kerno_tensor::activation::column_sums;
-use kerno_tensor::loss::{self, LossStats, Targets};
+use kerno_tensor::loss::{self, LogitsGradient, LossStats, Targets};
 use kerno_tensor::profile::{self, Work};
 use kerno_tensor::{gemm, gemm_column_sums, Activation, Epilogue, MatMut, MatRef};
 
@@ -83,14 +83,16 @@ pub(crate) fn forward(
 }
 
 /// The loss summed over the batch and the number of right answers, from the last
-/// layer's output `out` (logits when fused). With `grad`, also the gradient of the
-/// mean loss with respect to the last layer's pre-activation.
-/// Expects `forward` to have run with `last_activation = !fused_softmax_xent(..)`.
+/// layer's output `out` (logits when fused). With `grad` (the gradient, and the
+/// last layer's bias gradient), also the gradient of the mean loss with respect to
+/// the last layer's pre-activation, and when fused its bias gradient too (see
+/// [`backward`]). Expects `forward` to have run with
+/// `last_activation = !fused_softmax_xent(..)`.
 pub(crate) fn loss_and_grad(
     layers: &[DenseLayer],
     loss: Loss,
     out: &[f32],
-    grad: Option<&mut [f32]>,
+    grad: Option<(&mut [f32], &mut [f32])>,
     targets: Targets<'_>,
 ) -> LossStats {
     let last = &layers[layers.len() - 1];
@@ -107,9 +109,14 @@ pub(crate) fn loss_and_grad(
             .bytes(4 * 3 * out.len() as u64)
     });
     if fused_softmax_xent(layers, loss) {
-        return loss::softmax_xent_fwd_bwd(out, targets, units, grad.map(|g| (g, scale)));
+        let grad = grad.map(|(values, bias_grad)| LogitsGradient {
+            values,
+            scale,
+            column_sums: Some(bias_grad),
+        });
+        return loss::softmax_xent_fwd_bwd(out, targets, units, grad);
     }
-    let mut grad = grad;
+    let mut grad = grad.map(|(values, _)| values);
     let grad_arg = grad.as_deref_mut().map(|g| (g, scale));
     let loss_sum = match (loss, targets) {
         (Loss::MeanSquaredError, Targets::Dense(y)) => {
@@ -128,10 +135,18 @@ pub(crate) fn loss_and_grad(
 }
 
 /// Back-propagates from `ws.grads[last]` (already the pre-activation gradient) into
-/// every layer's kernel and bias gradients. The first layer's input gradient is never needed.
-pub(crate) fn backward(layers: &[DenseLayer], input_dim: usize, ws: &mut Workspace, rows: usize) {
-    // Whether layer l's bias gradient was summed by the GEMM that produced its `dz`.
-    let mut bias_grad_done = false;
+/// every layer's kernel and bias gradients. The first layer's input gradient is
+/// never needed. With `loss` fused into the softmax, the kernel that made that
+/// gradient has summed the last layer's bias gradient already.
+pub(crate) fn backward(
+    layers: &[DenseLayer],
+    loss: Loss,
+    input_dim: usize,
+    ws: &mut Workspace,
+    rows: usize,
+) {
+    // Whether layer l's bias gradient was summed by the kernel that produced its `dz`.
+    let mut bias_grad_done = fused_softmax_xent(layers, loss);
     for l in (0..layers.len()).rev() {
         let layer = &layers[l];
         let inputs = if l == 0 {

@@ -43,8 +43,10 @@ fn the_trace_nests_per_thread_and_covers_every_step() {
             "profile",
             "--data",
             data.path().to_str().unwrap(),
+            // Enough steps that a worker thread takes part in some GEMM even
+            // when the other tests' processes keep it off its core for a while.
             "--steps",
-            "6",
+            "30",
             "--warmup",
             "2",
             "--threads",
@@ -57,7 +59,7 @@ fn the_trace_nests_per_thread_and_covers_every_step() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let summary: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
-    assert_eq!(summary["steps"], 6);
+    assert_eq!(summary["steps"], 30);
     let coverage = summary["coverage"].as_f64().unwrap();
     assert!(
         (0.95..=1.0).contains(&coverage),
@@ -103,7 +105,7 @@ fn the_trace_nests_per_thread_and_covers_every_step() {
 
     // Each step holds its kernels, and they fill nearly all of it.
     let steps: Vec<&Span> = spans.iter().filter(|s| s.category == "step").collect();
-    assert_eq!(steps.len(), 6);
+    assert_eq!(steps.len(), 30);
     for step in &steps {
         let inside: i64 = spans
             .iter()
@@ -154,7 +156,6 @@ fn the_profile_table_names_the_kernels_and_the_peak() {
         "forward GEMM + bias + relu, layer 1",
         "weight-gradient GEMM, layer 1",
         "input-gradient GEMM + relu mask + bias gradient, layer 2",
-        "bias gradient (column sums), layer 2",
         "softmax + cross-entropy (fused), layer 2",
         "optimizer update, layer 1",
         "batch gather",
@@ -163,4 +164,6 @@ fn the_profile_table_names_the_kernels_and_the_peak() {
     ] {
         assert!(text.contains(expected), "no '{expected}' in\n{text}");
     }
+    // Every bias gradient is summed by the kernel that makes its layer's gradient.
+    assert!(!text.contains("column sums"), "a bias-gradient pass in\n{text}");
 }

@@ -35,22 +35,43 @@ pub struct LossStats {
     pub correct: usize,
 }
 
+/// Where [`softmax_xent_fwd_bwd`] writes the gradient with respect to the logits.
+#[derive(Debug)]
+pub struct LogitsGradient<'a> {
+    /// `(softmax(z) - y) * scale`, as the logits.
+    pub values: &'a mut [f32],
+    /// The factor of the gradient: `1 / batch` for the mean loss.
+    pub scale: f32,
+    /// When given, the column sums of `values` (rows added in order, bit for bit
+    /// as [`column_sums`](crate::activation::column_sums)): the bias gradient of
+    /// the layer that made the logits, without a pass of its own.
+    pub column_sums: Option<&'a mut [f32]>,
+}
+
 /// Softmax + categorical cross-entropy from the logits, in one pass per row:
 /// the loss, whether the arg-max is right, and (when `grad` is given) the logits'
-/// gradient `(softmax(z) - y) * scale`. As Keras on TensorFlow, no clipping.
+/// gradient, and its column sums when asked. As Keras on TensorFlow, no clipping.
+///
+/// # Panics
+/// When the column sums are not `classes` long.
 pub fn softmax_xent_fwd_bwd(
     logits: &[f32],
     targets: Targets<'_>,
     classes: usize,
-    mut grad: Option<(&mut [f32], f32)>,
+    grad: Option<LogitsGradient<'_>>,
 ) -> LossStats {
+    let mut grad = grad.map(|g| (g.values, g.scale, g.column_sums));
+    if let Some((_, _, Some(sums))) = grad.as_mut() {
+        assert_eq!(sums.len(), classes, "one column sum per class");
+        sums.fill(0.0);
+    }
     let mut stats = LossStats::default();
     for (row, z) in logits.chunks_exact(classes).enumerate() {
         let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let exps = z.iter().map(|&v| (v - max).exp());
         // With a gradient to write, each exponential is computed once, kept there.
         let sum: f32 = match grad.as_mut() {
-            Some((g, _)) => {
+            Some((g, _, _)) => {
                 let g = &mut g[row * classes..(row + 1) * classes];
                 g.iter_mut().zip(exps).for_each(|(g, e)| *g = e);
                 g.iter().sum()
@@ -66,10 +87,13 @@ pub fn softmax_xent_fwd_bwd(
         };
         stats.loss_sum += loss as f64;
         stats.correct += (argmax(z) == targets.class(row, classes)) as usize;
-        if let Some((g, scale)) = grad.as_mut() {
+        if let Some((g, scale, sums)) = grad.as_mut() {
             let g = &mut g[row * classes..(row + 1) * classes];
             for (j, g) in g.iter_mut().enumerate() {
                 *g = (*g / sum - targets.value(row, j, classes)) * *scale;
+            }
+            if let Some(sums) = sums {
+                sums.iter_mut().zip(&*g).for_each(|(s, &v)| *s += v);
             }
         }
     }

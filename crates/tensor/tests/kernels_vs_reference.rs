@@ -1,7 +1,7 @@
 //! Every fast kernel against its plain f64 reference, on random and odd shapes.
 
 use kerno_tensor::activation::column_sums;
-use kerno_tensor::loss::{self, Targets};
+use kerno_tensor::loss::{self, LogitsGradient, Targets};
 use kerno_tensor::{
     gemm_column_sums_with, gemm_with, reference, Activation, Epilogue, Isa, MatMut, MatRef,
 };
@@ -253,12 +253,21 @@ fn fused_softmax_xent_matches_reference() {
             .count();
 
         for targets in [Targets::Dense(&one_hot), Targets::Classes(&labels)] {
-            let mut g = vec![0.0; rows * classes];
-            let stats =
-                loss::softmax_xent_fwd_bwd(&logits, targets, classes, Some((&mut g, scale)));
+            let (mut g, mut sums) = (vec![0.0; rows * classes], vec![f32::NAN; classes]);
+            let grad = LogitsGradient {
+                values: &mut g,
+                scale,
+                column_sums: Some(&mut sums),
+            };
+            let stats = loss::softmax_xent_fwd_bwd(&logits, targets, classes, Some(grad));
             assert!((stats.loss_sum - loss).abs() < 1e-4 * loss.abs().max(1.0));
             assert_eq!(stats.correct, want_correct);
             assert!(rel_err(&g, &want_grad) < 1e-6);
+            // The bias gradient summed on the way, bit for bit a pass over the gradient.
+            let mut expected = vec![0.0; classes];
+            column_sums(&g, &mut expected);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&sums), bits(&expected));
             let no_grad = loss::softmax_xent_fwd_bwd(&logits, targets, classes, None);
             assert_eq!(no_grad, stats);
         }
