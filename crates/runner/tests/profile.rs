@@ -165,5 +165,8 @@ fn the_profile_table_names_the_kernels_and_the_peak() {
         assert!(text.contains(expected), "no '{expected}' in\n{text}");
     }
     // Every bias gradient is summed by the kernel that makes its layer's gradient.
-    assert!(!text.contains("column sums"), "a bias-gradient pass in\n{text}");
+    assert!(
+        !text.contains("column sums"),
+        "a bias-gradient pass in\n{text}"
+    );
 }

@@ -32,6 +32,12 @@ const _: () = assert!(
 /// GEMMs of the output layer take half the time on two (`kerno profile`), now
 /// that the pool's threads spin through `fit` instead of being woken.
 const PARALLEL_FLOPS: usize = 1_000_000;
+/// Floats of B from which a task's own columns are too many to pack on its stack.
+const TASK_PACKING: usize = 4096;
+const _: () = assert!(
+    TASK_PACKING / 16 <= KC,
+    "a task's packing, in strips of 16 or more, is one depth block"
+);
 /// Floats of packed B from which packing it is worth spreading over the threads.
 const PARALLEL_PACKING: usize = 256 * 1024;
 /// Columns of C from which each thread takes a block of columns rather than rows.
@@ -246,7 +252,7 @@ fn gemm_summing(
         let c = BlockMut::new(c.reborrow());
         for_each_block(c, fused_sums, k, split, |origin, block, sums| {
             let a = a.rows_range(origin.row, block.rows());
-            let panels = panels.starting_at(origin.col);
+            let cols = block.cols();
             let output = Output {
                 c: block,
                 sums,
@@ -254,7 +260,9 @@ fn gemm_summing(
                 epilogue,
                 origin,
             };
-            gemm_block(isa, kernel, a, panels, output)
+            panels.for_task(origin.col, cols, kernel.nr, |panels| {
+                gemm_block(isa, kernel, a, panels, output)
+            })
         })
     });
     if let Some(sums) = sums_after {
@@ -322,6 +330,9 @@ fn with_b_panels<R>(
         && (k * n < PARALLEL_PACKING || (!shared && task_cols <= NC))
     {
         return f(BPanels::InPlace(b));
+    }
+    if !shared && k * task_cols.next_multiple_of(nr) <= TASK_PACKING {
+        return f(BPanels::PerTask(b));
     }
     let run = |packed: &mut Vec<f32>| {
         let depth = depth_block(k);
@@ -538,7 +549,9 @@ fn gemm_thin_n_transposed(
                     epilogue: Epilogue::None,
                     origin: Origin::default(),
                 };
-                gemm_block(isa, kernel, bt, panels.starting_at(origin.row), output);
+                panels.for_task(origin.row, rows, kernel.nr, |panels| {
+                    gemm_block(isa, kernel, bt, panels, output)
+                });
                 // Transposed into C, `MAX_MR` rows at a time.
                 let mut tile = [0.0f32; MAX_MR * MAX_THIN_N];
                 for first in (0..rows).step_by(MAX_MR) {
@@ -576,9 +589,44 @@ enum BPanels<'a> {
     },
     /// B itself, row-major, `n` a whole number of strips.
     InPlace(MatRef<'a>),
+    /// B to be packed by each task, its own columns only, on its own stack: where
+    /// they fit in [`TASK_PACKING`] floats (a transposed `W₂ᵀ`), packing them all on
+    /// the calling thread first kept the other threads waiting.
+    PerTask(MatRef<'a>),
 }
 
 impl<'a> BPanels<'a> {
+    /// Runs `f` with the strips of a task whose block of C has columns
+    /// `col..col + cols`: those columns of B packed on this task's stack where
+    /// each task packs its own, else the strips from column `col` on.
+    fn for_task<R>(
+        self,
+        col: usize,
+        cols: usize,
+        nr: usize,
+        f: impl FnOnce(BPanels<'_>) -> R,
+    ) -> R {
+        let BPanels::PerTask(b) = self else {
+            return f(self.starting_at(col));
+        };
+        let b = b.cols_range(col, cols);
+        let (k, width) = (b.rows(), cols.next_multiple_of(nr));
+        assert!(
+            k * width <= TASK_PACKING,
+            "a task packs at most TASK_PACKING floats"
+        );
+        let mut own = [0.0f32; TASK_PACKING];
+        let data = &mut own[..k * width];
+        if k > 0 {
+            pack_b(b, 0, k, nr, data);
+        }
+        f(BPanels::Packed {
+            data,
+            width,
+            first_col: 0,
+        })
+    }
+
     /// The strips from column `col` on (a whole number of strips), for a task
     /// whose block of C starts there.
     fn starting_at(self, col: usize) -> Self {
@@ -593,6 +641,7 @@ impl<'a> BPanels<'a> {
                 first_col: first_col + col,
             },
             BPanels::InPlace(b) => BPanels::InPlace(b.cols_range(col, b.cols() - col)),
+            BPanels::PerTask(_) => unreachable!("each task packs its own columns"),
         }
     }
 
@@ -626,6 +675,7 @@ impl<'a> BPanels<'a> {
                 let len = (kc - 1) * b.row_stride() + count * nr;
                 (&b.data()[start..start + len], b.row_stride(), nr)
             }
+            BPanels::PerTask(_) => unreachable!("each task packs its own columns"),
         }
     }
 }
