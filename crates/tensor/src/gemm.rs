@@ -1,6 +1,8 @@
-//! GEMM in the BLIS structure: B packed once per call into strips of `NR` columns
-//! (walked in `KC × NC` cache blocks) unless its rows are whole strips that stay in
-//! L2, A read in place by whole panels of `MR` rows (a row-major A row by row, a
+//! GEMM in the BLIS structure: B walked in cache blocks of depth `KC` and the
+//! kernel's L2 budget of columns, packed into strips of `NR` columns (once per
+//! call when every task reads all of it, else by each task, a block at a time,
+//! its own columns only) unless the kernel reads B in place and its rows are whole
+//! strips that stay in L2, A read in place by whole panels of `MR` rows (a row-major A row by row, a
 //! transposed one column by column: either way each line of the panel is
 //! contiguous) and only its last, partial panel packed, a register-blocked
 //! microkernel per tile, and the epilogue applied as each finished tile is stored.
@@ -12,7 +14,7 @@ use crate::parallel::{for_each_chunk, for_each_chunk_in_order, ByCols, ByRows};
 use crate::profile::{self, Level, Work};
 use crate::simd::{
     elementwise, flush_subnormals, has_thin_loop, thin_dots, BlockMut, Isa, Microkernel,
-    PanelLayout, TileEpilogue, MAX_MR, MAX_NR, MAX_THIN_N, THIN_STEP,
+    PanelLayout, TileEpilogue, MAX_MR, MAX_NC, MAX_NR, MAX_THIN_N, THIN_STEP,
 };
 use std::cell::RefCell;
 use std::thread::LocalKey;
@@ -22,22 +24,10 @@ use std::thread::LocalKey;
 /// per block. 784 = 2 · 392 made the forward GEMM 3-4% faster than 4 · 196
 /// (`kerno profile`, 1 and 2 threads).
 const KC: usize = 400;
-/// Width of a packed block of B: `KC × NC` floats (800 KiB) stay in L2.
-const NC: usize = 512;
-const _: () = assert!(
-    NC.is_multiple_of(MAX_NR),
-    "a block of B splits into whole strips"
-);
 /// Operations from which a GEMM is worth spreading over the threads: the 1.3 MFLOP
 /// GEMMs of the output layer take half the time on two (`kerno profile`), now
 /// that the pool's threads spin through `fit` instead of being woken.
 const PARALLEL_FLOPS: usize = 1_000_000;
-/// Floats of B from which a task's own columns are too many to pack on its stack.
-const TASK_PACKING: usize = 4096;
-const _: () = assert!(
-    TASK_PACKING / 16 <= KC,
-    "a task's packing, in strips of 16 or more, is one depth block"
-);
 /// Floats of packed B from which packing it is worth spreading over the threads.
 const PARALLEL_PACKING: usize = 256 * 1024;
 /// Columns of C from which each thread takes a block of columns rather than rows.
@@ -56,6 +46,8 @@ const BLOCK_ROWS: usize = 32;
 thread_local! {
     /// The panel of A a task packs, on each worker thread.
     static A_PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// A task's block of B (`KC × nc`), packed by the task before it reads it.
+    static B_BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// All of B packed as strips, by the calling thread, read by every task
     /// (grown on a thread's first GEMM of a size, then reused).
     static PACKED_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -75,12 +67,15 @@ fn with_buffer<R>(
     })
 }
 
-/// Gives every thread of the current rayon pool its A panel at its largest size
-/// now, so that no later GEMM allocates on a worker thread.
+/// Gives every thread of the current rayon pool its A panel and block of B at
+/// their largest sizes now, so that no later GEMM allocates on a worker thread.
 pub fn reserve_packing_buffers() {
     rayon::broadcast(|_| {
         A_PANEL.with(|panel| {
             grow(&mut panel.borrow_mut(), KC * MAX_MR);
+        });
+        B_BLOCK.with(|block| {
+            grow(&mut block.borrow_mut(), KC * MAX_NC);
         })
     });
 }
@@ -248,7 +243,7 @@ fn gemm_summing(
         ),
         false => (None, sums),
     };
-    with_b_panels(b, kernel.nr, shared, task_cols, |panels| {
+    with_b_panels(b, kernel, shared, task_cols, |panels| {
         let c = BlockMut::new(c.reborrow());
         for_each_block(c, fused_sums, k, split, |origin, block, sums| {
             let a = a.rows_range(origin.row, block.rows());
@@ -260,9 +255,7 @@ fn gemm_summing(
                 epilogue,
                 origin,
             };
-            panels.for_task(origin.col, cols, kernel.nr, |panels| {
-                gemm_block(isa, kernel, a, panels, output)
-            })
+            gemm_block(isa, kernel, a, panels.for_task(origin.col, cols), output)
         })
     });
     if let Some(sums) = sums_after {
@@ -319,19 +312,20 @@ fn is_parallel(flops: usize) -> bool {
 /// here, on the calling thread, keeps the buffer on one thread from call to call.
 fn with_b_panels<R>(
     b: MatRef<'_>,
-    nr: usize,
+    kernel: Microkernel,
     shared: bool,
     task_cols: usize,
     f: impl FnOnce(BPanels<'_>) -> R,
 ) -> R {
-    let (k, n) = (b.rows(), b.cols());
+    let (k, n, nr) = (b.rows(), b.cols(), kernel.nr);
     if b.col_stride() == 1
         && n.is_multiple_of(nr)
-        && (k * n < PARALLEL_PACKING || (!shared && task_cols <= NC))
+        && kernel.b_in_place
+        && (k * n < PARALLEL_PACKING || (!shared && task_cols <= kernel.block_cols(depth_block(k))))
     {
         return f(BPanels::InPlace(b));
     }
-    if !shared && k * task_cols.next_multiple_of(nr) <= TASK_PACKING {
+    if !shared {
         return f(BPanels::PerTask(b));
     }
     let run = |packed: &mut Vec<f32>| {
@@ -529,7 +523,7 @@ fn gemm_thin_n_transposed(
     let (k, n) = (a.cols(), b.cols());
     let kernel = isa.kernel_for(n);
     let (bt, at) = (b.t(), a.t());
-    with_b_panels(at, kernel.nr, false, THIN_T_ROWS, |panels| {
+    with_b_panels(at, kernel, false, THIN_T_ROWS, |panels| {
         let split = Split::Rows(THIN_T_ROWS);
         for_each_block(
             BlockMut::new(c),
@@ -549,9 +543,7 @@ fn gemm_thin_n_transposed(
                     epilogue: Epilogue::None,
                     origin: Origin::default(),
                 };
-                panels.for_task(origin.row, rows, kernel.nr, |panels| {
-                    gemm_block(isa, kernel, bt, panels, output)
-                });
+                gemm_block(isa, kernel, bt, panels.for_task(origin.row, rows), output);
                 // Transposed into C, `MAX_MR` rows at a time.
                 let mut tile = [0.0f32; MAX_MR * MAX_THIN_N];
                 for first in (0..rows).step_by(MAX_MR) {
@@ -589,42 +581,27 @@ enum BPanels<'a> {
     },
     /// B itself, row-major, `n` a whole number of strips.
     InPlace(MatRef<'a>),
-    /// B to be packed by each task, its own columns only, on its own stack: where
-    /// they fit in [`TASK_PACKING`] floats (a transposed `W₂ᵀ`), packing them all on
-    /// the calling thread first kept the other threads waiting.
+    /// B to be packed by each task, its own columns only, a cache block at a time
+    /// just before it reads the block: packing all of B on the calling thread
+    /// first kept the other threads waiting.
     PerTask(MatRef<'a>),
+    /// One cache block of B, rows `pc..` and columns `jc..` of the task's B,
+    /// packed by the task as strips of `kc × nr`.
+    Block {
+        data: &'a [f32],
+        pc: usize,
+        jc: usize,
+    },
 }
 
 impl<'a> BPanels<'a> {
-    /// Runs `f` with the strips of a task whose block of C has columns
-    /// `col..col + cols`: those columns of B packed on this task's stack where
-    /// each task packs its own, else the strips from column `col` on.
-    fn for_task<R>(
-        self,
-        col: usize,
-        cols: usize,
-        nr: usize,
-        f: impl FnOnce(BPanels<'_>) -> R,
-    ) -> R {
-        let BPanels::PerTask(b) = self else {
-            return f(self.starting_at(col));
-        };
-        let b = b.cols_range(col, cols);
-        let (k, width) = (b.rows(), cols.next_multiple_of(nr));
-        assert!(
-            k * width <= TASK_PACKING,
-            "a task packs at most TASK_PACKING floats"
-        );
-        let mut own = [0.0f32; TASK_PACKING];
-        let data = &mut own[..k * width];
-        if k > 0 {
-            pack_b(b, 0, k, nr, data);
+    /// The strips of a task whose block of C has columns `col..col + cols`: B's
+    /// columns from `col` on, or those columns alone where the task packs them.
+    fn for_task(self, col: usize, cols: usize) -> Self {
+        match self {
+            BPanels::PerTask(b) => BPanels::PerTask(b.cols_range(col, cols)),
+            _ => self.starting_at(col),
         }
-        f(BPanels::Packed {
-            data,
-            width,
-            first_col: 0,
-        })
     }
 
     /// The strips from column `col` on (a whole number of strips), for a task
@@ -641,7 +618,9 @@ impl<'a> BPanels<'a> {
                 first_col: first_col + col,
             },
             BPanels::InPlace(b) => BPanels::InPlace(b.cols_range(col, b.cols() - col)),
-            BPanels::PerTask(_) => unreachable!("each task packs its own columns"),
+            BPanels::PerTask(_) | BPanels::Block { .. } => {
+                unreachable!("a task's own columns are not split again")
+            }
         }
     }
 
@@ -675,7 +654,16 @@ impl<'a> BPanels<'a> {
                 let len = (kc - 1) * b.row_stride() + count * nr;
                 (&b.data()[start..start + len], b.row_stride(), nr)
             }
-            BPanels::PerTask(_) => unreachable!("each task packs its own columns"),
+            BPanels::Block {
+                data,
+                pc: at_pc,
+                jc,
+            } => {
+                assert_eq!(pc, at_pc, "a packed block holds one depth block");
+                let start = (col - jc) * kc;
+                (&data[start..start + count * kc * nr], nr, kc * nr)
+            }
+            BPanels::PerTask(_) => unreachable!("a task packs each block before reading it"),
         }
     }
 }
@@ -719,12 +707,22 @@ fn gemm_block(
     }
     A_PANEL.with(|a_panel| {
         let a_panel = &mut *a_panel.borrow_mut();
-        for jc in (0..n).step_by(NC) {
-            let nc = NC.min(n - jc);
+        let mut b_block = B_BLOCK.with(|block| block.take());
+        let block_cols = kernel.block_cols(depth_block(k));
+        for jc in (0..n).step_by(block_cols) {
+            let nc = block_cols.min(n - jc);
             let strips = nc.div_ceil(nr);
             let depth = depth_block(k);
             for pc in (0..k).step_by(depth) {
                 let kc = depth.min(k - pc);
+                let b_panels = match b_panels {
+                    BPanels::PerTask(b) => {
+                        let data = grow(&mut b_block, kc * strips * nr);
+                        pack_b(b.cols_range(jc, nc), pc, kc, nr, data);
+                        BPanels::Block { data, pc, jc }
+                    }
+                    in_place_or_packed => in_place_or_packed,
+                };
                 let overwrite = pc == 0 && !accumulate;
                 let last = pc + kc == k;
                 let tile_epilogue = if last { epilogue } else { Epilogue::None };
@@ -789,6 +787,7 @@ fn gemm_block(
                 }
             }
         }
+        B_BLOCK.with(|block| block.replace(b_block));
     });
 }
 

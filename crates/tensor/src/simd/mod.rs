@@ -10,7 +10,7 @@ mod peak;
 mod thin;
 
 pub(crate) use block::{BlockMut, TileMut};
-pub use microkernel::{MAX_MR, MAX_NR};
+pub use microkernel::{MAX_MR, MAX_NC, MAX_NR};
 pub use peak::fma_peak_gflops;
 pub(crate) use thin::{has_thin_loop, thin_dots, MAX_THIN_N, THIN_STEP};
 
@@ -107,11 +107,22 @@ impl Isa {
 pub(crate) struct Microkernel {
     pub mr: usize,
     pub nr: usize,
+    /// Floats of a cache block of B (depth × columns) that stay in L2 beside A.
+    pub b_block_floats: usize,
+    /// Whether a row-major B whose block stays in L2 is read in place rather
+    /// than packed.
+    pub b_in_place: bool,
     columns: Kernels,
     rows: Kernels,
 }
 
 impl Microkernel {
+    /// Columns of B per cache block of depth `kc`: whole strips, at most
+    /// [`MAX_NC`], in `b_block_floats`.
+    pub fn block_cols(&self, kc: usize) -> usize {
+        (self.b_block_floats / kc.max(1) / self.nr * self.nr).clamp(self.nr, MAX_NC)
+    }
+
     /// The kernels that read A's panel laid out as `layout`.
     pub fn for_layout(&self, layout: PanelLayout) -> Kernels {
         match layout {
