@@ -1,7 +1,7 @@
 //! The inner loop of GEMMs whose output is only a few columns wide (the logits of
-//! a classifier, n = 10), for AVX-512: each output is the dot product of a row of
-//! A with a row of the packed Bᵀ, summed in 16 lanes and then across them. Other
-//! instruction sets take the general tiled path for these shapes.
+//! a classifier, n = 10), for AVX-512 and AVX2: each output is the dot product of
+//! a row of A with a row of the packed Bᵀ, summed in 16 (or 8) lanes and then
+//! across them. The portable kernel takes the general tiled path for these shapes.
 
 use super::Isa;
 
@@ -12,7 +12,7 @@ pub(crate) const THIN_STEP: usize = 2;
 
 /// Whether GEMMs with thin outputs take this loop on `isa`.
 pub(crate) fn has_thin_loop(isa: Isa) -> bool {
-    isa == Isa::Avx512
+    matches!(isa, Isa::Avx512 | Isa::Avx2Fma)
 }
 
 /// `out[r][j] = Σ_p a[r][p] · bt[j·k + p]` for the `R` rows in `a`.
@@ -51,6 +51,38 @@ fn dots_avx512<const R: usize, const N: usize>(
     out
 }
 
+/// [`dots_avx512`] for one row on AVX2, in 8 lanes: `N` accumulators (up to 12
+/// of the 16 ymm registers) where two rows would spill.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_row_avx2<const N: usize>(a: &[f32], bt: &[f32], k: usize) -> [f32; N] {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= k && bt.len() >= N * k);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let full = k - k % 8;
+    for p in (0..full).step_by(8) {
+        // SAFETY: p + 8 <= k <= a.len(), asserted above.
+        let av = unsafe { _mm256_loadu_ps(a.as_ptr().add(p)) };
+        for (j, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: j·k + p + 8 <= N·k <= bt.len(), asserted above.
+            let bv = unsafe { _mm256_loadu_ps(bt.as_ptr().add(j * k + p)) };
+            *acc = _mm256_fmadd_ps(av, bv, *acc);
+        }
+    }
+    let mut out = [0.0f32; N];
+    for (j, (out, acc)) in out.iter_mut().zip(acc).enumerate() {
+        // Lanes added pairwise in a fixed order: the same bits on every call.
+        let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        let mut sum = _mm_cvtss_f32(_mm_add_ss(quarter, _mm_movehdup_ps(quarter)));
+        for p in full..k {
+            sum = a[p].mul_add(bt[j * k + p], sum);
+        }
+        *out = sum;
+    }
+    out
+}
+
 fn dots<const R: usize, const N: usize>(
     isa: Isa,
     a: [&[f32]; R],
@@ -63,8 +95,12 @@ fn dots<const R: usize, const N: usize>(
         isa.name()
     );
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the CPU supports AVX-512F, checked just above.
-    return unsafe { dots_avx512(a, bt, k) };
+    return match isa {
+        // SAFETY: the CPU supports AVX-512F, checked just above.
+        Isa::Avx512 => unsafe { dots_avx512(a, bt, k) },
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        _ => a.map(|row| unsafe { dot_row_avx2(row, bt, k) }),
+    };
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("only x86-64 has a thin loop ({a:?}, {bt:?}, {k})")
 }
