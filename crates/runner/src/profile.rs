@@ -1,7 +1,7 @@
 //! `kerno profile`: where the time of a training step goes, kernel by kernel, as a
 //! table (or JSON), and as a Chrome trace with one span per kernel call per thread.
 
-use crate::bench::{measure_peak, Peak};
+use crate::bench::{peak_around, Peak};
 use crate::cli::ProfileArgs;
 use crate::commands::{check_writable, compiled_notebook_model, load_data, PIXEL_SCALE};
 use anyhow::{Context, Result};
@@ -16,7 +16,6 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     check_writable("--trace", args.trace.as_deref())?;
     let isa = Isa::detected();
     let threads = rayon::current_num_threads();
-    let peak = measure_peak(isa);
     let data = load_data(&args.training.data)?;
     let mut model = compiled_notebook_model(&data, 1, Optimizer::rmsprop())?;
     let x = data.train.images.scaled(PIXEL_SCALE);
@@ -24,9 +23,12 @@ pub fn run(args: ProfileArgs) -> Result<()> {
 
     // Unprofiled steps first: buffers built, caches and branch predictors warm.
     train_steps(&mut model, &x, &y, args.training.batch_size, args.warmup)?;
-    profile::enable();
-    let trained = train_steps(&mut model, &x, &y, args.training.batch_size, args.steps);
-    profile::disable();
+    let (peak, trained) = peak_around(isa, || {
+        profile::enable();
+        let trained = train_steps(&mut model, &x, &y, args.training.batch_size, args.steps);
+        profile::disable();
+        trained
+    });
     trained?;
     let recording = profile::take();
 
