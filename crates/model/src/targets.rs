@@ -4,7 +4,7 @@ use crate::error::ModelError;
 use crate::loss::Loss;
 use crate::workspace::Workspace;
 use kerno_tensor::loss::Targets;
-use kerno_tensor::Tensor;
+use kerno_tensor::{Samples, Tensor};
 
 pub(crate) enum TargetTable<'a> {
     Dense(&'a Tensor),
@@ -69,12 +69,7 @@ impl<'a> TargetTable<'a> {
     /// Copies the targets of `indices` into the workspace.
     pub fn gather(&self, indices: &[usize], ws: &mut Workspace) {
         match self {
-            TargetTable::Dense(y) => {
-                let w = y.row_len();
-                for (dst, &i) in ws.y.chunks_exact_mut(w).zip(indices) {
-                    dst.copy_from_slice(y.row(i));
-                }
-            }
+            TargetTable::Dense(y) => y.gather(indices, &mut ws.y[..indices.len() * y.row_len()]),
             TargetTable::Classes(c) => {
                 for (dst, &i) in ws.classes.iter_mut().zip(indices) {
                     *dst = c[i];

