@@ -8,6 +8,8 @@ pub(crate) mod elementwise;
 mod microkernel;
 mod peak;
 mod thin;
+#[cfg(target_arch = "x86_64")]
+mod tiles;
 
 pub(crate) use block::{BlockMut, TileMut};
 pub use microkernel::{MAX_MR, MAX_NC, MAX_NR};
