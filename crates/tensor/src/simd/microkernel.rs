@@ -205,10 +205,23 @@ fn avx2_kernel<const MR: usize>() -> Microkernel {
     }
 }
 
-/// The microkernel of `isa` for a GEMM of `m` rows. On AVX-512 a GEMM of at most
-/// 12 rows (a thin output computed transposed, a handful of samples) gets a kernel
-/// exactly `m` rows tall rather than 8-row tiles partly padding.
+/// The microkernel of `isa` for a GEMM of `m` rows. A GEMM of at most 12 rows (a
+/// thin output computed transposed, a handful of samples) gets tiles that divide
+/// `m` rather than 8 or 6 rows partly padding: exactly `m` rows tall on AVX-512;
+/// on AVX2, whose 16 registers hold at most 6 rows of accumulators, the tallest
+/// that divides `m` (5 for 10), where one does.
 pub(super) fn for_rows(isa: Isa, m: usize) -> Microkernel {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2Fma {
+        match m {
+            1 => return avx2_kernel::<1>(),
+            2 => return avx2_kernel::<2>(),
+            3 | 9 => return avx2_kernel::<3>(),
+            4 | 8 => return avx2_kernel::<4>(),
+            5 | 10 => return avx2_kernel::<5>(),
+            _ => {}
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
         match m {
