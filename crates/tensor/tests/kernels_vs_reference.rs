@@ -81,6 +81,27 @@ fn gemm_matches_reference_on_odd_and_transposed_shapes() {
     }
 }
 
+/// Every height up to 12 rows, where each instruction set picks tiles of its own
+/// height (AVX-512: exactly m; AVX2: the tallest up to 6 that divides m), and the
+/// thin outputs a transposed A computes as Cᵀ with those tiles.
+#[test]
+fn gemm_of_few_rows_matches_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    for m in 1..=12 {
+        for (k, n) in [(37, 64), (129, 40), (5, 512)] {
+            for ta in [false, true] {
+                let (a, b) = (random(&mut rng, m * k), random(&mut rng, k * n));
+                let (a, b) = (view(&a, m, k, ta), view(&b, k, n, false));
+                assert_gemm_matches_reference(a, b, &format!("{m}x{k}x{n} ta={ta}"));
+            }
+        }
+        // m as the width of a thin output, with A transposed: computed as Cᵀ.
+        let (a, b) = (random(&mut rng, 200 * 33), random(&mut rng, 33 * m));
+        let (a, b) = (view(&a, 200, 33, true), view(&b, 33, m, false));
+        assert_gemm_matches_reference(a, b, &format!("200x33x{m} ta=true"));
+    }
+}
+
 #[test]
 fn gemm_accumulates_and_handles_padded_rows_of_c() {
     let mut rng = ChaCha8Rng::seed_from_u64(2);

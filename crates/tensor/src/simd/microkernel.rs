@@ -1,5 +1,6 @@
-//! GEMM microkernels, one per instruction set: AVX-512F and AVX2+FMA with
-//! `std::arch`, and a portable one on `wide`'s vectors for every other target.
+//! GEMM microkernels, one per instruction set: AVX-512F and AVX2+FMA (the tiles of
+//! `tiles`, compiled for each, in every height a GEMM asks for), and a portable one
+//! on `wide`'s vectors for every other target.
 
 #[cfg(target_arch = "x86_64")]
 use super::{tiles, TileEpilogue, TileMut};
