@@ -1,11 +1,12 @@
 //! GEMM in the BLIS structure: B walked in cache blocks of depth `KC` and the
 //! kernel's L2 budget of columns, packed into strips of `NR` columns (once per
 //! call when every task reads all of it, else by each task, a block at a time,
-//! its own columns only) unless the kernel reads B in place and its rows are whole
-//! strips that stay in L2, A read in place by whole panels of `MR` rows (a row-major A row by row, a
-//! transposed one column by column: either way each line of the panel is
-//! contiguous) and only its last, partial panel packed, a register-blocked
-//! microkernel per tile, and the epilogue applied as each finished tile is stored.
+//! its own columns only) unless the kernel reads B in place and its rows are
+//! whole strips that stay in L2; A read in place by whole panels of `MR` rows (a
+//! row-major A row by row, a transposed one column by column: either way each
+//! line of the panel is contiguous) and only its last, partial panel packed; a
+//! register-blocked microkernel per tile, and the epilogue applied as each
+//! finished tile is stored.
 //! Buffers are per thread and reused: no allocation per call.
 
 use crate::activation::relu;
@@ -205,12 +206,11 @@ fn gemm_summing(
     if m == 0 || n == 0 {
         return;
     }
-    let thin = n <= MAX_THIN_N && has_thin_loop(isa);
     // A transposed A's thin product is computed as Cᵀ, which pays only with tiles
     // that divide n: 6-row tiles for n = 10 made dW2 1.5x slower on AVX2.
     let thin_transposed =
-        a.row_stride() == 1 && m > MAX_THIN_N && n.is_multiple_of(isa.kernel_for(n).mr);
-    if thin && (a.col_stride() == 1 || thin_transposed) {
+        || a.row_stride() == 1 && m > MAX_THIN_N && n.is_multiple_of(isa.kernel_for(n).mr);
+    if n <= MAX_THIN_N && has_thin_loop(isa) && (a.col_stride() == 1 || thin_transposed()) {
         if a.col_stride() == 1 {
             gemm_thin_n(isa, a, b, c.reborrow(), accumulate, epilogue);
         } else {
@@ -593,13 +593,9 @@ enum BPanels<'a> {
     /// just before it reads the block: packing all of B on the calling thread
     /// first kept the other threads waiting.
     PerTask(MatRef<'a>),
-    /// One cache block of B, rows `pc..` and columns `jc..` of the task's B,
-    /// packed by the task as strips of `kc × nr`.
-    Block {
-        data: &'a [f32],
-        pc: usize,
-        jc: usize,
-    },
+    /// The cache block of B the task is reading (its current depth block, columns
+    /// from `jc` on), packed by the task as strips of `kc × nr`.
+    Block { data: &'a [f32], jc: usize },
 }
 
 impl<'a> BPanels<'a> {
@@ -662,12 +658,7 @@ impl<'a> BPanels<'a> {
                 let len = (kc - 1) * b.row_stride() + count * nr;
                 (&b.data()[start..start + len], b.row_stride(), nr)
             }
-            BPanels::Block {
-                data,
-                pc: at_pc,
-                jc,
-            } => {
-                assert_eq!(pc, at_pc, "a packed block holds one depth block");
+            BPanels::Block { data, jc } => {
                 let start = (col - jc) * kc;
                 (&data[start..start + count * kc * nr], nr, kc * nr)
             }
@@ -713,89 +704,89 @@ fn gemm_block(
         }
         return;
     }
-    A_PANEL.with(|a_panel| {
-        let a_panel = &mut *a_panel.borrow_mut();
-        let mut b_block = B_BLOCK.with(|block| block.take());
-        let block_cols = kernel.block_cols(depth_block(k));
-        for jc in (0..n).step_by(block_cols) {
-            let nc = block_cols.min(n - jc);
-            let strips = nc.div_ceil(nr);
-            let depth = depth_block(k);
-            for pc in (0..k).step_by(depth) {
-                let kc = depth.min(k - pc);
-                let b_panels = match b_panels {
-                    BPanels::PerTask(b) => {
-                        let data = grow(&mut b_block, kc * strips * nr);
-                        pack_b(b.cols_range(jc, nc), pc, kc, nr, data);
-                        BPanels::Block { data, pc, jc }
-                    }
-                    in_place_or_packed => in_place_or_packed,
-                };
-                let overwrite = pc == 0 && !accumulate;
-                let last = pc + kc == k;
-                let tile_epilogue = if last { epilogue } else { Epilogue::None };
-                for ir in (0..m).step_by(mr) {
-                    let rows = mr.min(m - ir);
-                    let (a_cols, lda, layout) = if a.row_stride() == 1 && rows == mr {
-                        // A transposed: its panel's columns are contiguous, read in place.
-                        let start = pc * a.col_stride() + ir;
-                        (&a.data()[start..], a.col_stride(), PanelLayout::Columns)
-                    } else if a.col_stride() == 1 && rows == mr {
-                        // A row-major: its panel's rows are contiguous, read in place.
-                        // Packing them cost the forward GEMM 5% (`kerno profile`): a
-                        // task reuses each panel for only a few strips of B.
-                        let start = ir * a.row_stride() + pc;
-                        (&a.data()[start..], a.row_stride(), PanelLayout::Rows)
-                    } else {
-                        let a_packed = grow(a_panel, kc * mr);
-                        pack_a(a, ir, rows, pc, kc, mr, a_packed);
-                        (&*a_packed, mr, PanelLayout::Columns)
+    let depth = depth_block(k);
+    let block_cols = kernel.block_cols(depth);
+    with_buffer(&A_PANEL, |a_panel| {
+        with_buffer(&B_BLOCK, |b_block| {
+            for jc in (0..n).step_by(block_cols) {
+                let nc = block_cols.min(n - jc);
+                let strips = nc.div_ceil(nr);
+                for pc in (0..k).step_by(depth) {
+                    let kc = depth.min(k - pc);
+                    let b_panels = match b_panels {
+                        BPanels::PerTask(b) => {
+                            let data = grow(b_block, kc * strips * nr);
+                            pack_b(b.cols_range(jc, nc), pc, kc, nr, data);
+                            BPanels::Block { data, jc }
+                        }
+                        in_place_or_packed => in_place_or_packed,
                     };
-                    let kernels = kernel.for_layout(layout);
-                    // The strips wholly inside this block, in one call where the
-                    // kernel stores its tiles (and applies the epilogue) itself.
-                    let full_strips = if rows == mr { nc / nr } else { 0 };
-                    let in_registers =
-                        kernels
-                            .into
-                            .filter(|_| full_strips > 0)
-                            .zip(tile_epilogue_of(
-                                tile_epilogue,
-                                origin.row + ir,
-                                origin.col + jc,
-                            ));
-                    let mut first = 0;
-                    if let Some((into, epilogue)) = in_registers {
-                        let (b_strips, ldb, step) = b_panels.strips(pc, kc, jc, nr, full_strips);
-                        let width = full_strips * nr;
-                        let c_tiles = c.tile_mut(ir, jc, mr, width).accumulating(!overwrite);
-                        into(kc, a_cols, lda, b_strips, ldb, step, c_tiles, epilogue);
-                        first = full_strips;
-                    }
-                    for s in first..strips {
-                        let col = jc + s * nr;
-                        let (b_strip, ldb) = b_panels.strip(pc, kc, col, nr);
-                        let tile = Tile {
-                            row: ir,
-                            col,
-                            rows,
-                            cols: nr.min(n - col),
-                            nr,
+                    let overwrite = pc == 0 && !accumulate;
+                    let last = pc + kc == k;
+                    let tile_epilogue = if last { epilogue } else { Epilogue::None };
+                    for ir in (0..m).step_by(mr) {
+                        let rows = mr.min(m - ir);
+                        let (a_cols, lda, layout) = if a.row_stride() == 1 && rows == mr {
+                            // A transposed: its panel's columns are contiguous, read in place.
+                            let start = pc * a.col_stride() + ir;
+                            (&a.data()[start..], a.col_stride(), PanelLayout::Columns)
+                        } else if a.col_stride() == 1 && rows == mr {
+                            // A row-major: its panel's rows are contiguous, read in place.
+                            // Packing them cost the forward GEMM 5% (`kerno profile`): a
+                            // task reuses each panel for only a few strips of B.
+                            let start = ir * a.row_stride() + pc;
+                            (&a.data()[start..], a.row_stride(), PanelLayout::Rows)
+                        } else {
+                            let a_packed = grow(a_panel, kc * mr);
+                            pack_a(a, ir, rows, pc, kc, mr, a_packed);
+                            (&*a_packed, mr, PanelLayout::Columns)
                         };
-                        let acc = &mut acc[..mr * nr];
-                        (kernels.run)(kc, a_cols, lda, b_strip, ldb, acc);
-                        store_tile(&mut c, acc, tile, overwrite, tile_epilogue, origin);
-                    }
-                    if let Some(sums) = sums.as_mut().filter(|_| last) {
-                        // The panel's finished rows, just stored, still in L1.
-                        let sums = &mut sums.row_mut(0)[jc..jc + nc];
-                        let rows = ir..ir + rows;
-                        add_rows_in_order(isa, sums, rows, |r| &c.row(r)[jc..jc + nc]);
+                        let kernels = kernel.for_layout(layout);
+                        // The strips wholly inside this block, in one call where the
+                        // kernel stores its tiles (and applies the epilogue) itself.
+                        let full_strips = if rows == mr { nc / nr } else { 0 };
+                        let in_registers =
+                            kernels
+                                .into
+                                .filter(|_| full_strips > 0)
+                                .zip(tile_epilogue_of(
+                                    tile_epilogue,
+                                    origin.row + ir,
+                                    origin.col + jc,
+                                ));
+                        let mut first = 0;
+                        if let Some((into, epilogue)) = in_registers {
+                            let (b_strips, ldb, step) =
+                                b_panels.strips(pc, kc, jc, nr, full_strips);
+                            let width = full_strips * nr;
+                            let c_tiles = c.tile_mut(ir, jc, mr, width).accumulating(!overwrite);
+                            into(kc, a_cols, lda, b_strips, ldb, step, c_tiles, epilogue);
+                            first = full_strips;
+                        }
+                        for s in first..strips {
+                            let col = jc + s * nr;
+                            let (b_strip, ldb) = b_panels.strip(pc, kc, col, nr);
+                            let tile = Tile {
+                                row: ir,
+                                col,
+                                rows,
+                                cols: nr.min(n - col),
+                                nr,
+                            };
+                            let acc = &mut acc[..mr * nr];
+                            (kernels.run)(kc, a_cols, lda, b_strip, ldb, acc);
+                            store_tile(&mut c, acc, tile, overwrite, tile_epilogue, origin);
+                        }
+                        if let Some(sums) = sums.as_mut().filter(|_| last) {
+                            // The panel's finished rows, just stored, still in L1.
+                            let sums = &mut sums.row_mut(0)[jc..jc + nc];
+                            let rows = ir..ir + rows;
+                            add_rows_in_order(isa, sums, rows, |r| &c.row(r)[jc..jc + nc]);
+                        }
                     }
                 }
             }
-        }
-        B_BLOCK.with(|block| block.replace(b_block));
+        })
     });
 }
 

@@ -132,7 +132,6 @@ impl TileMut<'_> {
     }
 
     /// Row `i` of the tile: its `cols` elements.
-    #[inline]
     pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
         assert!(i < self.rows, "row {i} is outside the tile");
         // SAFETY: the tile lies inside its block (checked by `BlockMut::tile_mut`),

@@ -10,7 +10,7 @@ use std::arch::x86_64::{__m256, __m512};
 
 pub const MAX_MR: usize = 12;
 pub const MAX_NR: usize = 32;
-/// The widest cache block of B of any kernel (`Microkernel::nc`).
+/// The widest cache block of B of any kernel (`Microkernel::block_cols`).
 pub const MAX_NC: usize = 512;
 
 /// A's element (`i`, `p`) of a panel: `a[i·lda + p]` when `ROWS` (a row-major A
