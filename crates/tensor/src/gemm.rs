@@ -730,6 +730,16 @@ fn gemm_block(
                     let tile_epilogue = if last { epilogue } else { Epilogue::None };
                     for ir in (0..m).step_by(mr) {
                         let rows = mr.min(m - ir);
+                        // The last, partial panel takes a shorter tile of the same width
+                        // where the instruction set has one, to be read in place and
+                        // stored from registers as a whole panel.
+                        let kernel = match rows < mr {
+                            true => Some(isa.kernel_for(rows))
+                                .filter(|short| short.mr == rows && short.nr == nr)
+                                .unwrap_or(kernel),
+                            false => kernel,
+                        };
+                        let mr = kernel.mr;
                         let (a_cols, lda, layout) = if a.row_stride() == 1 && rows == mr {
                             // A transposed: its panel's columns are contiguous, read in place.
                             let start = pc * a.col_stride() + ir;
