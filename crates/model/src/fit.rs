@@ -219,10 +219,15 @@ impl Sequential {
                 TrainingProgress::start_of(epoch)
             };
             let start = Instant::now();
-            let batches = order.batches(options.batch_size).enumerate();
+            let mut batches = order
+                .batches(options.batch_size)
+                .enumerate()
+                .skip(done.step)
+                .peekable();
             with_workers_awake(|| {
-                for (step, batch) in batches.skip(done.step) {
-                    let stats = self.train_step(ws, x, targets, batch);
+                while let Some((step, batch)) = batches.next() {
+                    let next = batches.peek().map(|&(_, next)| next);
+                    let stats = self.train_step(ws, x, targets, batch, next);
                     done.loss_sum += stats.loss_sum;
                     done.correct += stats.correct;
                     done.samples += batch.len();
@@ -287,7 +292,7 @@ impl Sequential {
         let targets = self.whole_batch_targets(x, y)?;
         let rows = x.len();
         let stats = self.on_whole_batch(rows, |model, ws, indices| {
-            model.train_step(ws, x, &targets, indices)
+            model.train_step(ws, x, &targets, indices, None)
         });
         Ok((
             stats.loss_sum / rows as f64,

@@ -248,13 +248,15 @@ impl Sequential {
         }
     }
 
-    /// One optimizer step on the samples `indices`. Allocates nothing.
+    /// One optimizer step on the samples `indices`, the samples of the `next` step
+    /// asked for before the update. Allocates nothing.
     pub(crate) fn train_step(
         &mut self,
         ws: &mut Workspace,
         x: &dyn Samples,
         targets: &TargetTable<'_>,
         indices: &[usize],
+        next: Option<&[usize]>,
     ) -> LossStats {
         let _span = profile::span(|| Work::new("train step", Level::Step));
         let compiled = self
@@ -278,6 +280,12 @@ impl Sequential {
             ws,
             indices.len(),
         );
+        if let Some(next) = next {
+            // Random rows of a dataset in DRAM: their loads overlap the update,
+            // whose square roots and divisions leave the memory idle.
+            x.prefetch(next);
+            targets.prefetch(next);
+        }
         compiled
             .optimizer
             .apply(&mut compiled.state, &mut self.layers, ws);

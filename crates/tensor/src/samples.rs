@@ -16,6 +16,10 @@ pub trait Samples: Sync {
     /// Copies the rows `indices` into `out` (`indices.len() × features()`, row-major).
     fn gather(&self, indices: &[usize], out: &mut [f32]);
 
+    /// Asks the CPU to start loading the rows `indices`, soon to be gathered. A
+    /// hint only: the default does nothing.
+    fn prefetch(&self, _indices: &[usize]) {}
+
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -37,11 +41,15 @@ impl Samples for Tensor {
 
     fn gather(&self, indices: &[usize], out: &mut [f32]) {
         // Every row asked for first, as in `ScaledBytes::gather`.
-        for &i in indices {
-            prefetch_lines(self.row(i));
-        }
+        self.prefetch(indices);
         for (dst, &i) in out.chunks_exact_mut(self.row_len()).zip(indices) {
             dst.copy_from_slice(self.row(i));
+        }
+    }
+
+    fn prefetch(&self, indices: &[usize]) {
+        for &i in indices {
+            prefetch_lines(self.row(i));
         }
     }
 }
@@ -69,6 +77,11 @@ impl<'a> ScaledBytes<'a> {
             features,
             divisor,
         }
+    }
+
+    /// The bytes of sample `i`.
+    fn row(&self, i: usize) -> &[u8] {
+        &self.bytes[i * self.features..(i + 1) * self.features]
     }
 
     /// The scaled rows as an owned tensor `[len, features]`.
@@ -103,14 +116,17 @@ impl Samples for ScaledBytes<'_> {
             // Every row asked for at once: random rows of a dataset in DRAM, read
             // one after another, each waited for its own misses (a batch of 128
             // MNIST rows on Zen 3, median of 400: 64-73 -> 48-56 µs on one thread).
-            for &i in rows {
-                prefetch_lines(&self.bytes[i * features..(i + 1) * features]);
-            }
+            self.prefetch(rows);
             for (dst, &i) in out.chunks_exact_mut(features).zip(rows) {
-                let src = &self.bytes[i * features..(i + 1) * features];
-                elementwise::scale_bytes(isa, src, dst, self.divisor);
+                elementwise::scale_bytes(isa, self.row(i), dst, self.divisor);
             }
         });
+    }
+
+    fn prefetch(&self, indices: &[usize]) {
+        for &i in indices {
+            prefetch_lines(self.row(i));
+        }
     }
 }
 
