@@ -48,8 +48,7 @@ pub(crate) fn flush_subnormals<R>(f: impl FnOnce() -> R) -> R {
 
 /// Asks the CPU to start loading every cache line of `data` into L1: for copies
 /// that read rows far apart (packing the weights, gathering a batch), whose next
-/// rows the hardware prefetcher does not fetch in time, and for tiles of C about
-/// to be stored. A hint only: no effect on
+/// rows the hardware prefetcher does not fetch in time. A hint only: no effect on
 /// any result.
 #[inline]
 pub(crate) fn prefetch_lines<T>(data: &[T]) {
@@ -57,10 +56,7 @@ pub(crate) fn prefetch_lines<T>(data: &[T]) {
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         let start = data.as_ptr().cast::<i8>();
-        let size = std::mem::size_of_val(data);
-        // Every 64 bytes, and the last byte: an unaligned slice ends in one more line.
-        let offsets = (0..size).step_by(64).chain(size.checked_sub(1));
-        for offset in offsets {
+        for offset in (0..std::mem::size_of_val(data)).step_by(64) {
             // SAFETY: a prefetch reads nothing the program sees and cannot fault;
             // SSE, which it needs, is part of every x86-64.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };

@@ -5,7 +5,7 @@
 //! always inlined.
 
 use super::microkernel::{a_at, assert_panels_fit};
-use super::{prefetch_lines, TileEpilogue, TileMut};
+use super::{TileEpilogue, TileMut};
 use std::arch::x86_64::*;
 
 /// Steps of k per pass of a tile's inner loop.
@@ -242,12 +242,6 @@ pub(super) unsafe fn into<V: Vector, const MR: usize, const ROWS: bool>(
     );
     for s in 0..c.cols / nr {
         let col = s * nr;
-        // The tile's lines of C start coming while its products are summed: storing
-        // into lines not yet in cache stalled (dW1 on 2 threads, fastest of 11:
-        // 763-795 -> 695-730 µs; fwd1 754-914 -> 730-759 µs).
-        for i in 0..MR {
-            prefetch_lines(&c.row_mut(i)[col..col + nr]);
-        }
         // SAFETY (here and each `store_rows`): the caller's contract. One store loop
         // per epilogue, each unrolled with the accumulators kept in registers (one
         // loop matching the epilogue on each row spilled them).
