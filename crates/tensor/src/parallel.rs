@@ -10,6 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// falling asleep between kernels. Waking a sleeping thread costs tens of
 /// microseconds per kernel here (the system call, then the wait to be scheduled),
 /// as much as a small kernel. OpenMP runtimes keep their threads spinning likewise.
+///
+/// A thread that comes to its spinning job while it waits inside part of one of
+/// kerno's kernels leaves it at once (and sleeps between kernels, as without this
+/// function). Inside rayon's own parallel iterators it cannot tell, and would spin
+/// there until `body` ends: parallel work in `body` should be kerno's kernels.
 pub fn with_workers_awake<R>(body: impl FnOnce() -> R) -> R {
     let helpers = rayon::current_num_threads().saturating_sub(1);
     if helpers == 0 {
@@ -23,7 +28,11 @@ pub fn with_workers_awake<R>(body: impl FnOnce() -> R) -> R {
         scope.spawn_broadcast(|_, _| {
             // A thread that drives a body (this one's caller, or another's when two
             // models train at once) or already spins must not spin here: two
-            // callers spinning for each other's bodies would wait forever.
+            // callers spinning for each other's bodies would wait forever. Nor one
+            // that took this job while waiting inside part of a parallel loop (it
+            // stole that part before this job reached it): spinning on top of the
+            // part until the body ends, it would hold up the body waiting for the
+            // part, and `kerno train` hung so. It then sleeps between kernels.
             if OCCUPIED.get() {
                 return;
             }
@@ -42,7 +51,8 @@ pub fn with_workers_awake<R>(body: impl FnOnce() -> R) -> R {
 }
 
 thread_local! {
-    /// Whether this thread runs the body of a `with_workers_awake`, or spins for one.
+    /// Whether this thread runs the body of a `with_workers_awake`, spins for one,
+    /// or runs part of a parallel loop.
     static OCCUPIED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -172,6 +182,7 @@ fn split_halves<C: Chunks>(
     len: usize,
     work: &(impl Fn(usize, C) + Sync),
 ) {
+    let _occupied = Occupied::enter();
     if chunks <= 1 {
         if data.len() > 0 {
             work(first, data);
@@ -209,7 +220,7 @@ impl Drop for StopOnDrop<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rayon::prelude::*;
+    use std::sync::atomic::AtomicU64;
 
     fn pool(threads: usize) -> rayon::ThreadPool {
         rayon::ThreadPoolBuilder::new()
@@ -218,15 +229,21 @@ mod tests {
             .unwrap()
     }
 
+    /// `0 + 1 + … + (n - 1)`, summed over the pool in chunks.
+    fn parallel_sum(n: u64) -> u64 {
+        let values: Vec<u64> = (0..n).collect();
+        let total = AtomicU64::new(0);
+        for_each_chunk(&values[..], 100, &|_, chunk| {
+            total.fetch_add(chunk.iter().sum(), Ordering::Relaxed);
+        });
+        total.into_inner()
+    }
+
     #[test]
     fn runs_parallel_work_inside_and_returns_its_value() {
         for threads in [1, 2, 3] {
             let sum = pool(threads).install(|| {
-                with_workers_awake(|| {
-                    (0..20)
-                        .map(|_| (0..10_000u64).into_par_iter().sum::<u64>())
-                        .sum::<u64>()
-                })
+                with_workers_awake(|| (0..20).map(|_| parallel_sum(10_000)).sum::<u64>())
             });
             assert_eq!(sum, 20 * 49_995_000, "{threads} threads");
         }
@@ -235,7 +252,7 @@ mod tests {
     #[test]
     fn works_from_a_thread_outside_the_pool() {
         // Not installed: the global pool's threads spin, this thread drives.
-        let sum = with_workers_awake(|| (0..1000u32).into_par_iter().sum::<u32>());
+        let sum = with_workers_awake(|| parallel_sum(1000));
         assert_eq!(sum, 499_500);
     }
 
