@@ -76,7 +76,9 @@ fn faer_gemm(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32], threads: usize) {
 }
 
 /// Times `f` on a thread of rayon's global pool while its other threads spin,
-/// ready for each parallel call, as they do through `fit`.
+/// ready for each parallel call, as they do through `fit`. The `gemm` crate's
+/// rayon jobs get the spinning threads too, a fair start; they are foreign work to
+/// `with_workers_awake`, whose doc tells the rare race that could then hang a run.
 fn iter_in_pool(bench: &mut Bencher<'_>, mut f: impl FnMut() + Send) {
     let f = &mut f;
     bench.iter_custom(|iters| {
