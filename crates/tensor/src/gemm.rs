@@ -29,8 +29,14 @@ const KC: usize = 400;
 /// GEMMs of the output layer take half the time on two (`kerno profile`), now
 /// that the pool's threads spin through `fit` instead of being woken.
 const PARALLEL_FLOPS: usize = 1_000_000;
-/// Floats of packed B from which packing it is worth spreading over the threads.
-const PARALLEL_PACKING: usize = 256 * 1024;
+/// Floats of a B that every task reads below which a kernel that reads B in place
+/// does so (it stays in cache).
+const SMALL_SHARED_B: usize = 256 * 1024;
+/// Floats of a B that every task reads from which the threads pack it together,
+/// each a group of its strips: dH (64 Ki floats) packed on the calling thread kept
+/// the other waiting before dW1 (`kerno profile --trace`, dW1's tenth percentile in
+/// quiet runs: 668-706 µs packed by one thread, 657-685 µs by both).
+const PARALLEL_PACKING: usize = 32 * 1024;
 /// Columns of C from which each thread takes a block of columns rather than rows.
 const MIN_TASK_COLS: usize = 128;
 /// How many rows ahead packing a row-major B asks for B's lines: the weights come
@@ -324,7 +330,7 @@ fn is_parallel(flops: usize) -> bool {
 /// Runs `f` with B's strips for tasks each reading `task_cols` of its columns:
 /// B itself when its rows are whole strips and each task's columns stay in L2 (or
 /// B is small), else B packed into this thread's buffer, a depth block at a time,
-/// over the threads when `shared` tasks will all read it and it is large. Weights
+/// by all the threads when `shared` tasks will all read it and it is large. Weights
 /// that several threads read in place would be shared between their caches, and
 /// the optimizer's writes to them then cost twice what the copy saves (measured
 /// with `kerno profile`): `shared` B is read in place only when small. Packing
@@ -340,7 +346,7 @@ fn with_b_panels<R>(
     if b.col_stride() == 1
         && n.is_multiple_of(nr)
         && kernel.b_in_place
-        && (k * n < PARALLEL_PACKING || (!shared && task_cols <= kernel.block_cols(depth_block(k))))
+        && (k * n < SMALL_SHARED_B || (!shared && task_cols <= kernel.block_cols(depth_block(k))))
     {
         return f(BPanels::InPlace(b));
     }
@@ -351,19 +357,18 @@ fn with_b_panels<R>(
         let depth = depth_block(k);
         let block_len = depth * n.next_multiple_of(nr);
         let packed = grow(packed, k * n.next_multiple_of(nr));
-        let pack_block = |(i, block): (usize, &mut [f32])| {
-            let pc = i * depth;
-            pack_b(b, pc, depth.min(k - pc), nr, block)
+        // Each thread a group of strips of each depth block (two groups a thread).
+        let group = match packed.len() >= PARALLEL_PACKING {
+            true => n.div_ceil(nr).div_ceil(2 * rayon::current_num_threads()),
+            false => n.div_ceil(nr),
         };
-        match block_len {
-            0 => {}
-            _ if shared && packed.len() >= PARALLEL_PACKING => {
-                for_each_chunk(&mut *packed, block_len, &|i, block| pack_block((i, block)))
-            }
-            _ => packed
-                .chunks_mut(block_len)
-                .enumerate()
-                .for_each(pack_block),
+        for (i, block) in packed.chunks_mut(block_len.max(1)).enumerate() {
+            let (pc, cols) = (i * depth, group * nr);
+            let kc = depth.min(k - pc);
+            for_each_chunk(block, group * kc * nr, &|g, strips| {
+                let first = g * cols;
+                pack_b(b.cols_range(first, cols.min(n - first)), pc, kc, nr, strips)
+            });
         }
         f(BPanels::Packed {
             data: packed,
