@@ -24,74 +24,6 @@ pub(super) unsafe fn a_at<const ROWS: bool>(a: *const f32, lda: usize, i: usize,
     unsafe { *a.add(if ROWS { i * lda + p } else { p * lda + i }) }
 }
 
-/// The `MR × 32` AVX-512 tile into `acc` (see [`tiles::run`]), in `2·MR` zmm
-/// accumulators.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-fn avx512_run<const MR: usize, const ROWS: bool>(
-    kc: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    acc: &mut [f32],
-) {
-    // SAFETY: this function is compiled for, and runs only on, AVX-512F.
-    unsafe { tiles::run::<__m512, MR, ROWS>(kc, a, lda, b, ldb, acc) }
-}
-
-/// A row of `MR × 32` AVX-512 tiles stored into C (see [`tiles::into`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-#[allow(clippy::too_many_arguments)]
-fn avx512_into<const MR: usize, const ROWS: bool>(
-    kc: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    strip_stride: usize,
-    c: TileMut<'_>,
-    epilogue: TileEpilogue<'_>,
-) {
-    // SAFETY: this function is compiled for, and runs only on, AVX-512F.
-    unsafe { tiles::into::<__m512, MR, ROWS>(kc, a, lda, b, ldb, strip_stride, c, epilogue) }
-}
-
-/// The `MR × 16` AVX2 tile into `acc` (see [`tiles::run`]), in `2·MR` ymm
-/// accumulators.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn avx2_run<const MR: usize, const ROWS: bool>(
-    kc: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    acc: &mut [f32],
-) {
-    // SAFETY: this function is compiled for, and runs only on, AVX2 and FMA.
-    unsafe { tiles::run::<__m256, MR, ROWS>(kc, a, lda, b, ldb, acc) }
-}
-
-/// A row of `MR × 16` AVX2 tiles stored into C (see [`tiles::into`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn avx2_into<const MR: usize, const ROWS: bool>(
-    kc: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    strip_stride: usize,
-    c: TileMut<'_>,
-    epilogue: TileEpilogue<'_>,
-) {
-    // SAFETY: this function is compiled for, and runs only on, AVX2 and FMA.
-    unsafe { tiles::into::<__m256, MR, ROWS>(kc, a, lda, b, ldb, strip_stride, c, epilogue) }
-}
-
 /// The `4 × 16` product on `wide`'s 8-lane vectors (NEON pairs on aarch64, SSE
 /// pairs on baseline x86-64), in eight accumulators.
 fn portable_4x16<const ROWS: bool>(
@@ -153,58 +85,77 @@ pub(super) fn assert_panels_fit<const ROWS: bool>(
     );
 }
 
-/// The AVX-512 kernel `MR` rows tall.
+/// Defines `$name::<MR>()`, the kernel `MR` rows tall of one x86 instruction set:
+/// the tiles of `tiles` compiled for its vector type under its target features,
+/// with its cache block of B and whether it reads B in place.
 #[cfg(target_arch = "x86_64")]
-fn avx512_kernel<const MR: usize>() -> Microkernel {
-    fn kernels<const MR: usize, const ROWS: bool>() -> Kernels {
-        Kernels {
-            // SAFETY: AVX-512 kernels are reached only through `Isa::kernel_for`,
-            // which asserts that the CPU supports AVX-512F and FMA.
-            run: |kc, a, lda, b, ldb, acc| unsafe {
-                avx512_run::<MR, ROWS>(kc, a, lda, b, ldb, acc)
-            },
-            // SAFETY: as above.
-            into: Some(|kc, a, lda, b, ldb, strip_stride, c, epilogue| unsafe {
-                avx512_into::<MR, ROWS>(kc, a, lda, b, ldb, strip_stride, c, epilogue)
-            }),
+macro_rules! tile_kernel {
+    ($name:ident, $vector:ty, $features:literal, $b_block_floats:expr, $b_in_place:expr) => {
+        fn $name<const MR: usize>() -> Microkernel {
+            #[target_feature(enable = $features)]
+            fn run<const MR: usize, const ROWS: bool>(
+                kc: usize,
+                a: &[f32],
+                lda: usize,
+                b: &[f32],
+                ldb: usize,
+                acc: &mut [f32],
+            ) {
+                // SAFETY: this function is compiled for, and runs only on, `$features`.
+                unsafe { tiles::run::<$vector, MR, ROWS>(kc, a, lda, b, ldb, acc) }
+            }
+
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            fn into<const MR: usize, const ROWS: bool>(
+                kc: usize,
+                a: &[f32],
+                lda: usize,
+                b: &[f32],
+                ldb: usize,
+                strip_stride: usize,
+                c: TileMut<'_>,
+                epilogue: TileEpilogue<'_>,
+            ) {
+                // SAFETY: as in `run`.
+                unsafe {
+                    tiles::into::<$vector, MR, ROWS>(kc, a, lda, b, ldb, strip_stride, c, epilogue)
+                }
+            }
+
+            fn kernels<const MR: usize, const ROWS: bool>() -> Kernels {
+                Kernels {
+                    // SAFETY: these kernels are reached only through `Isa::kernel_for`,
+                    // which asserts that the CPU supports `$features`.
+                    run: |kc, a, lda, b, ldb, acc| unsafe {
+                        run::<MR, ROWS>(kc, a, lda, b, ldb, acc)
+                    },
+                    // SAFETY: as above.
+                    into: Some(|kc, a, lda, b, ldb, strip_stride, c, epilogue| unsafe {
+                        into::<MR, ROWS>(kc, a, lda, b, ldb, strip_stride, c, epilogue)
+                    }),
+                }
+            }
+
+            Microkernel {
+                mr: MR,
+                nr: 2 * <$vector as tiles::Vector>::LANES,
+                b_block_floats: $b_block_floats,
+                b_in_place: $b_in_place,
+                columns: kernels::<MR, false>(),
+                rows: kernels::<MR, true>(),
+            }
         }
-    }
-    Microkernel {
-        mr: MR,
-        nr: 32,
-        // Zen 4's 1 MiB of L2 holds a block of 400 × 512.
-        b_block_floats: 400 * MAX_NC,
-        b_in_place: true,
-        columns: kernels::<MR, false>(),
-        rows: kernels::<MR, true>(),
-    }
+    };
 }
 
-/// The AVX2 kernel `MR` rows tall.
+// Zen 4's 1 MiB of L2 holds a block of 400 × 512, and strips read in place.
 #[cfg(target_arch = "x86_64")]
-fn avx2_kernel<const MR: usize>() -> Microkernel {
-    fn kernels<const MR: usize, const ROWS: bool>() -> Kernels {
-        Kernels {
-            // SAFETY: AVX2 kernels are reached only through `Isa::kernel_for`, which
-            // asserts that the CPU supports AVX2 and FMA.
-            run: |kc, a, lda, b, ldb, acc| unsafe { avx2_run::<MR, ROWS>(kc, a, lda, b, ldb, acc) },
-            // SAFETY: as above.
-            into: Some(|kc, a, lda, b, ldb, strip_stride, c, epilogue| unsafe {
-                avx2_into::<MR, ROWS>(kc, a, lda, b, ldb, strip_stride, c, epilogue)
-            }),
-        }
-    }
-    Microkernel {
-        mr: MR,
-        nr: 16,
-        // A quarter of Zen 3's 512 KiB of L2; strips read in place at the weights'
-        // 2 KiB row stride left L2 (and L1) thrashing there: 0.6x the speed.
-        b_block_floats: 64 * 1024,
-        b_in_place: false,
-        columns: kernels::<MR, false>(),
-        rows: kernels::<MR, true>(),
-    }
-}
+tile_kernel!(avx512_kernel, __m512, "avx512f,fma", 400 * MAX_NC, true);
+// A quarter of Zen 3's 512 KiB of L2; strips read in place at the weights' 2 KiB
+// row stride left L2 (and L1) thrashing there: 0.6x the speed.
+#[cfg(target_arch = "x86_64")]
+tile_kernel!(avx2_kernel, __m256, "avx2,fma", 64 * 1024, false);
 
 /// The microkernel of `isa` for a GEMM of `m` rows. A GEMM of at most 12 rows (a
 /// thin output computed transposed, a handful of samples) gets tiles that divide
