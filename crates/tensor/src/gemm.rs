@@ -722,6 +722,15 @@ fn gemm_block(
     }
     let depth = depth_block(k);
     let block_cols = kernel.block_cols(depth);
+    // The last, partial panel of rows takes a shorter tile of the same width where
+    // the instruction set has one, to be read in place and stored from registers
+    // as a whole panel.
+    let last_kernel = match m % mr {
+        0 => kernel,
+        rows => Some(isa.kernel_for(rows))
+            .filter(|short| short.mr == rows && short.nr == nr)
+            .unwrap_or(kernel),
+    };
     with_buffer(&A_PANEL, |a_panel| {
         with_buffer(&B_BLOCK, |b_block| {
             for jc in (0..n).step_by(block_cols) {
@@ -742,15 +751,7 @@ fn gemm_block(
                     let tile_epilogue = if last { epilogue } else { Epilogue::None };
                     for ir in (0..m).step_by(mr) {
                         let rows = mr.min(m - ir);
-                        // The last, partial panel takes a shorter tile of the same width
-                        // where the instruction set has one, to be read in place and
-                        // stored from registers as a whole panel.
-                        let kernel = match rows < mr {
-                            true => Some(isa.kernel_for(rows))
-                                .filter(|short| short.mr == rows && short.nr == nr)
-                                .unwrap_or(kernel),
-                            false => kernel,
-                        };
+                        let kernel = if rows < mr { last_kernel } else { kernel };
                         let mr = kernel.mr;
                         let (a_cols, lda, layout) = if a.row_stride() == 1 && rows == mr {
                             // A transposed: its panel's columns are contiguous, read in place.
