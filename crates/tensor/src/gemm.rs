@@ -323,7 +323,7 @@ struct Output<'c, 'e> {
 
 /// Whether work of `flops` operations is spread over the threads: from
 /// [`PARALLEL_FLOPS`] on, and when the pool has more than one.
-fn is_parallel(flops: usize) -> bool {
+pub(crate) fn is_parallel(flops: usize) -> bool {
     flops >= PARALLEL_FLOPS && rayon::current_num_threads() > 1
 }
 
@@ -843,7 +843,7 @@ fn grow(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 /// The depth of B's blocks: equal depths of at most `KC` (1000 as 3 · 334, not
 /// 400 + 400 + 200), because a shallow last block spends more on loading and
 /// storing C than on products.
-fn depth_block(k: usize) -> usize {
+pub(crate) fn depth_block(k: usize) -> usize {
     k.div_ceil(k.div_ceil(KC).max(1)).max(1)
 }
 

@@ -17,6 +17,7 @@ pub mod profile;
 pub mod reference;
 mod samples;
 mod simd;
+pub mod sparse;
 mod tensor;
 
 pub use activation::Activation;
@@ -28,4 +29,5 @@ pub use matrix::{MatMut, MatRef};
 pub use parallel::with_workers_awake;
 pub use samples::{Samples, ScaledBytes};
 pub use simd::{fma_peak_gflops, Isa};
+pub use sparse::{sparse_gemm, sparse_t_gemm, SparseRows};
 pub use tensor::{ShapeError, Tensor};

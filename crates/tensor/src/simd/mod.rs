@@ -7,6 +7,7 @@ mod block;
 pub(crate) mod elementwise;
 mod microkernel;
 mod peak;
+mod sparse;
 mod thin;
 #[cfg(target_arch = "x86_64")]
 mod tiles;
@@ -14,6 +15,7 @@ mod tiles;
 pub(crate) use block::{BlockMut, TileMut};
 pub use microkernel::{MAX_MR, MAX_NC, MAX_NR};
 pub use peak::fma_peak_gflops;
+pub(crate) use sparse::{keep_nonzeros, sparse_row_product, RowFinish, KEEP_SLACK};
 pub(crate) use thin::{has_thin_loop, thin_dots, MAX_THIN_N, THIN_STEP};
 
 /// Runs `f` with subnormal floats flushed to zero (x86's FTZ and DAZ), as

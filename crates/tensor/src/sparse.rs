@@ -1,0 +1,332 @@
+//! Products with a matrix that is mostly zeros, by its nonzeros alone: four fifths
+//! of MNIST's pixels are 0, so the first layer's two GEMMs (`X·W₁` and `Xᵀ·dH`)
+//! need a fifth of their multiply-adds. Each output is summed in the dense
+//! kernels' order (the same blocks of depth, each a chain of FMAs from zero),
+//! so the results are the dense GEMM's bit for bit, zeros being skipped where the
+//! dense kernels add `0·b`: only the sign of a zero sum, or a zero times an
+//! infinite `b`, can differ.
+
+use crate::gemm::{depth_block, is_parallel, Epilogue};
+use crate::matrix::{MatMut, MatRef};
+use crate::parallel::{for_each_chunk, for_each_chunk_in_order, ByCols, ByRows};
+use crate::simd::{
+    flush_subnormals, keep_nonzeros, sparse_row_product, BlockMut, Isa, RowFinish, KEEP_SLACK,
+};
+
+/// Density (nonzeros over all entries) up to which the sparse products beat the
+/// dense GEMM (`kerno profile` on MNIST batches, density 0.19).
+pub const SPARSE_DENSITY_LIMIT: f64 = 0.3;
+/// Columns of C per task of [`sparse_gemm`]: B's block of them stays in L2 while
+/// every row of A reads it.
+const TASK_COLS: usize = 128;
+/// Rows of C per task of [`sparse_t_gemm`].
+const TASK_ROWS: usize = 16;
+
+/// A matrix's nonzeros, by rows and by columns, each list in order: built from a
+/// dense matrix by [`compress`](Self::compress), its buffers reused from call to call.
+#[derive(Clone, Debug, Default)]
+pub struct SparseRows {
+    rows: usize,
+    cols: usize,
+    /// Row `i`'s entries are `row_starts[i]..row_starts[i + 1]` of `row_cols` and `row_values`.
+    row_starts: Vec<usize>,
+    row_cols: Vec<u32>,
+    row_values: Vec<f32>,
+    /// Column `j`'s entries are `col_starts[j]..col_starts[j + 1]` of `col_rows` and `col_values`.
+    col_starts: Vec<usize>,
+    col_rows: Vec<u32>,
+    col_values: Vec<f32>,
+    /// Where the next entry of each column goes, while building.
+    col_ends: Vec<usize>,
+    /// A row of a matrix whose rows are not contiguous, while compressing.
+    strided_row: Vec<f32>,
+}
+
+impl SparseRows {
+    /// Buffers for matrices of up to `rows × cols`, so that no later
+    /// [`compress`](Self::compress) of one allocates.
+    pub fn with_capacity(rows: usize, cols: usize) -> Self {
+        let mut sparse = Self::default();
+        sparse.reserve(rows, cols);
+        sparse
+    }
+
+    fn reserve(&mut self, rows: usize, cols: usize) {
+        // Slack for the whole vectors that compression stores past its last nonzero.
+        let entries = rows * cols + KEEP_SLACK;
+        let grow = |v: &mut Vec<u32>| v.resize(entries.max(v.len()), 0);
+        grow(&mut self.row_cols);
+        grow(&mut self.col_rows);
+        self.row_values
+            .resize(entries.max(self.row_values.len()), 0.0);
+        self.col_values
+            .resize(entries.max(self.col_values.len()), 0.0);
+        self.row_starts.reserve(rows + 1);
+        self.col_starts.reserve(cols + 1);
+        self.col_ends.reserve(cols);
+        self.strided_row.reserve(cols);
+    }
+
+    /// Makes this the nonzeros of `a` (any strides), with the best instruction
+    /// set of this machine. A NaN counts as a nonzero; `-0.0` as a zero.
+    ///
+    /// # Panics
+    /// When `a` has more than `u32::MAX` rows or columns.
+    pub fn compress(&mut self, a: MatRef<'_>) {
+        self.compress_with(Isa::detected(), a)
+    }
+
+    /// [`compress`](Self::compress) with a chosen instruction set (tests force each one).
+    ///
+    /// # Panics
+    /// As [`compress`](Self::compress), and when `isa` is not supported by this CPU.
+    pub fn compress_with(&mut self, isa: Isa, a: MatRef<'_>) {
+        self.compress_rows(isa, a);
+        self.build_columns();
+    }
+
+    /// [`compress`](Self::compress) when `a`'s density is at most `limit`, which
+    /// it says; else builds only the rows (no [`col`](Self::col), no
+    /// [`sparse_t_gemm`]) and returns false.
+    ///
+    /// # Panics
+    /// As [`compress`](Self::compress).
+    pub fn compress_if_sparse(&mut self, a: MatRef<'_>, limit: f64) -> bool {
+        self.compress_rows(Isa::detected(), a);
+        let sparse = self.density() <= limit;
+        match sparse {
+            true => self.build_columns(),
+            // Nothing may read another matrix's columns as this one's.
+            false => self.col_starts.clear(),
+        }
+        sparse
+    }
+
+    /// The entries by rows.
+    fn compress_rows(&mut self, isa: Isa, a: MatRef<'_>) {
+        let (rows, cols) = (a.rows(), a.cols());
+        assert!(
+            u32::try_from(rows.max(cols)).is_ok(),
+            "a sparse matrix has at most u32::MAX rows and columns"
+        );
+        self.reserve(rows, cols);
+        (self.rows, self.cols) = (rows, cols);
+        self.row_starts.clear();
+        self.row_starts.push(0);
+        let mut end = 0;
+        for i in 0..rows {
+            let values = match a.col_stride() {
+                1 => &a.data()[i * a.row_stride()..][..cols],
+                _ => {
+                    self.strided_row.clear();
+                    self.strided_row.extend((0..cols).map(|j| a.get(i, j)));
+                    &self.strided_row[..]
+                }
+            };
+            let (positions, out) = (&mut self.row_cols[end..], &mut self.row_values[end..]);
+            end += keep_nonzeros(isa, values, positions, out);
+            self.row_starts.push(end);
+        }
+    }
+
+    /// The entries by columns, from those by rows (a counting sort: each column's
+    /// rows stay in order).
+    fn build_columns(&mut self) {
+        let entries = self.nonzeros();
+        // Plain slices: through `self` each store would make the compiler reload
+        // every buffer's address and length.
+        let Self {
+            rows,
+            cols,
+            row_starts,
+            col_starts,
+            col_ends,
+            ..
+        } = self;
+        let (row_cols, row_values) = (&self.row_cols[..entries], &self.row_values[..entries]);
+        let (col_rows, col_values) = (
+            &mut self.col_rows[..entries],
+            &mut self.col_values[..entries],
+        );
+        col_starts.clear();
+        col_starts.resize(*cols + 1, 0);
+        for &j in row_cols {
+            col_starts[j as usize + 1] += 1;
+        }
+        for j in 0..*cols {
+            col_starts[j + 1] += col_starts[j];
+        }
+        col_ends.clear();
+        col_ends.extend_from_slice(&col_starts[..*cols]);
+        for (i, bounds) in row_starts[..=*rows].windows(2).enumerate() {
+            for (&j, &v) in row_cols[bounds[0]..bounds[1]]
+                .iter()
+                .zip(&row_values[bounds[0]..bounds[1]])
+            {
+                let slot = &mut col_ends[j as usize];
+                col_rows[*slot] = i as u32;
+                col_values[*slot] = v;
+                *slot += 1;
+            }
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Entries that are not zero.
+    pub fn nonzeros(&self) -> usize {
+        self.row_starts.last().copied().unwrap_or(0)
+    }
+
+    /// Nonzeros over all entries (0 for an empty matrix).
+    pub fn density(&self) -> f64 {
+        self.nonzeros() as f64 / (self.rows * self.cols).max(1) as f64
+    }
+
+    /// Row `i`'s nonzeros: their column indices, in order, and values.
+    pub fn row(&self, i: usize) -> (&[u32], &[f32]) {
+        let range = self.row_starts[i]..self.row_starts[i + 1];
+        (&self.row_cols[range.clone()], &self.row_values[range])
+    }
+
+    /// Column `j`'s nonzeros: their row indices, in order, and values.
+    pub fn col(&self, j: usize) -> (&[u32], &[f32]) {
+        let range = self.col_starts[j]..self.col_starts[j + 1];
+        (&self.col_rows[range.clone()], &self.col_values[range])
+    }
+}
+
+/// `C = A·B`, then the epilogue, with A given by its nonzeros, on the best
+/// instruction set of this machine: the dense [`gemm`](crate::gemm()) without the
+/// products of A's zeros.
+///
+/// # Panics
+/// When the shapes do not agree, B's rows are not contiguous (column stride 1),
+/// or the epilogue is a relu mask.
+pub fn sparse_gemm(a: &SparseRows, b: MatRef<'_>, c: MatMut<'_>, epilogue: Epilogue<'_>) {
+    sparse_gemm_with(Isa::detected(), a, b, c, epilogue)
+}
+
+/// [`sparse_gemm`] with a chosen instruction set (tests force each one).
+///
+/// # Panics
+/// As [`sparse_gemm`], and when `isa` is not supported by this CPU.
+pub fn sparse_gemm_with(
+    isa: Isa,
+    a: &SparseRows,
+    b: MatRef<'_>,
+    c: MatMut<'_>,
+    epilogue: Epilogue<'_>,
+) {
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    assert!(
+        b.rows() == k && c.rows() == m && c.cols() == n,
+        "shapes do not agree: A {m}x{k}, B {}x{n}, C {}x{}",
+        b.rows(),
+        c.rows(),
+        c.cols()
+    );
+    assert_eq!(b.col_stride(), 1, "B's rows must be contiguous");
+    let (bias, relu) = match epilogue {
+        Epilogue::None => (None, false),
+        Epilogue::Bias(bias) => (Some(bias), false),
+        Epilogue::BiasRelu(bias) => (Some(bias), true),
+        Epilogue::ReluMask(_) => panic!("a sparse product has no relu-mask epilogue"),
+    };
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), n, "one bias per column of C");
+    }
+    let depth = depth_block(k);
+    let task = |first_col: usize, mut block: BlockMut<'_>| {
+        let cols = block.cols();
+        let b_cols = &b.data()[first_col..];
+        flush_subnormals(|| {
+            for i in 0..m {
+                let (index, value) = a.row(i);
+                let mut start = 0;
+                // Every block of depth, also one without entries, as the dense kernels.
+                for pc in (0..k.max(1)).step_by(depth) {
+                    let end =
+                        start + index[start..].partition_point(|&j| (j as usize) < pc + depth);
+                    let last = pc + depth >= k;
+                    let finish = RowFinish {
+                        accumulate: pc > 0,
+                        bias: bias.filter(|_| last).map(|bias| &bias[first_col..]),
+                        relu: relu && last,
+                    };
+                    let out = &mut block.row_mut(i)[..cols];
+                    let (index, value) = (&index[start..end], &value[start..end]);
+                    sparse_row_product(isa, index, value, b_cols, b.row_stride(), out, finish);
+                    start = end;
+                }
+            }
+        })
+    };
+    let work = |t: usize, ByCols(block)| task(t * TASK_COLS, block);
+    let c = ByCols(BlockMut::new(c));
+    match is_parallel(2 * a.nonzeros() * n) {
+        true => for_each_chunk(c, TASK_COLS, &work),
+        false => for_each_chunk_in_order(c, TASK_COLS, work),
+    }
+}
+
+/// `C = Aᵀ·B` with A given by its nonzeros (the weight gradient `Xᵀ·dH` of a
+/// sparse input), on the best instruction set of this machine.
+///
+/// # Panics
+/// When the shapes do not agree, B's rows are not contiguous, or A's columns were
+/// not built ([`SparseRows::compress_if_sparse`] of a dense matrix).
+pub fn sparse_t_gemm(a: &SparseRows, b: MatRef<'_>, c: MatMut<'_>) {
+    sparse_t_gemm_with(Isa::detected(), a, b, c)
+}
+
+/// [`sparse_t_gemm`] with a chosen instruction set (tests force each one).
+///
+/// # Panics
+/// As [`sparse_t_gemm`], and when `isa` is not supported by this CPU.
+pub fn sparse_t_gemm_with(isa: Isa, a: &SparseRows, b: MatRef<'_>, c: MatMut<'_>) {
+    let (m, k, n) = (a.cols(), a.rows(), b.cols());
+    assert!(
+        b.rows() == k && c.rows() == m && c.cols() == n,
+        "shapes do not agree: Aᵀ {m}x{k}, B {}x{n}, C {}x{}",
+        b.rows(),
+        c.rows(),
+        c.cols()
+    );
+    assert_eq!(b.col_stride(), 1, "B's rows must be contiguous");
+    assert_eq!(a.col_starts.len(), m + 1, "the columns of A were not built");
+    let depth = depth_block(k);
+    let task = |first_row: usize, mut block: BlockMut<'_>| {
+        flush_subnormals(|| {
+            for r in 0..block.rows() {
+                let (index, value) = a.col(first_row + r);
+                let mut start = 0;
+                for pc in (0..k.max(1)).step_by(depth) {
+                    let end =
+                        start + index[start..].partition_point(|&i| (i as usize) < pc + depth);
+                    let finish = RowFinish {
+                        accumulate: pc > 0,
+                        bias: None,
+                        relu: false,
+                    };
+                    let out = &mut block.row_mut(r)[..n];
+                    let (index, value) = (&index[start..end], &value[start..end]);
+                    sparse_row_product(isa, index, value, b.data(), b.row_stride(), out, finish);
+                    start = end;
+                }
+            }
+        })
+    };
+    let work = |t: usize, ByRows(block)| task(t * TASK_ROWS, block);
+    let c = ByRows(BlockMut::new(c));
+    match is_parallel(2 * a.nonzeros() * n) {
+        true => for_each_chunk(c, TASK_ROWS, &work),
+        false => for_each_chunk_in_order(c, TASK_ROWS, work),
+    }
+}

@@ -1,0 +1,239 @@
+//! The products of a sparse matrix's nonzeros against the dense GEMM, which they
+//! must equal bit for bit (zeros skipped, same order of sums), and the f64 reference.
+
+use kerno_tensor::sparse::{sparse_gemm_with, sparse_t_gemm_with, SparseRows};
+use kerno_tensor::{gemm_with, reference, Epilogue, Isa, MatMut, MatRef};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// `n` values of which a share `density` (about) are nonzero, in runs of zeros
+/// as an image's background.
+fn sparse_values(rng: &mut ChaCha8Rng, n: usize, density: f64) -> Vec<f32> {
+    (0..n)
+        .map(|_| match rng.gen_bool(density) {
+            true => rng.gen_range(-1.0..1.0),
+            false => 0.0,
+        })
+        .collect()
+}
+
+fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
+}
+
+fn same_bits(x: &[f32], y: &[f32]) -> bool {
+    x.len() == y.len() && x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits())
+}
+
+/// Largest |fast - exact| relative to the largest |exact| (at least 1).
+fn rel_err(fast: &[f32], exact: &[f64]) -> f64 {
+    let scale = exact.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    fast.iter()
+        .zip(exact)
+        .map(|(&f, &e)| (f as f64 - e).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+/// Shapes `m × k` (the sparse matrix) by `k × n`: the training step's, odd ones,
+/// depths of several blocks (k over 400), thin outputs.
+const SHAPES: [(usize, usize, usize); 9] = [
+    (128, 784, 512),
+    (1, 1, 1),
+    (7, 17, 10),
+    (33, 1000, 129),
+    (129, 33, 17),
+    (450, 20, 33),
+    (12, 401, 64),
+    (65, 2, 300),
+    (5, 9, 16),
+];
+
+#[test]
+fn compress_keeps_each_nonzero_in_order_from_any_view() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for (m, k) in [(128, 784), (1, 1), (7, 17), (33, 100), (3, 1000)] {
+        let mut values = sparse_values(&mut rng, m * k, 0.2);
+        // -0.0 is a zero; a NaN is kept.
+        values[0] = -0.0;
+        values[m * k / 2] = f32::NAN;
+        // The same matrix row-major, transposed in storage, and in padded rows.
+        let transposed: Vec<f32> = (0..k * m).map(|t| values[(t % m) * k + t / m]).collect();
+        let padded: Vec<f32> = (0..m * (k + 3))
+            .map(|t| match t % (k + 3) < k {
+                true => values[(t / (k + 3)) * k + t % (k + 3)],
+                false => 7.0,
+            })
+            .collect();
+        let views = [
+            MatRef::row_major(&values, m, k),
+            MatRef::row_major(&transposed, k, m).t(),
+            MatRef::new(&padded, m, k, k + 3, 1),
+        ];
+        for isa in Isa::available() {
+            for view in views {
+                let mut sparse = SparseRows::default();
+                sparse.compress_with(isa, view);
+                let nonzero = |v: f32| v != 0.0;
+                assert_eq!(
+                    sparse.nonzeros(),
+                    values.iter().filter(|&&v| nonzero(v)).count()
+                );
+                for i in 0..m {
+                    let row = &values[i * k..(i + 1) * k];
+                    let (cols, vals) = sparse.row(i);
+                    let expected: Vec<u32> = (0..k as u32)
+                        .filter(|&j| nonzero(row[j as usize]))
+                        .collect();
+                    assert_eq!(cols, &expected[..], "{isa:?} {m}x{k} row {i}");
+                    assert!(cols
+                        .iter()
+                        .zip(vals)
+                        .all(|(&j, v)| v.to_bits() == row[j as usize].to_bits()));
+                }
+                for j in 0..k {
+                    let (rows, vals) = sparse.col(j);
+                    let expected: Vec<u32> = (0..m as u32)
+                        .filter(|&i| nonzero(values[i as usize * k + j]))
+                        .collect();
+                    assert_eq!(rows, &expected[..], "{isa:?} {m}x{k} column {j}");
+                    assert!(rows
+                        .iter()
+                        .zip(vals)
+                        .all(|(&i, v)| v.to_bits() == values[i as usize * k + j].to_bits()));
+                }
+            }
+        }
+    }
+}
+
+/// `A·B` with each epilogue and `Aᵀ·B'`, sparse against dense on each instruction
+/// set: the same bits where the dense GEMM takes its tiles (outputs wider than its
+/// thin path's 12 columns), and the reference's values on every shape.
+#[test]
+fn sparse_products_are_the_dense_gemms_bits() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    for (m, k, n) in SHAPES {
+        for density in [0.05, 0.2, 0.7] {
+            let a = sparse_values(&mut rng, m * k, density);
+            let (b, bt, bias) = (
+                random(&mut rng, k * n),
+                random(&mut rng, m * n),
+                random(&mut rng, n),
+            );
+            let a_mat = MatRef::row_major(&a, m, k);
+            let (b_mat, bt_mat) = (MatRef::row_major(&b, k, n), MatRef::row_major(&bt, m, n));
+            let case = format!("{m}x{k}x{n} density {density}");
+            let (exact, exact_t) = (
+                reference::matmul(a_mat, b_mat),
+                reference::matmul(a_mat.t(), bt_mat),
+            );
+            for isa in Isa::available() {
+                let mut sparse = SparseRows::default();
+                sparse.compress_with(isa, a_mat);
+                for epilogue in [
+                    Epilogue::None,
+                    Epilogue::Bias(&bias),
+                    Epilogue::BiasRelu(&bias),
+                ] {
+                    let (mut dense, mut fast) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+                    gemm_with(
+                        isa,
+                        a_mat,
+                        b_mat,
+                        MatMut::row_major(&mut dense, m, n),
+                        false,
+                        epilogue,
+                    );
+                    sparse_gemm_with(
+                        isa,
+                        &sparse,
+                        b_mat,
+                        MatMut::row_major(&mut fast, m, n),
+                        epilogue,
+                    );
+                    if n > 12 {
+                        assert!(same_bits(&dense, &fast), "{isa:?} {case} {epilogue:?}");
+                    }
+                    if let Epilogue::None = epilogue {
+                        let err = rel_err(&fast, &exact);
+                        assert!(err < 1e-5, "{isa:?} {case}: rel err {err}");
+                    }
+                }
+                let (mut dense, mut fast) = (vec![f32::NAN; k * n], vec![f32::NAN; k * n]);
+                gemm_with(
+                    isa,
+                    a_mat.t(),
+                    bt_mat,
+                    MatMut::row_major(&mut dense, k, n),
+                    false,
+                    Epilogue::None,
+                );
+                sparse_t_gemm_with(isa, &sparse, bt_mat, MatMut::row_major(&mut fast, k, n));
+                if n > 12 {
+                    assert!(same_bits(&dense, &fast), "{isa:?} transposed {case}");
+                }
+                let err = rel_err(&fast, &exact_t);
+                assert!(err < 1e-5, "{isa:?} transposed {case}: rel err {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn sparse_products_read_b_and_write_c_in_padded_rows() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (m, k, n, pad) = (9, 40, 70, 5);
+    let a = sparse_values(&mut rng, m * k, 0.3);
+    let b = random(&mut rng, k * (n + pad));
+    let b_mat = MatRef::new(&b, k, n, n + pad, 1);
+    let mut sparse = SparseRows::default();
+    sparse.compress(MatRef::row_major(&a, m, k));
+    let mut c = vec![-3.0f32; m * (n + pad)];
+    kerno_tensor::sparse_gemm(
+        &sparse,
+        b_mat,
+        MatMut::new(&mut c, m, n, n + pad),
+        Epilogue::None,
+    );
+    let exact = reference::matmul(MatRef::row_major(&a, m, k), b_mat);
+    for i in 0..m {
+        let row = &c[i * (n + pad)..(i + 1) * (n + pad)];
+        assert!(rel_err(&row[..n], &exact[i * n..(i + 1) * n]) < 1e-5);
+        assert!(row[n..].iter().all(|&v| v == -3.0), "padding written");
+    }
+}
+
+#[test]
+fn sparse_products_are_bit_identical_for_any_thread_count() {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let (m, k, n) = (130, 784, 512);
+    let (a, b, bt) = (
+        sparse_values(&mut rng, m * k, 0.2),
+        random(&mut rng, k * n),
+        random(&mut rng, m * n),
+    );
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let (mut c, mut ct) = (vec![0.0; m * n], vec![0.0; k * n]);
+        pool.install(|| {
+            let mut sparse = SparseRows::default();
+            sparse.compress(MatRef::row_major(&a, m, k));
+            let (b, bt) = (MatRef::row_major(&b, k, n), MatRef::row_major(&bt, m, n));
+            kerno_tensor::sparse_gemm(&sparse, b, MatMut::row_major(&mut c, m, n), Epilogue::None);
+            kerno_tensor::sparse_t_gemm(&sparse, bt, MatMut::row_major(&mut ct, k, n));
+        });
+        (c, ct)
+    };
+    let one = run(1);
+    for threads in [2, 5] {
+        let other = run(threads);
+        assert!(
+            same_bits(&one.0, &other.0) && same_bits(&one.1, &other.1),
+            "{threads} threads"
+        );
+    }
+}
