@@ -30,6 +30,8 @@ pub struct Sequential {
     pub(crate) layers: Vec<DenseLayer>,
     pub(crate) compiled: Option<Compiled>,
     pub(crate) workspace: Option<Workspace>,
+    /// Whether the first layer's products skip the zeros of a sparse batch.
+    pub(crate) skip_input_zeros: bool,
 }
 
 impl std::fmt::Debug for Sequential {
@@ -68,7 +70,16 @@ impl Sequential {
             layers: Vec::new(),
             compiled: None,
             workspace: None,
+            skip_input_zeros: true,
         }
+    }
+
+    /// Whether the first layer's products take only the nonzeros of a batch that
+    /// is mostly zeros (MNIST's pixels: four fifths are 0), which gives the same
+    /// bits in a fraction of the time; on by default. Off, every batch takes the
+    /// dense GEMMs (to measure them).
+    pub fn skip_input_zeros(&mut self, on: bool) {
+        self.skip_input_zeros = on;
     }
 
     /// Sets the seed of the weight initialisation and of the shuffling, and draws
@@ -242,10 +253,12 @@ impl Sequential {
 
     /// The workspace for batches of up to `rows`, reused when it fits.
     pub(crate) fn take_workspace(&mut self, rows: usize) -> Workspace {
-        match self.workspace.take() {
+        let mut ws = match self.workspace.take() {
             Some(ws) if ws.fits(&self.layers, self.input_dim, rows) => ws,
             _ => Workspace::new(&self.layers, self.input_dim, rows.max(1)),
-        }
+        };
+        ws.skip_input_zeros = self.skip_input_zeros;
+        ws
     }
 
     /// One optimizer step on the samples `indices`, the samples of the `next` step

@@ -6,11 +6,30 @@ use crate::workspace::Workspace;
 use kerno_tensor::activation::column_sums;
 use kerno_tensor::loss::{self, LogitsGradient, LossStats, Targets};
 use kerno_tensor::profile::{self, Work};
-use kerno_tensor::{gemm, gemm_column_sums, Activation, Epilogue, MatMut, MatRef};
+use kerno_tensor::sparse::SPARSE_DENSITY_LIMIT;
+use kerno_tensor::{
+    gemm, gemm_column_sums, sparse_gemm, sparse_t_gemm, Activation, Epilogue, MatMut, MatRef,
+    SparseRows,
+};
 
 /// A GEMM of `m×k` by `k×n` as profiled work: `2mkn` operations.
 fn gemm_work(name: &'static str, m: usize, k: usize, n: usize) -> Work {
     Work::kernel(name).flops(2 * (m * k * n) as u64)
+}
+
+/// A product of a sparse input's `nonzeros` with `n` columns as profiled work:
+/// the operations done, `2·nonzeros·n`, not the dense GEMM's.
+fn sparse_work(name: &'static str, nonzeros: usize, n: usize) -> Work {
+    Work::kernel(name).flops(2 * (nonzeros * n) as u64)
+}
+
+/// Whether the batch `x` (`rows × layer.inputs`) is sparse enough for `layer`'s
+/// products to take its nonzeros alone, compressed into `sparse` if so.
+fn compress_input(layer: &DenseLayer, x: &[f32], rows: usize, sparse: &mut SparseRows) -> bool {
+    let _span =
+        profile::span(|| Work::kernel("input compression (nonzeros)").bytes(4 * x.len() as u64));
+    let x = MatRef::row_major(x, rows, layer.inputs);
+    rows > 0 && sparse.compress_if_sparse(x, SPARSE_DENSITY_LIMIT)
 }
 
 /// Whether the last layer's softmax and the loss run as one kernel on the logits.
@@ -33,6 +52,10 @@ pub(crate) fn forward(
     rows: usize,
     last_activation: bool,
 ) {
+    ws.x_is_sparse = false;
+    if let Some(first) = layers.first().filter(|_| ws.skip_input_zeros) {
+        ws.x_is_sparse = compress_input(first, &ws.x[..rows * input_dim], rows, &mut ws.x_sparse);
+    }
     for (l, layer) in layers.iter().enumerate() {
         let (before, rest) = ws.outputs.split_at_mut(l);
         let input = if l == 0 {
@@ -58,19 +81,26 @@ pub(crate) fn forward(
         } else {
             "forward GEMM + bias"
         };
-        let span = profile::span(|| {
-            gemm_work(name, rows, inputs, layer.units)
-                .layer(l)
-                .bytes(4 * (rows * inputs + inputs * layer.units + rows * layer.units) as u64)
-        });
-        gemm(
-            MatRef::row_major(&input[..rows * inputs], rows, inputs),
-            MatRef::row_major(&layer.kernel, inputs, layer.units),
-            MatMut::row_major(out, rows, layer.units),
-            false,
-            epilogue,
-        );
-        drop(span);
+        let kernel = MatRef::row_major(&layer.kernel, inputs, layer.units);
+        let out_mat = MatMut::row_major(out, rows, layer.units);
+        if l == 0 && ws.x_is_sparse {
+            let name = if relu {
+                "sparse forward GEMM + bias + relu"
+            } else {
+                "sparse forward GEMM + bias"
+            };
+            let _span =
+                profile::span(|| sparse_work(name, ws.x_sparse.nonzeros(), layer.units).layer(l));
+            sparse_gemm(&ws.x_sparse, kernel, out_mat, epilogue);
+        } else {
+            let _span = profile::span(|| {
+                gemm_work(name, rows, inputs, layer.units)
+                    .layer(l)
+                    .bytes(4 * (rows * inputs + inputs * layer.units + rows * layer.units) as u64)
+            });
+            let input = MatRef::row_major(&input[..rows * inputs], rows, inputs);
+            gemm(input, kernel, out_mat, false, epilogue);
+        }
         if apply && !relu {
             let _span = profile::span(|| {
                 Work::kernel("activation")
@@ -161,19 +191,24 @@ pub(crate) fn backward(
         };
         let (lower, upper) = ws.grads.split_at_mut(l);
         let dz = &upper[0][..rows * layer.units];
-        let span = profile::span(|| {
-            gemm_work("weight-gradient GEMM", inputs, rows, layer.units)
-                .layer(l)
-                .bytes(4 * (rows * inputs + rows * layer.units + inputs * layer.units) as u64)
-        });
-        gemm(
-            MatRef::row_major(&input[..rows * inputs], rows, inputs).t(),
+        let (dz_mat, dkernel) = (
             MatRef::row_major(dz, rows, layer.units),
             MatMut::row_major(&mut ws.dkernels[l], inputs, layer.units),
-            false,
-            Epilogue::None,
         );
-        drop(span);
+        if l == 0 && ws.x_is_sparse {
+            let name = "sparse weight-gradient GEMM";
+            let _span =
+                profile::span(|| sparse_work(name, ws.x_sparse.nonzeros(), layer.units).layer(l));
+            sparse_t_gemm(&ws.x_sparse, dz_mat, dkernel);
+        } else {
+            let _span = profile::span(|| {
+                gemm_work("weight-gradient GEMM", inputs, rows, layer.units)
+                    .layer(l)
+                    .bytes(4 * (rows * inputs + rows * layer.units + inputs * layer.units) as u64)
+            });
+            let input = MatRef::row_major(&input[..rows * inputs], rows, inputs).t();
+            gemm(input, dz_mat, dkernel, false, Epilogue::None);
+        }
         if !bias_grad_done {
             let _span = profile::span(|| {
                 Work::kernel("bias gradient (column sums)")

@@ -2,13 +2,19 @@
 //! so that the steady-state training loop allocates nothing.
 
 use crate::layer::DenseLayer;
-use kerno_tensor::AlignedBuf;
+use kerno_tensor::{AlignedBuf, SparseRows};
 
 pub(crate) struct Workspace {
     /// Rows the buffers hold.
     pub capacity: usize,
     /// The input batch, `capacity × inputs`.
     pub x: AlignedBuf,
+    /// The batch's nonzeros, when it is sparse enough for the first layer's
+    /// products to skip its zeros (set by the forward pass).
+    pub x_sparse: SparseRows,
+    pub x_is_sparse: bool,
+    /// Whether a sparse batch may take the sparse products (the model's setting).
+    pub skip_input_zeros: bool,
     /// Dense targets of the batch, `capacity × outputs`.
     pub y: AlignedBuf,
     /// Class targets of the batch.
@@ -37,6 +43,9 @@ impl Workspace {
         Self {
             capacity,
             x: AlignedBuf::zeros(capacity * input_dim),
+            x_sparse: SparseRows::with_capacity(capacity, input_dim),
+            x_is_sparse: false,
+            skip_input_zeros: true,
             y: AlignedBuf::zeros(capacity * outputs_dim),
             classes: vec![0; capacity],
             outputs: layers

@@ -257,3 +257,47 @@ fn a_batch_size_beyond_the_data_means_one_batch_and_allocates_only_for_the_data(
     assert!(m.evaluate(&x, &y, huge).is_ok());
     assert_eq!(m.predict(&x, huge).unwrap().shape(), &[50, 3]);
 }
+
+/// Blobs on a background of zeros, a tenth of the inputs lit (as MNIST's pixels):
+/// batches sparse enough for the first layer to skip their zeros.
+fn sparse_blobs(n: usize, seed: u64) -> (Tensor, Tensor) {
+    let (x, y) = blobs(n, seed);
+    let lit: Vec<f32> = x
+        .data()
+        .chunks(8)
+        .flat_map(|row| (0..80).map(move |d| if d % 10 == 0 { row[d / 10] } else { 0.0 }))
+        .collect();
+    (Tensor::from_vec(&[n, 80], lit).unwrap(), y)
+}
+
+#[test]
+fn skipping_the_zeros_of_sparse_inputs_changes_no_bit() {
+    let (x, y) = sparse_blobs(300, 5);
+    let train = |skip: bool| {
+        let mut m = Sequential::new(80)
+            .with_seed(5)
+            .add(Dense::new(40, Activation::Relu))
+            .add(Dense::new(3, Activation::Softmax));
+        m.compile(
+            Optimizer::rmsprop(),
+            Loss::CategoricalCrossentropy,
+            &[Metric::Accuracy],
+        )
+        .unwrap();
+        m.skip_input_zeros(skip);
+        let history = m.fit(&x, &y, &quiet(3)).unwrap();
+        let accuracy = history.metric("accuracy");
+        let predictions = m.predict(&x, 64).unwrap();
+        (m.weights(), accuracy, predictions)
+    };
+    let (sparse, dense) = (train(true), train(false));
+    assert!(sparse.1.last().unwrap() > &0.9, "{:?}", sparse.1);
+    assert_eq!(sparse.1, dense.1);
+    let bits = |ts: &[Tensor]| -> Vec<u32> {
+        ts.iter()
+            .flat_map(|t| t.data().iter().map(|v| v.to_bits()))
+            .collect()
+    };
+    assert_eq!(bits(&sparse.0), bits(&dense.0));
+    assert_eq!(bits(&[sparse.2]), bits(&[dense.2]));
+}
