@@ -6,6 +6,7 @@ use crate::records;
 use anyhow::Result;
 use kerno_data::to_categorical;
 use kerno_model::{FitOptions, Optimizer, Verbosity};
+use kerno_tensor::sparse::SPARSE_DENSITY_LIMIT;
 use kerno_tensor::{fma_peak_gflops, Isa};
 
 /// Seconds each thread spends measuring the FMA peak, in this many rounds.
@@ -57,6 +58,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
     let data = load_data(&args.training.data)?;
     let mut model = compiled_notebook_model(&data, 1, Optimizer::rmsprop())?;
+    model.skip_input_zeros(!args.training.dense_input);
     let x = data.train.images.scaled(PIXEL_SCALE);
     let y = to_categorical(&data.train.labels, data.classes);
     let options = FitOptions::new()
@@ -77,8 +79,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     seconds.sort_by(f64::total_cmp);
     let epoch_s = seconds[seconds.len() / 2];
     let samples = history.epochs[0].samples as f64;
-    let gflops = samples * model.train_flops_per_sample() as f64 / epoch_s / 1e9;
+    let pixels = data.train.images.pixels();
+    let input_density = pixels.iter().filter(|&&p| p != 0).count() as f64 / pixels.len() as f64;
+    let skips_zeros = !args.training.dense_input && input_density <= SPARSE_DENSITY_LIMIT;
+    let dense_flops = model.train_flops_per_sample() as f64;
+    // The first layer's two products (forward and weight gradient) without the
+    // zeros, as the batches of a dataset of this density take them.
+    let skipped = match (skips_zeros, model.layers().first()) {
+        (true, Some(first)) => {
+            4.0 * (first.inputs() * first.units()) as f64 * (1.0 - input_density)
+        }
+        _ => 0.0,
+    };
+    let gflops = samples * (dense_flops - skipped) / epoch_s / 1e9;
     let fraction = gflops / peak_all;
+    let dense_equivalent = samples * dense_flops / epoch_s / 1e9;
 
     let figures = serde_json::json!({
         "peak_gflops": peak_all,
@@ -87,6 +102,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "samples_per_s": samples / epoch_s,
         "gflops": gflops,
         "fraction_of_peak": fraction,
+        "dense_equivalent_gflops": dense_equivalent,
+        "input_density": input_density,
+        "skips_input_zeros": skips_zeros,
         "threads": threads,
         "isa": isa.name(),
         "batch_size": args.training.batch_size,
@@ -108,6 +126,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             samples / epoch_s
         );
         println!("achieved: {gflops:.1} GFLOP/s, {fraction:.2} of the all-core peak");
+        if skips_zeros {
+            println!(
+                "input {:.0}% nonzero, its zeros skipped: {dense_equivalent:.1} GFLOP/s of the dense model's work ({:.2} of the peak)",
+                100.0 * input_density,
+                dense_equivalent / peak_all
+            );
+        }
         if let Some(before) = &before {
             print!("{}", records::describe(before, &current));
         }

@@ -163,6 +163,10 @@ pub struct TimedTraining {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Every batch through the dense GEMMs, zeros of the input included (to
+    /// measure them): by default a batch mostly zeros skips them.
+    #[arg(long)]
+    pub dense_input: bool,
 }
 
 #[derive(Args, Debug, Clone)]

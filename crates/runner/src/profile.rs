@@ -18,6 +18,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
     let data = load_data(&args.training.data)?;
     let mut model = compiled_notebook_model(&data, 1, Optimizer::rmsprop())?;
+    model.skip_input_zeros(!args.training.dense_input);
     let x = data.train.images.scaled(PIXEL_SCALE);
     let y = to_categorical(&data.train.labels, data.classes);
 
@@ -32,7 +33,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     trained?;
     let recording = profile::take();
 
-    let summary = Summary::of(&recording, &model, args.training.batch_size, &peak);
+    let summary = Summary::of(&recording, &peak);
     if let Some(path) = &args.trace {
         let trace = chrome_trace(&recording);
         kerno_data::write_atomically(path, trace.to_string().as_bytes())
@@ -110,7 +111,7 @@ struct Summary {
 }
 
 impl Summary {
-    fn of(recording: &Recording, model: &Sequential, batch_size: usize, peak: &Peak) -> Self {
+    fn of(recording: &Recording, peak: &Peak) -> Self {
         let steps: Vec<&Event> = recording
             .events
             .iter()
@@ -142,12 +143,15 @@ impl Summary {
         let mut rows: Vec<KernelRow> = rows.into_values().collect();
         rows.sort_by(|a, b| b.nanos.cmp(&a.nanos).then(a.name.cmp(&b.name)));
         let kernel_nanos = rows.iter().map(|r| r.nanos).sum();
+        // The operations the kernels did (a sparse input's products count only its
+        // nonzeros), not the dense model's.
+        let train_flops = rows.iter().map(|r| r.flops as f64).sum();
         Self {
             rows,
             steps: steps.len(),
             step_nanos,
             kernel_nanos,
-            train_flops: model.train_flops_per_sample() as f64 * (batch_size * steps.len()) as f64,
+            train_flops,
             peak: peak.all_threads,
         }
     }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{kerno, stderr, stdout, write_dataset};
+use common::{kerno, stderr, stdout, write_dataset, write_sparse_dataset};
 use serde_json::Value;
 
 /// A complete event of the trace, in nanoseconds.
@@ -173,4 +173,24 @@ fn the_profile_table_names_the_kernels_and_the_peak() {
         !text.contains("column sums"),
         "a bias-gradient pass in\n{text}"
     );
+}
+
+/// On inputs mostly zero (MNIST's black background) the first layer's products
+/// take the nonzeros alone, and the table says so.
+#[test]
+fn a_sparse_input_takes_the_sparse_products() {
+    let data = tempfile::tempdir().unwrap();
+    write_sparse_dataset(data.path(), 256);
+    let args = ["profile", "--steps", "3", "--warmup", "0", "--data"];
+    let out = kerno(&[&args[..], &[data.path().to_str().unwrap()]].concat(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for expected in [
+        "input compression (nonzeros)",
+        "sparse forward GEMM + bias + relu, layer 1",
+        "sparse weight-gradient GEMM, layer 1",
+        "forward GEMM + bias, layer 2",
+    ] {
+        assert!(text.contains(expected), "no '{expected}' in\n{text}");
+    }
 }
