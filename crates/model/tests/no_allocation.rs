@@ -23,8 +23,15 @@ fn notebook_model() -> Sequential {
     m
 }
 
-fn data(rows: usize) -> (Tensor, Tensor) {
-    let x: Vec<f32> = (0..rows * 784).map(|i| (i % 255) as f32 / 255.0).collect();
+/// Inputs with few zeros, or (`sparse`) four fifths zeros, as MNIST's pixels: the
+/// first layer's dense GEMMs, or its products of the nonzeros.
+fn data(rows: usize, sparse: bool) -> (Tensor, Tensor) {
+    let x: Vec<f32> = (0..rows * 784)
+        .map(|i| match sparse && i % 5 != 0 {
+            true => 0.0,
+            false => (i % 255) as f32 / 255.0,
+        })
+        .collect();
     let y: Vec<f32> = (0..rows * 10)
         .map(|i| (i % 10 == i / 10 % 10) as u8 as f32)
         .collect();
@@ -62,7 +69,7 @@ fn training_steps_allocate_nothing() {
         .unwrap();
     pool.install(|| {
         // train_on_batch, after the first call has built the workspace.
-        let (x, y) = data(128);
+        let (x, y) = data(128, true);
         let mut m = notebook_model();
         for _ in 0..3 {
             m.train_on_batch(&x, &y).unwrap();
@@ -77,24 +84,27 @@ fn training_steps_allocate_nothing() {
             "20 steps of train_on_batch allocated {during} times"
         );
 
-        // The fit loop itself, between its 5th and 45th steps.
-        let (x, y) = data(128 * 50);
-        let mut m = notebook_model();
-        let mut snap = Snapshot {
-            at: [5, 45],
-            counts: Vec::with_capacity(2),
-        };
-        let options = FitOptions::new()
-            .epochs(1)
-            .batch_size(128)
-            .verbosity(Verbosity::Silent);
-        m.fit_with_callbacks(&x, &y, &options, &mut [&mut snap])
-            .unwrap();
-        assert_eq!(snap.counts.len(), 2);
-        assert_eq!(
-            snap.counts[1] - snap.counts[0],
-            0,
-            "40 steps of fit allocated"
-        );
+        // The fit loop itself, between its 5th and 45th steps, on dense inputs
+        // and on sparse ones.
+        for sparse in [false, true] {
+            let (x, y) = data(128 * 50, sparse);
+            let mut m = notebook_model();
+            let mut snap = Snapshot {
+                at: [5, 45],
+                counts: Vec::with_capacity(2),
+            };
+            let options = FitOptions::new()
+                .epochs(1)
+                .batch_size(128)
+                .verbosity(Verbosity::Silent);
+            m.fit_with_callbacks(&x, &y, &options, &mut [&mut snap])
+                .unwrap();
+            assert_eq!(snap.counts.len(), 2);
+            assert_eq!(
+                snap.counts[1] - snap.counts[0],
+                0,
+                "40 steps of fit allocated (sparse inputs: {sparse})"
+            );
+        }
     });
 }
