@@ -1,6 +1,7 @@
 //! Kernel benches: GEMM on the training step's shapes (kerno on each instruction
-//! set, `matrixmultiply`, the `gemm` crate, and the f64 reference), the fused
-//! softmax + cross-entropy, and the RMSprop update. Throughput is reported in FLOP
+//! set, `matrixmultiply`, the `gemm` crate, and the f64 reference), the first
+//! layer's products of a sparse batch against the dense GEMM, the fused softmax +
+//! cross-entropy, and the RMSprop update. Throughput is reported in FLOP
 //! (2 per multiply-add). Every GEMM runs on `RAYON_NUM_THREADS` threads (default:
 //! all cores), named in the group: kerno and `gemm` called from a thread of rayon's
 //! pool whose other threads spin, ready (as `fit` runs them), `matrixmultiply` on
@@ -10,6 +11,7 @@ use criterion::{
     black_box, criterion_group, criterion_main, Bencher, BenchmarkId, Criterion, Throughput,
 };
 use kerno::tensor::loss::{softmax_xent_fwd_bwd, LogitsGradient, Targets};
+use kerno::tensor::sparse::{sparse_gemm_with, sparse_t_gemm_with, SparseRows};
 use kerno::tensor::{
     gemm_with, optim, reference, with_workers_awake, AlignedBuf, Epilogue, Isa, MatMut, MatRef,
 };
@@ -153,6 +155,79 @@ fn gemm_shapes(c: &mut Criterion) {
     }
 }
 
+/// A batch of 128 MNIST-like images: each a disc of lit pixels about the centre,
+/// of random radius, a fifth of the pixels on average as in MNIST.
+fn sparse_batch(rng: &mut ChaCha8Rng) -> AlignedBuf {
+    (0..128 * 784)
+        .map(|t| (t / 784, t % 784))
+        .scan(0.0f32, |radius, (i, p)| {
+            if p == 0 {
+                *radius = rng.gen_range(5.0..8.0) + (i % 3) as f32;
+            }
+            let (x, y) = ((p % 28) as f32 - 13.5, (p / 28) as f32 - 13.5);
+            let lit = x * x + y * y < *radius * *radius && rng.gen_bool(0.8);
+            Some(if lit { rng.gen_range(0.01..1.0) } else { 0.0 })
+        })
+        .collect()
+}
+
+/// The first layer's two GEMMs on a sparse batch, by its nonzeros and dense, and
+/// the compression that the sparse products need (throughput: the dense GEMM's
+/// operations, so the figures compare as times).
+fn sparse_products(c: &mut Criterion) {
+    let threads = rayon::current_num_threads();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (m, k, n) = (128, 784, 512);
+    let x = sparse_batch(&mut rng);
+    let (w, dh, bias) = (
+        random(k * n, &mut rng),
+        random(m * n, &mut rng),
+        random(n, &mut rng),
+    );
+    let (x_mat, w_mat, dh_mat) = (
+        MatRef::row_major(&x, m, k),
+        MatRef::row_major(&w, k, n),
+        MatRef::row_major(&dh, m, n),
+    );
+    let mut sparse = SparseRows::with_capacity(m, k);
+    sparse.compress(x_mat);
+    let density = sparse.density();
+    let (mut out, mut dw) = (AlignedBuf::zeros(m * n), AlignedBuf::zeros(k * n));
+    for isa in Isa::available() {
+        let mut group = c.benchmark_group(format!("sparse {threads}t/{}", isa.name()));
+        group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        group.sample_size(20);
+        group.bench_function(format!("compress 128x784 density {density:.2}"), |bench| {
+            iter_in_pool(bench, || sparse.compress_with(isa, x_mat))
+        });
+        let epilogue = Epilogue::BiasRelu(&bias);
+        group.bench_function("fwd1 X·W1 + bias + relu, nonzeros", |bench| {
+            iter_in_pool(bench, || {
+                let c = MatMut::row_major(&mut out, m, n);
+                sparse_gemm_with(isa, &sparse, w_mat, c, epilogue)
+            })
+        });
+        group.bench_function("fwd1 X·W1 + bias + relu, dense", |bench| {
+            iter_in_pool(bench, || {
+                let c = MatMut::row_major(&mut out, m, n);
+                gemm_with(isa, x_mat, w_mat, c, false, epilogue)
+            })
+        });
+        group.bench_function("dW1 Xt·dH, nonzeros", |bench| {
+            iter_in_pool(bench, || {
+                sparse_t_gemm_with(isa, &sparse, dh_mat, MatMut::row_major(&mut dw, k, n))
+            })
+        });
+        group.bench_function("dW1 Xt·dH, dense", |bench| {
+            iter_in_pool(bench, || {
+                let c = MatMut::row_major(&mut dw, k, n);
+                gemm_with(isa, x_mat.t(), dh_mat, c, false, Epilogue::None)
+            })
+        });
+        group.finish();
+    }
+}
+
 fn softmax_xent(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let logits = random(128 * 10, &mut rng);
@@ -188,5 +263,5 @@ fn rmsprop(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gemm_shapes, softmax_xent, rmsprop);
+criterion_group!(benches, gemm_shapes, sparse_products, softmax_xent, rmsprop);
 criterion_main!(benches);
