@@ -43,7 +43,8 @@ impl Workspace {
         Self {
             capacity,
             x: AlignedBuf::zeros(capacity * input_dim),
-            x_sparse: SparseRows::with_capacity(capacity, input_dim),
+            // Its buffers come with the first batch, sized by the density limit.
+            x_sparse: SparseRows::default(),
             x_is_sparse: false,
             skip_input_zeros: true,
             y: AlignedBuf::zeros(capacity * outputs_dim),

@@ -237,3 +237,31 @@ fn sparse_products_are_bit_identical_for_any_thread_count() {
         );
     }
 }
+
+#[test]
+fn compress_if_sparse_takes_only_matrices_up_to_the_limit() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (m, k) = (40, 100);
+    let sparse_rows = sparse_values(&mut rng, m * k, 0.2);
+    let dense_rows = sparse_values(&mut rng, m * k, 0.6);
+    let (a, dense) = (
+        MatRef::row_major(&sparse_rows, m, k),
+        MatRef::row_major(&dense_rows, m, k),
+    );
+    let mut whole = SparseRows::default();
+    whole.compress(a);
+    let mut bounded = SparseRows::default();
+    assert!(bounded.compress_if_sparse(a, 0.3));
+    assert_eq!(bounded.nonzeros(), whole.nonzeros());
+    assert!((0..m).all(|i| bounded.row(i) == whole.row(i)));
+    assert!((0..k).all(|j| bounded.col(j) == whole.col(j)));
+    // Over the limit: nothing of it is left to be read as the matrix.
+    assert!(!bounded.compress_if_sparse(dense, 0.3));
+    assert_eq!(
+        (bounded.rows(), bounded.cols(), bounded.nonzeros()),
+        (0, 0, 0)
+    );
+    // And the buffers serve the next sparse one.
+    assert!(bounded.compress_if_sparse(a, 0.3));
+    assert!((0..m).all(|i| bounded.row(i) == whole.row(i)));
+}
