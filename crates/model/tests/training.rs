@@ -28,9 +28,14 @@ fn blobs(n: usize, seed: u64) -> (Tensor, Tensor) {
 }
 
 fn model(seed: u64) -> Sequential {
-    let mut m = Sequential::new(8)
+    model_of(8, 16, seed)
+}
+
+/// `inputs → Dense(hidden, relu) → Dense(3, softmax)`, compiled with RMSprop.
+fn model_of(inputs: usize, hidden: usize, seed: u64) -> Sequential {
+    let mut m = Sequential::new(inputs)
         .with_seed(seed)
-        .add(Dense::new(16, Activation::Relu))
+        .add(Dense::new(hidden, Activation::Relu))
         .add(Dense::new(3, Activation::Softmax));
     m.compile(
         Optimizer::rmsprop(),
@@ -274,16 +279,7 @@ fn sparse_blobs(n: usize, seed: u64) -> (Tensor, Tensor) {
 fn skipping_the_zeros_of_sparse_inputs_changes_no_bit() {
     let (x, y) = sparse_blobs(300, 5);
     let train = |skip: bool| {
-        let mut m = Sequential::new(80)
-            .with_seed(5)
-            .add(Dense::new(40, Activation::Relu))
-            .add(Dense::new(3, Activation::Softmax));
-        m.compile(
-            Optimizer::rmsprop(),
-            Loss::CategoricalCrossentropy,
-            &[Metric::Accuracy],
-        )
-        .unwrap();
+        let mut m = model_of(80, 40, 5);
         m.skip_input_zeros(skip);
         let history = m.fit(&x, &y, &quiet(3)).unwrap();
         let accuracy = history.metric("accuracy");

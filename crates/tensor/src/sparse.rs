@@ -220,6 +220,34 @@ impl SparseRows {
     }
 }
 
+/// One row of a product with a sparse matrix: the row's entries (`index`, in
+/// order, and `value`) times the rows of B they name, summed in blocks of
+/// `depth` of the `k` indices as the dense kernels sum them (every block, also one
+/// without entries), then the bias and relu of `epilogue` after the last block.
+fn row_by_depth_blocks(
+    isa: Isa,
+    (index, value): (&[u32], &[f32]),
+    (k, depth): (usize, usize),
+    b: &[f32],
+    ldb: usize,
+    out: &mut [f32],
+    (bias, relu): (Option<&[f32]>, bool),
+) {
+    let mut start = 0;
+    for pc in (0..k.max(1)).step_by(depth) {
+        let end = start + index[start..].partition_point(|&j| (j as usize) < pc + depth);
+        let last = pc + depth >= k;
+        let finish = RowFinish {
+            accumulate: pc > 0,
+            bias: bias.filter(|_| last),
+            relu: relu && last,
+        };
+        let (index, value) = (&index[start..end], &value[start..end]);
+        sparse_row_product(isa, index, value, b, ldb, out, finish);
+        start = end;
+    }
+}
+
 /// `C = A·B`, then the epilogue, with A given by its nonzeros, on the best
 /// instruction set of this machine: the dense [`gemm`](crate::gemm()) without the
 /// products of A's zeros.
@@ -266,23 +294,10 @@ pub fn sparse_gemm_with(
         let b_cols = &b.data()[first_col..];
         flush_subnormals(|| {
             for i in 0..m {
-                let (index, value) = a.row(i);
-                let mut start = 0;
-                // Every block of depth, also one without entries, as the dense kernels.
-                for pc in (0..k.max(1)).step_by(depth) {
-                    let end =
-                        start + index[start..].partition_point(|&j| (j as usize) < pc + depth);
-                    let last = pc + depth >= k;
-                    let finish = RowFinish {
-                        accumulate: pc > 0,
-                        bias: bias.filter(|_| last).map(|bias| &bias[first_col..]),
-                        relu: relu && last,
-                    };
-                    let out = &mut block.row_mut(i)[..cols];
-                    let (index, value) = (&index[start..end], &value[start..end]);
-                    sparse_row_product(isa, index, value, b_cols, b.row_stride(), out, finish);
-                    start = end;
-                }
+                let (entries, out) = (a.row(i), &mut block.row_mut(i)[..cols]);
+                let epilogue = (bias.map(|bias| &bias[first_col..]), relu);
+                let ldb = b.row_stride();
+                row_by_depth_blocks(isa, entries, (k, depth), b_cols, ldb, out, epilogue);
             }
         })
     };
@@ -323,21 +338,9 @@ pub fn sparse_t_gemm_with(isa: Isa, a: &SparseRows, b: MatRef<'_>, c: MatMut<'_>
     let task = |first_row: usize, mut block: BlockMut<'_>| {
         flush_subnormals(|| {
             for r in 0..block.rows() {
-                let (index, value) = a.col(first_row + r);
-                let mut start = 0;
-                for pc in (0..k.max(1)).step_by(depth) {
-                    let end =
-                        start + index[start..].partition_point(|&i| (i as usize) < pc + depth);
-                    let finish = RowFinish {
-                        accumulate: pc > 0,
-                        bias: None,
-                        relu: false,
-                    };
-                    let out = &mut block.row_mut(r)[..n];
-                    let (index, value) = (&index[start..end], &value[start..end]);
-                    sparse_row_product(isa, index, value, b.data(), b.row_stride(), out, finish);
-                    start = end;
-                }
+                let (entries, out) = (a.col(first_row + r), &mut block.row_mut(r)[..n]);
+                let (b, ldb) = (b.data(), b.row_stride());
+                row_by_depth_blocks(isa, entries, (k, depth), b, ldb, out, (None, false));
             }
         })
     };

@@ -8,22 +8,10 @@ use kerno_tensor::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod common;
+use common::{random, rel_err};
+
 const ODD: [usize; 7] = [1, 2, 7, 10, 17, 33, 129];
-
-fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
-}
-
-/// Largest |fast - exact| relative to the largest |exact| (at least 1).
-fn rel_err(fast: &[f32], exact: &[f64]) -> f64 {
-    assert_eq!(fast.len(), exact.len());
-    let scale = exact.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    fast.iter()
-        .zip(exact)
-        .map(|(&f, &e)| (f as f64 - e).abs())
-        .fold(0.0, f64::max)
-        / scale
-}
 
 /// A view of `rows × cols` over `storage`, stored transposed when `transposed`.
 fn view(storage: &[f32], rows: usize, cols: usize, transposed: bool) -> MatRef<'_> {

@@ -6,6 +6,9 @@ use kerno_tensor::{gemm_with, reference, Epilogue, Isa, MatMut, MatRef};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod common;
+use common::{random, rel_err};
+
 /// `n` values of which a share `density` (about) are nonzero, in runs of zeros
 /// as an image's background.
 fn sparse_values(rng: &mut ChaCha8Rng, n: usize, density: f64) -> Vec<f32> {
@@ -17,22 +20,8 @@ fn sparse_values(rng: &mut ChaCha8Rng, n: usize, density: f64) -> Vec<f32> {
         .collect()
 }
 
-fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
-}
-
 fn same_bits(x: &[f32], y: &[f32]) -> bool {
     x.len() == y.len() && x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits())
-}
-
-/// Largest |fast - exact| relative to the largest |exact| (at least 1).
-fn rel_err(fast: &[f32], exact: &[f64]) -> f64 {
-    let scale = exact.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    fast.iter()
-        .zip(exact)
-        .map(|(&f, &e)| (f as f64 - e).abs())
-        .fold(0.0, f64::max)
-        / scale
 }
 
 /// Shapes `m × k` (the sparse matrix) by `k × n`: the training step's, odd ones,
