@@ -1,7 +1,8 @@
-//! The product of one sparse row (its nonzeros as B's row indices and values) with
-//! B: each output a chain of FMAs over the entries in their order, as the dense
-//! kernels chain over every step of k, so that a row of zeros skipped gives the
-//! dense kernel's bits.
+//! Sparse rows: a row of floats compressed to its nonzeros and their positions,
+//! and the product of such a row (B's row indices and values) with B, each output
+//! a chain of FMAs over the entries in their order, as the dense kernels chain
+//! over every step of k, so that a row of zeros skipped gives the dense kernel's
+//! bits.
 
 #[cfg(target_arch = "x86_64")]
 use super::tiles::Vector;
@@ -46,8 +47,11 @@ pub(crate) fn sparse_row_product(
         assert!(bias.len() >= out.len(), "a bias for every output");
     }
     let last_row = index.iter().copied().max().unwrap_or(0) as usize;
+    let end = last_row
+        .checked_mul(ldb)
+        .and_then(|at| at.checked_add(out.len()));
     assert!(
-        index.is_empty() || last_row * ldb + out.len() <= b.len(),
+        index.is_empty() || end.is_some_and(|end| end <= b.len()),
         "an entry's row of B lies outside B"
     );
     match isa {
