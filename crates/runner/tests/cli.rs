@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{kerno, stderr, stdout, write_dataset};
+use common::{kerno, stderr, stdout, write_dataset, write_sparse_dataset};
 
 #[test]
 fn out_of_range_arguments_are_one_line_errors() {
@@ -140,31 +140,36 @@ fn train_save_evaluate_predict_on_a_generated_dataset() {
     assert!(!out.status.success(), "a folder is not a model file");
 }
 
+/// On a dense dataset (the dense GEMMs) and on a sparse one (the first layer's
+/// products of the nonzeros).
 #[test]
 fn one_and_two_threads_save_byte_identical_models() {
-    let dir = tempfile::tempdir().unwrap();
-    write_dataset(dir.path(), 300);
-    let data = dir.path().to_str().unwrap();
-    let save = |threads: &str| {
-        let path = dir.path().join(format!("t{threads}.safetensors"));
-        let out = kerno(
-            &[
-                "train",
-                "--data",
-                data,
-                "--epochs",
-                "1",
-                "--threads",
-                threads,
-                "--save",
-                path.to_str().unwrap(),
-            ],
-            &[],
-        );
-        assert!(out.status.success(), "{}", stderr(&out));
-        std::fs::read(path).unwrap()
-    };
-    assert_eq!(save("1"), save("2"));
+    let writers: [fn(&std::path::Path, u32); 2] = [write_dataset, write_sparse_dataset];
+    for write in writers {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), 300);
+        let data = dir.path().to_str().unwrap();
+        let save = |threads: &str| {
+            let path = dir.path().join(format!("t{threads}.safetensors"));
+            let out = kerno(
+                &[
+                    "train",
+                    "--data",
+                    data,
+                    "--epochs",
+                    "1",
+                    "--threads",
+                    threads,
+                    "--save",
+                    path.to_str().unwrap(),
+                ],
+                &[],
+            );
+            assert!(out.status.success(), "{}", stderr(&out));
+            std::fs::read(path).unwrap()
+        };
+        assert_eq!(save("1"), save("2"));
+    }
 }
 
 #[test]
