@@ -75,9 +75,10 @@ impl Sequential {
     }
 
     /// Whether the first layer's products take only the nonzeros of a batch that
-    /// is mostly zeros (MNIST's pixels: four fifths are 0), which gives the same
-    /// bits in a fraction of the time; on by default. Off, every batch takes the
-    /// dense GEMMs (to measure them).
+    /// is mostly zeros (MNIST's pixels: four fifths are 0), in a fraction of the
+    /// time and with the same bits for a first layer of more than 12 units (see
+    /// `kerno_tensor::sparse`); on by default. Off, every batch takes the dense
+    /// GEMMs (to measure them).
     pub fn skip_input_zeros(&mut self, on: bool) {
         self.skip_input_zeros = on;
     }

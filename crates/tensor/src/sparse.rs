@@ -1,10 +1,11 @@
 //! Products with a matrix that is mostly zeros, by its nonzeros alone: four fifths
 //! of MNIST's pixels are 0, so the first layer's two GEMMs (`X·W₁` and `Xᵀ·dH`)
-//! need a fifth of their multiply-adds. Each output is summed in the dense
-//! kernels' order (the same blocks of depth, each a chain of FMAs from zero),
-//! so the results are the dense GEMM's bit for bit, zeros being skipped where the
-//! dense kernels add `0·b`: only the sign of a zero sum, or a zero times an
-//! infinite `b`, can differ.
+//! need a fifth of their multiply-adds. Each output is summed in the order of the
+//! dense GEMM's tiles (the same blocks of depth, each a chain of FMAs from zero),
+//! so the results are its bits wherever it takes its tiles (outputs over 12 wide;
+//! its dot-product path for thinner ones sums otherwise), zeros being skipped where
+//! the tiles add `0·b`: only the sign of a zero sum, or a zero times an infinite
+//! `b`, can differ.
 
 use crate::gemm::{depth_block, is_parallel, Epilogue};
 use crate::matrix::{MatMut, MatRef};
