@@ -76,19 +76,16 @@ pub(crate) fn forward(
         } else {
             Epilogue::Bias(&layer.bias)
         };
-        let name = if relu {
-            "forward GEMM + bias + relu"
-        } else {
-            "forward GEMM + bias"
+        let sparse = l == 0 && ws.x_is_sparse;
+        let name = match (sparse, relu) {
+            (false, true) => "forward GEMM + bias + relu",
+            (false, false) => "forward GEMM + bias",
+            (true, true) => "sparse forward GEMM + bias + relu",
+            (true, false) => "sparse forward GEMM + bias",
         };
         let kernel = MatRef::row_major(&layer.kernel, inputs, layer.units);
         let out_mat = MatMut::row_major(out, rows, layer.units);
-        if l == 0 && ws.x_is_sparse {
-            let name = if relu {
-                "sparse forward GEMM + bias + relu"
-            } else {
-                "sparse forward GEMM + bias"
-            };
+        if sparse {
             let _span =
                 profile::span(|| sparse_work(name, ws.x_sparse.nonzeros(), layer.units).layer(l));
             sparse_gemm(&ws.x_sparse, kernel, out_mat, epilogue);
@@ -196,9 +193,14 @@ pub(crate) fn backward(
             MatMut::row_major(&mut ws.dkernels[l], inputs, layer.units),
         );
         if l == 0 && ws.x_is_sparse {
-            let name = "sparse weight-gradient GEMM";
-            let _span =
-                profile::span(|| sparse_work(name, ws.x_sparse.nonzeros(), layer.units).layer(l));
+            let _span = profile::span(|| {
+                sparse_work(
+                    "sparse weight-gradient GEMM",
+                    ws.x_sparse.nonzeros(),
+                    layer.units,
+                )
+                .layer(l)
+            });
             sparse_t_gemm(&ws.x_sparse, dz_mat, dkernel);
         } else {
             let _span = profile::span(|| {
