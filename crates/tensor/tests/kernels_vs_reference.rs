@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{random, rel_err};
+use common::{random, rel_err, same_bits};
 
 const ODD: [usize; 7] = [1, 2, 7, 10, 17, 33, 129];
 
@@ -349,14 +349,8 @@ fn bit_identical_for_any_thread_count(rng: &mut ChaCha8Rng, m: usize, k: usize, 
         c
     };
     let one = run(1);
-    assert!(one
-        .iter()
-        .zip(run(2))
-        .all(|(x, y)| x.to_bits() == y.to_bits()));
-    assert!(one
-        .iter()
-        .zip(run(5))
-        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(same_bits(&one, &run(2)));
+    assert!(same_bits(&one, &run(5)));
 }
 
 /// The column sums a GEMM adds up as it stores C are, bit for bit, those of a

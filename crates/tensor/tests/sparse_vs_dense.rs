@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{random, rel_err};
+use common::{random, rel_err, same_bits};
 
 /// `n` values of which a share `density` (about) are nonzero, in runs of zeros
 /// as an image's background.
@@ -18,10 +18,6 @@ fn sparse_values(rng: &mut ChaCha8Rng, n: usize, density: f64) -> Vec<f32> {
             false => 0.0,
         })
         .collect()
-}
-
-fn same_bits(x: &[f32], y: &[f32]) -> bool {
-    x.len() == y.len() && x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits())
 }
 
 /// Shapes `m × k` (the sparse matrix) by `k × n`: the training step's, odd ones,

@@ -1,4 +1,5 @@
-//! What the kernel tests share: random operands and the error against the reference.
+//! What the kernel tests share: random operands, the error against the reference,
+//! and bit-for-bit equality.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -17,4 +18,9 @@ pub fn rel_err(fast: &[f32], exact: &[f64]) -> f64 {
         .map(|(&f, &e)| (f as f64 - e).abs())
         .fold(0.0, f64::max)
         / scale
+}
+
+/// Whether `x` and `y` hold the same floats, bit for bit.
+pub fn same_bits(x: &[f32], y: &[f32]) -> bool {
+    x.len() == y.len() && x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits())
 }
