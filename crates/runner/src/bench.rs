@@ -85,7 +85,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let dense_flops = model.train_flops_per_sample() as f64;
     // The first layer's two products (forward and weight gradient) without the
     // zeros. Each sample is in one batch an epoch, so this is exact when every
-    // batch is under the model's limit, as MNIST's are (0.17-0.22 nonzero); a
+    // batch is under the model's limit, as MNIST's are (0.18-0.20 nonzero); a
     // dataset near the limit, some batches dense, would be counted low.
     let skipped = match (skips_zeros, model.layers().first()) {
         (true, Some(first)) => {
