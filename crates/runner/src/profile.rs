@@ -106,7 +106,8 @@ struct Summary {
     steps: usize,
     step_nanos: u64,
     kernel_nanos: u64,
-    train_flops: f64,
+    model_flops: f64,
+    executed_flops: f64,
     peak: f64,
 }
 
@@ -143,15 +144,17 @@ impl Summary {
         let mut rows: Vec<KernelRow> = rows.into_values().collect();
         rows.sort_by(|a, b| b.nanos.cmp(&a.nanos).then(a.name.cmp(&b.name)));
         let kernel_nanos = rows.iter().map(|r| r.nanos).sum();
-        // The operations the kernels did (a sparse input's products count only its
-        // nonzeros), not the dense model's.
-        let train_flops = rows.iter().map(|r| r.flops as f64).sum();
+        // The model's operations (as `kerno bench` counts them), and those the
+        // kernels did: a sparse input's products count only its nonzeros.
+        let model_flops = steps.iter().map(|e| e.work.flops as f64).sum();
+        let executed_flops = rows.iter().map(|r| r.flops as f64).sum();
         Self {
             rows,
             steps: steps.len(),
             step_nanos,
             kernel_nanos,
-            train_flops,
+            model_flops,
+            executed_flops,
             peak: peak.all_threads,
         }
     }
@@ -160,8 +163,13 @@ impl Summary {
         self.step_nanos as f64 / self.steps.max(1) as f64 / 1e6
     }
 
+    /// The model's operations over the steps' time.
     fn gflops(&self) -> f64 {
-        self.train_flops / self.step_nanos.max(1) as f64
+        self.model_flops / self.step_nanos.max(1) as f64
+    }
+
+    fn executed_gflops(&self) -> f64 {
+        self.executed_flops / self.step_nanos.max(1) as f64
     }
 
     fn share(&self, nanos: u64) -> f64 {
@@ -219,11 +227,18 @@ impl Summary {
             100.0 * self.share(self.kernel_nanos)
         );
         out += &format!(
-            "achieved: {:.1} GFLOP/s, {:.2} of the {:.1} GFLOP/s FMA peak of {threads} threads\n",
+            "achieved: {:.1} GFLOP/s of the model's operations, {:.2} of the {:.1} GFLOP/s FMA peak of {threads} threads\n",
             self.gflops(),
             self.gflops() / self.peak,
             self.peak
         );
+        if self.executed_flops < self.model_flops {
+            out += &format!(
+                "executed: {:.1} GFLOP/s ({:.2} of the peak), the input's zeros skipped\n",
+                self.executed_gflops(),
+                self.executed_gflops() / self.peak
+            );
+        }
         out
     }
 
@@ -256,6 +271,8 @@ impl Summary {
             "gflops": self.gflops(),
             "peak_gflops": self.peak,
             "fraction_of_peak": self.gflops() / self.peak,
+            "executed_gflops": self.executed_gflops(),
+            "executed_fraction_of_peak": self.executed_gflops() / self.peak,
             "kernels": kernels,
         })
     }

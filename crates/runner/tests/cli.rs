@@ -216,6 +216,50 @@ fn bench_json_has_the_documented_keys() {
     assert!(record["isa"].as_str().is_some());
 }
 
+/// `gflops` and `fraction_of_peak` count the model's operations, as if every input
+/// were dense (the floor is that work at the peak); `executed_gflops` the
+/// operations done, the first layer's products by the nonzeros alone.
+#[test]
+fn bench_counts_the_models_operations_and_those_it_executed() {
+    let dir = tempfile::tempdir().unwrap();
+    write_sparse_dataset(dir.path(), 256);
+    let args = ["bench", "--json", "--epochs", "1", "--data"];
+    let out = kerno(&[&args[..], &[dir.path().to_str().unwrap()]].concat(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let f = |key: &str| {
+        r[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing: {r}"))
+    };
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs();
+    assert_eq!(r["skips_input_zeros"], true, "{r}");
+    assert!(close(f("input_density"), 0.25), "{r}");
+    // 784-512-10: 2·(3·(784·512 + 512·10) - 784·512) a sample; the first layer's
+    // two products skip the zero three quarters of 2·784·512 each.
+    let model = 2.0 * (3.0 * (784.0 * 512.0 + 512.0 * 10.0) - 784.0 * 512.0);
+    let skipped = 4.0 * 784.0 * 512.0 * 0.75;
+    assert!(
+        close(f("gflops") * f("epoch_s"), 256.0 * model / 1e9),
+        "{r}"
+    );
+    assert!(
+        close(
+            f("executed_gflops") / f("gflops"),
+            (model - skipped) / model
+        ),
+        "{r}"
+    );
+    assert!(
+        close(f("fraction_of_peak"), f("gflops") / f("peak_gflops")),
+        "{r}"
+    );
+    assert!(
+        close(f("floor_epoch_s") / f("epoch_s"), f("fraction_of_peak")),
+        "{r}"
+    );
+}
+
 #[test]
 fn bench_records_append_json_lines_and_compare_against_the_last() {
     let dir = tempfile::tempdir().unwrap();

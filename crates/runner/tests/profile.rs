@@ -165,9 +165,12 @@ fn the_profile_table_names_the_kernels_and_the_peak() {
         "batch gather",
         "(between kernels)",
         "FMA peak",
+        "GFLOP/s of the model's operations",
     ] {
         assert!(text.contains(expected), "no '{expected}' in\n{text}");
     }
+    // A dense input: the kernels execute the model's operations, none skipped.
+    assert!(!text.contains("executed:"), "{text}");
     // Every bias gradient is summed by the kernel that makes its layer's gradient.
     assert!(
         !text.contains("column sums"),
@@ -190,6 +193,8 @@ fn a_sparse_input_takes_the_sparse_products() {
         "sparse forward GEMM + bias + relu, layer 1",
         "sparse weight-gradient GEMM, layer 1",
         "forward GEMM + bias, layer 2",
+        "GFLOP/s of the model's operations",
+        "the input's zeros skipped",
     ] {
         assert!(text.contains(expected), "no '{expected}' in\n{text}");
     }
