@@ -55,6 +55,9 @@ fn gemm_matches_reference_on_odd_and_transposed_shapes() {
         (65, 16, 4),
         (33, 31, 1),
     ];
+    // Every thin width, rows in pairs and a last one alone, a depth off the
+    // vectors' lanes.
+    cases.extend((1..=12).map(|n| (7, 37, n)));
     for _ in 0..30 {
         let pick = |rng: &mut ChaCha8Rng| ODD[rng.gen_range(0..ODD.len())];
         cases.push((pick(&mut rng), pick(&mut rng), pick(&mut rng)));
