@@ -20,7 +20,7 @@ use crate::simd::{
 /// on two threads and between 0.31 and 0.40 on one on an AVX-512 Xeon.
 pub const SPARSE_DENSITY_LIMIT: f64 = 0.3;
 /// Columns of C per task of [`sparse_gemm`]: B's block of them stays in L2 while
-/// every row of A reads it.
+/// every row of A reads it (its rows shared out too when threads outnumber blocks).
 const TASK_COLS: usize = 128;
 /// Rows of C per task of [`sparse_t_gemm`].
 const TASK_ROWS: usize = 16;
@@ -290,24 +290,36 @@ pub fn sparse_gemm_with(
         assert_eq!(bias.len(), n, "one bias per column of C");
     }
     let depth = depth_block(k);
-    let task = |first_col: usize, mut block: BlockMut<'_>| {
+    // Rows `first_row..` of C's block of columns from `first_col`.
+    let task = |first_row: usize, first_col: usize, mut block: BlockMut<'_>| {
         let cols = block.cols();
         let b_cols = &b.data()[first_col..];
         flush_subnormals(|| {
-            for i in 0..m {
-                let (entries, out) = (a.row(i), &mut block.row_mut(i)[..cols]);
+            for r in 0..block.rows() {
+                let (entries, out) = (a.row(first_row + r), &mut block.row_mut(r)[..cols]);
                 let epilogue = (bias.map(|bias| &bias[first_col..]), relu);
                 let ldb = b.row_stride();
                 row_by_depth_blocks(isa, entries, (k, depth), b_cols, ldb, out, epilogue);
             }
         })
     };
-    let work = |t: usize, ByCols(block)| task(t * TASK_COLS, block);
     let c = ByCols(BlockMut::new(c));
-    match is_parallel(2 * a.nonzeros() * n) {
-        true => for_each_chunk(c, TASK_COLS, &work),
-        false => for_each_chunk_in_order(c, TASK_COLS, work),
+    if !is_parallel(2 * a.nonzeros() * n) {
+        let work = |t: usize, ByCols(block)| task(0, t * TASK_COLS, block);
+        return for_each_chunk_in_order(c, TASK_COLS, work);
     }
+    // Fewer blocks of columns than threads (512 outputs on more than 4 cores):
+    // each block's rows are shared out too, so that every core has work.
+    let groups = rayon::current_num_threads().div_ceil(n.div_ceil(TASK_COLS));
+    let group_rows = m.div_ceil(groups.max(1)).max(1);
+    let work = |t: usize, ByCols(block)| match groups {
+        0 | 1 => task(0, t * TASK_COLS, block),
+        _ => {
+            let rows = |g: usize, ByRows(rows)| task(g * group_rows, t * TASK_COLS, rows);
+            for_each_chunk(ByRows(block), group_rows, &rows)
+        }
+    };
+    for_each_chunk(c, TASK_COLS, &work)
 }
 
 /// `C = Aᵀ·B` with A given by its nonzeros (the weight gradient `Xᵀ·dH` of a
