@@ -274,8 +274,10 @@ impl Sequential {
     ) -> LossStats {
         // A step counts the model's operations, as if the batch were dense: the
         // kernels within count what they executed.
-        let model_flops = self.train_flops_per_sample() * indices.len() as u64;
-        let _span = profile::span(|| Work::new("train step", Level::Step).flops(model_flops));
+        let _span = profile::span(|| {
+            let model_flops = self.train_flops_per_sample() * indices.len() as u64;
+            Work::new("train step", Level::Step).flops(model_flops)
+        });
         let compiled = self
             .compiled
             .as_mut()

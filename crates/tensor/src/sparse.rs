@@ -249,6 +249,20 @@ fn row_by_depth_blocks(
     }
 }
 
+/// Panics unless the sparse operand `name` (`m × k`), B and C make a product, and
+/// B's rows are contiguous, as the row kernel reads them.
+fn assert_product_shapes(name: &str, (m, k): (usize, usize), b: MatRef<'_>, c: &MatMut<'_>) {
+    let n = b.cols();
+    assert!(
+        b.rows() == k && c.rows() == m && c.cols() == n,
+        "shapes do not agree: {name} {m}x{k}, B {}x{n}, C {}x{}",
+        b.rows(),
+        c.rows(),
+        c.cols()
+    );
+    assert_eq!(b.col_stride(), 1, "B's rows must be contiguous");
+}
+
 /// `C = A·B`, then the epilogue, with A given by its nonzeros, on the best
 /// instruction set of this machine: the dense [`gemm`](crate::gemm()) without the
 /// products of A's zeros.
@@ -272,14 +286,7 @@ pub fn sparse_gemm_with(
     epilogue: Epilogue<'_>,
 ) {
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
-    assert!(
-        b.rows() == k && c.rows() == m && c.cols() == n,
-        "shapes do not agree: A {m}x{k}, B {}x{n}, C {}x{}",
-        b.rows(),
-        c.rows(),
-        c.cols()
-    );
-    assert_eq!(b.col_stride(), 1, "B's rows must be contiguous");
+    assert_product_shapes("A", (m, k), b, &c);
     let (bias, relu) = match epilogue {
         Epilogue::None => (None, false),
         Epilogue::Bias(bias) => (Some(bias), false),
@@ -289,16 +296,15 @@ pub fn sparse_gemm_with(
     if let Some(bias) = bias {
         assert_eq!(bias.len(), n, "one bias per column of C");
     }
-    let depth = depth_block(k);
+    let (depth, ldb) = (depth_block(k), b.row_stride());
     // Rows `first_row..` of C's block of columns from `first_col`.
     let task = |first_row: usize, first_col: usize, mut block: BlockMut<'_>| {
         let cols = block.cols();
         let b_cols = &b.data()[first_col..];
+        let epilogue = (bias.map(|bias| &bias[first_col..]), relu);
         flush_subnormals(|| {
             for r in 0..block.rows() {
                 let (entries, out) = (a.row(first_row + r), &mut block.row_mut(r)[..cols]);
-                let epilogue = (bias.map(|bias| &bias[first_col..]), relu);
-                let ldb = b.row_stride();
                 row_by_depth_blocks(isa, entries, (k, depth), b_cols, ldb, out, epilogue);
             }
         })
@@ -309,11 +315,12 @@ pub fn sparse_gemm_with(
         return for_each_chunk_in_order(c, TASK_COLS, work);
     }
     // Fewer blocks of columns than threads (512 outputs on more than 4 cores):
-    // each block's rows are shared out too, so that every core has work.
+    // each block's rows are shared out too, so that every core has work. (Work in
+    // parallel has columns and rows: neither count is 0 here.)
     let groups = rayon::current_num_threads().div_ceil(n.div_ceil(TASK_COLS));
-    let group_rows = m.div_ceil(groups.max(1)).max(1);
+    let group_rows = m.div_ceil(groups);
     let work = |t: usize, ByCols(block)| match groups {
-        0 | 1 => task(0, t * TASK_COLS, block),
+        1 => task(0, t * TASK_COLS, block),
         _ => {
             let rows = |g: usize, ByRows(rows)| task(g * group_rows, t * TASK_COLS, rows);
             for_each_chunk(ByRows(block), group_rows, &rows)
@@ -338,22 +345,14 @@ pub fn sparse_t_gemm(a: &SparseRows, b: MatRef<'_>, c: MatMut<'_>) {
 /// As [`sparse_t_gemm`], and when `isa` is not supported by this CPU.
 pub fn sparse_t_gemm_with(isa: Isa, a: &SparseRows, b: MatRef<'_>, c: MatMut<'_>) {
     let (m, k, n) = (a.cols(), a.rows(), b.cols());
-    assert!(
-        b.rows() == k && c.rows() == m && c.cols() == n,
-        "shapes do not agree: Aᵀ {m}x{k}, B {}x{n}, C {}x{}",
-        b.rows(),
-        c.rows(),
-        c.cols()
-    );
-    assert_eq!(b.col_stride(), 1, "B's rows must be contiguous");
+    assert_product_shapes("Aᵀ", (m, k), b, &c);
     assert_eq!(a.col_starts.len(), m + 1, "the columns of A were not built");
-    let depth = depth_block(k);
+    let (depth, ldb) = (depth_block(k), b.row_stride());
     let task = |first_row: usize, mut block: BlockMut<'_>| {
         flush_subnormals(|| {
             for r in 0..block.rows() {
                 let (entries, out) = (a.col(first_row + r), &mut block.row_mut(r)[..n]);
-                let (b, ldb) = (b.data(), b.row_stride());
-                row_by_depth_blocks(isa, entries, (k, depth), b, ldb, out, (None, false));
+                row_by_depth_blocks(isa, entries, (k, depth), b.data(), ldb, out, (None, false));
             }
         })
     };
