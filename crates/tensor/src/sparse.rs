@@ -31,15 +31,18 @@ const TASK_ROWS: usize = 16;
 pub struct SparseRows {
     rows: usize,
     cols: usize,
-    /// Row `i`'s entries are `row_starts[i]..row_starts[i + 1]` of `row_cols` and `row_values`.
+    /// Row `i`'s entries are `row_starts[i·B]..row_starts[(i + 1)·B]` of `row_cols`
+    /// and `row_values`, `B` its blocks of depth (those of a product with it, by
+    /// [`depth_blocks`] of `cols`): its block `b` starts at `row_starts[i·B + b]`,
+    /// found once here rather than by every task that reads the row.
     row_starts: Vec<usize>,
     row_cols: Vec<u32>,
     row_values: Vec<f32>,
-    /// Column `j`'s entries are `col_starts[j]..col_starts[j + 1]` of `col_rows` and `col_values`.
+    /// Column `j`'s entries, as the rows' (its blocks of depth by [`depth_blocks`] of `rows`).
     col_starts: Vec<usize>,
     col_rows: Vec<u32>,
     col_values: Vec<f32>,
-    /// Where the next entry of each column goes, while building.
+    /// Where the next entry of each column's block goes, while building.
     col_ends: Vec<usize>,
     /// A row of a matrix whose rows are not contiguous, while compressing.
     strided_row: Vec<f32>,
@@ -65,9 +68,10 @@ impl SparseRows {
             .resize(slots.max(self.row_values.len()), 0.0);
         self.col_values
             .resize(slots.max(self.col_values.len()), 0.0);
-        self.row_starts.reserve(rows + 1);
-        self.col_starts.reserve(cols + 1);
-        self.col_ends.reserve(cols);
+        let (row_blocks, col_blocks) = (depth_blocks(cols), depth_blocks(rows));
+        self.row_starts.reserve(rows * row_blocks + 1);
+        self.col_starts.reserve(cols * col_blocks + 1);
+        self.col_ends.reserve(cols * col_blocks);
         self.strided_row.reserve(cols);
     }
 
@@ -124,6 +128,7 @@ impl SparseRows {
             "a sparse matrix has at most u32::MAX rows and columns"
         );
         (self.rows, self.cols) = (rows, cols);
+        let depth = depth_block(cols);
         self.row_starts.clear();
         self.row_starts.push(0);
         let mut end = 0;
@@ -137,7 +142,12 @@ impl SparseRows {
                 }
             };
             let (positions, out) = (&mut self.row_cols[end..], &mut self.row_values[end..]);
-            end += keep_nonzeros(isa, values, positions, out);
+            let kept = keep_nonzeros(isa, values, positions, out);
+            for pc in (depth..cols).step_by(depth) {
+                let before = positions[..kept].partition_point(|&j| (j as usize) < pc);
+                self.row_starts.push(end + before);
+            }
+            end += kept;
             self.row_starts.push(end);
             if end > most {
                 return false;
@@ -146,15 +156,25 @@ impl SparseRows {
         true
     }
 
-    /// The entries by columns, from those by rows (a counting sort: each column's
-    /// rows stay in order).
+    /// The entries by columns, from those by rows: a counting sort by column and
+    /// block of depth, which keeps each column's rows in order.
     fn build_columns(&mut self) {
-        let entries = self.nonzeros();
-        // Plain slices: through `self` each store would make the compiler reload
-        // every buffer's address and length.
+        match depth_blocks(self.rows) {
+            // One block (batches up to 400 rows): the bucket is the column alone.
+            1 => self.sort_into_columns(1, |j, _| j as usize),
+            blocks => self.sort_into_columns(blocks, |j, block| j as usize * blocks + block),
+        }
+    }
+
+    /// [`build_columns`](Self::build_columns) with `bucket(column, block of the row)`
+    /// for each column's `blocks` blocks of depth.
+    fn sort_into_columns(&mut self, blocks: usize, bucket: impl Fn(u32, usize) -> usize) {
+        let (entries, row_blocks) = (self.nonzeros(), depth_blocks(self.cols));
+        let (depth, buckets) = (depth_block(self.rows), self.cols * blocks);
+        // Plain slices (the Vecs resliced below too): through `self` each store
+        // would make the compiler reload every buffer's address and length.
         let Self {
             rows,
-            cols,
             row_starts,
             col_starts,
             col_ends,
@@ -165,25 +185,29 @@ impl SparseRows {
             &mut self.col_rows[..entries],
             &mut self.col_values[..entries],
         );
+        let row = |i: usize| row_starts[i * row_blocks]..row_starts[(i + 1) * row_blocks];
         col_starts.clear();
-        col_starts.resize(*cols + 1, 0);
-        for &j in row_cols {
-            col_starts[j as usize + 1] += 1;
+        col_starts.resize(buckets + 1, 0);
+        let col_starts = &mut col_starts[..];
+        for i in 0..*rows {
+            let block = i / depth;
+            for &j in &row_cols[row(i)] {
+                col_starts[bucket(j, block) + 1] += 1;
+            }
         }
-        for j in 0..*cols {
-            col_starts[j + 1] += col_starts[j];
+        for at in 0..buckets {
+            col_starts[at + 1] += col_starts[at];
         }
         col_ends.clear();
-        col_ends.extend_from_slice(&col_starts[..*cols]);
-        for (i, bounds) in row_starts[..=*rows].windows(2).enumerate() {
-            for (&j, &v) in row_cols[bounds[0]..bounds[1]]
-                .iter()
-                .zip(&row_values[bounds[0]..bounds[1]])
-            {
+        col_ends.extend_from_slice(&col_starts[..buckets]);
+        let col_ends = &mut col_ends[..];
+        for i in 0..*rows {
+            let block = i / depth;
+            for (&j, &v) in row_cols[row(i)].iter().zip(&row_values[row(i)]) {
                 // The count bumped before the stores: bumped after them, it was
                 // reloaded from memory (compressing an MNIST batch: 125 -> 73 µs).
-                let slot = col_ends[j as usize];
-                col_ends[j as usize] = slot + 1;
+                let slot = col_ends[bucket(j, block)];
+                col_ends[bucket(j, block)] = slot + 1;
                 col_rows[slot] = i as u32;
                 col_values[slot] = v;
             }
@@ -210,42 +234,88 @@ impl SparseRows {
 
     /// Row `i`'s nonzeros: their column indices, in order, and values.
     pub fn row(&self, i: usize) -> (&[u32], &[f32]) {
-        let range = self.row_starts[i]..self.row_starts[i + 1];
-        (&self.row_cols[range.clone()], &self.row_values[range])
+        self.row_blocks(i).whole()
     }
 
     /// Column `j`'s nonzeros: their row indices, in order, and values.
     pub fn col(&self, j: usize) -> (&[u32], &[f32]) {
-        let range = self.col_starts[j]..self.col_starts[j + 1];
-        (&self.col_rows[range.clone()], &self.col_values[range])
+        self.col_blocks(j).whole()
+    }
+
+    /// Row `i`'s nonzeros by blocks of depth.
+    fn row_blocks(&self, i: usize) -> Blocks<'_> {
+        let blocks = depth_blocks(self.cols);
+        Blocks {
+            starts: &self.row_starts[i * blocks..=(i + 1) * blocks],
+            index: &self.row_cols,
+            value: &self.row_values,
+        }
+    }
+
+    /// Column `j`'s nonzeros by blocks of depth.
+    fn col_blocks(&self, j: usize) -> Blocks<'_> {
+        let blocks = depth_blocks(self.rows);
+        Blocks {
+            starts: &self.col_starts[j * blocks..=(j + 1) * blocks],
+            index: &self.col_rows,
+            value: &self.col_values,
+        }
     }
 }
 
-/// One row of a product with a sparse matrix: the row's entries (`index`, in
-/// order, and `value`) times the rows of B they name, summed in blocks of
-/// `depth` of the `k` indices as the dense kernels sum them (every block, also one
-/// without entries), then the bias and relu of `epilogue` after the last block.
+/// Blocks of depth of a product with a sparse operand whose inner dimension is
+/// `k`: the dense GEMM's, so that the sums match its bits.
+fn depth_blocks(k: usize) -> usize {
+    k.div_ceil(depth_block(k)).max(1)
+}
+
+/// One row's (or column's) nonzeros, split by blocks of depth.
+#[derive(Clone, Copy)]
+struct Blocks<'a> {
+    /// Where each block starts in `index` and `value`, then where the last ends.
+    starts: &'a [usize],
+    index: &'a [u32],
+    value: &'a [f32],
+}
+
+impl<'a> Blocks<'a> {
+    fn count(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    fn block(&self, b: usize) -> (&'a [u32], &'a [f32]) {
+        let range = self.starts[b]..self.starts[b + 1];
+        (&self.index[range.clone()], &self.value[range])
+    }
+
+    fn whole(&self) -> (&'a [u32], &'a [f32]) {
+        let range = self.starts[0]..self.starts[self.count()];
+        (&self.index[range.clone()], &self.value[range])
+    }
+}
+
+/// One row of a product with a sparse matrix: the row's entries (column
+/// indices, in order, and values, by blocks of depth) times the rows of B they
+/// name, each block summed as the dense kernels sum it (also one without
+/// entries), then the bias and relu of `epilogue` after the last block.
 fn row_by_depth_blocks(
     isa: Isa,
-    (index, value): (&[u32], &[f32]),
-    (k, depth): (usize, usize),
+    entries: Blocks<'_>,
     b: &[f32],
     ldb: usize,
     out: &mut [f32],
     (bias, relu): (Option<&[f32]>, bool),
 ) {
-    let mut start = 0;
-    for pc in (0..k.max(1)).step_by(depth) {
-        let end = start + index[start..].partition_point(|&j| (j as usize) < pc + depth);
-        let last = pc + depth >= k;
+    let blocks = entries.count();
+    for block in 0..blocks {
+        let last = block + 1 == blocks;
         let finish = RowFinish {
-            accumulate: pc > 0,
+            accumulate: block > 0,
             bias: bias.filter(|_| last),
             relu: relu && last,
         };
-        let (index, value) = (&index[start..end], &value[start..end]);
+        let (index, value) = entries.block(block);
         sparse_row_product(isa, index, value, b, ldb, out, finish);
-        start = end;
     }
 }
 
@@ -296,7 +366,7 @@ pub fn sparse_gemm_with(
     if let Some(bias) = bias {
         assert_eq!(bias.len(), n, "one bias per column of C");
     }
-    let (depth, ldb) = (depth_block(k), b.row_stride());
+    let ldb = b.row_stride();
     // Rows `first_row..` of C's block of columns from `first_col`.
     let task = |first_row: usize, first_col: usize, mut block: BlockMut<'_>| {
         let cols = block.cols();
@@ -304,8 +374,8 @@ pub fn sparse_gemm_with(
         let epilogue = (bias.map(|bias| &bias[first_col..]), relu);
         flush_subnormals(|| {
             for r in 0..block.rows() {
-                let (entries, out) = (a.row(first_row + r), &mut block.row_mut(r)[..cols]);
-                row_by_depth_blocks(isa, entries, (k, depth), b_cols, ldb, out, epilogue);
+                let (entries, out) = (a.row_blocks(first_row + r), &mut block.row_mut(r)[..cols]);
+                row_by_depth_blocks(isa, entries, b_cols, ldb, out, epilogue);
             }
         })
     };
@@ -346,13 +416,14 @@ pub fn sparse_t_gemm(a: &SparseRows, b: MatRef<'_>, c: MatMut<'_>) {
 pub fn sparse_t_gemm_with(isa: Isa, a: &SparseRows, b: MatRef<'_>, c: MatMut<'_>) {
     let (m, k, n) = (a.cols(), a.rows(), b.cols());
     assert_product_shapes("Aᵀ", (m, k), b, &c);
-    assert_eq!(a.col_starts.len(), m + 1, "the columns of A were not built");
-    let (depth, ldb) = (depth_block(k), b.row_stride());
+    let built = m * depth_blocks(k) + 1;
+    assert_eq!(a.col_starts.len(), built, "the columns of A were not built");
+    let ldb = b.row_stride();
     let task = |first_row: usize, mut block: BlockMut<'_>| {
         flush_subnormals(|| {
             for r in 0..block.rows() {
-                let (entries, out) = (a.col(first_row + r), &mut block.row_mut(r)[..n]);
-                row_by_depth_blocks(isa, entries, (k, depth), b.data(), ldb, out, (None, false));
+                let (entries, out) = (a.col_blocks(first_row + r), &mut block.row_mut(r)[..n]);
+                row_by_depth_blocks(isa, entries, b.data(), ldb, out, (None, false));
             }
         })
     };
