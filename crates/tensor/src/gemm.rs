@@ -54,6 +54,8 @@ const _: () = assert!(
     THIN_T_ROWS.is_multiple_of(MAX_NR),
     "a task's columns of Cᵀ are whole strips"
 );
+/// Rows of B transposed at a time for the thin path's Bᵀ.
+const THIN_TRANSPOSE_ROWS: usize = 8;
 /// Rows of C per parallel task of the thin path. (Any partition of C's rows gives
 /// the same bits: each output's sum depends only on the depth blocks, fixed by `k`.)
 const BLOCK_ROWS: usize = 32;
@@ -245,12 +247,20 @@ fn gemm_summing(
     let (split, shared, task_cols) = if !parallel && sums.is_some() {
         // One task: it adds each finished panel of rows to the sums, rows in order.
         (Split::Rows(m), false, n)
-    } else if parallel && n > m && n >= threads * MIN_TASK_COLS {
+    } else if parallel
+        && n > m
+        && n >= threads * MIN_TASK_COLS
+        && (k * n >= SMALL_SHARED_B || sums.is_some())
+    {
         // B is the larger operand: blocks of columns, so that each task reads only its
         // columns of B (the weights, in a forward GEMM), not all of B shared between
         // the caches, and packs none of it when its columns stay in L2. Two blocks per
         // thread: a thread slowed by a busy neighbour on its core leaves the other
         // thread one to take (`kerno profile`: 1.24 -> 1.21 ms median step on 2 threads).
+        // A B small enough to share (dH's 10x512) gains nothing from it, and blocks of
+        // rows were faster (128x10x512 on Zen 3, 2 threads, interleaved medians: 20.0
+        // -> 18.3 µs), unless the tasks add up column sums, which a split by rows
+        // leaves to a pass over C afterwards (that made dH's step kernel 1.4x slower).
         let width = n.div_ceil(2 * threads).next_multiple_of(kernel.nr);
         (Split::Cols(width), false, width)
     } else {
@@ -477,15 +487,24 @@ fn gemm_thin_n(
         let (columns, padding) = bt.split_at_mut(n * k);
         padding.fill(0.0);
         if b.col_stride() == 1 {
-            // Row by row of B, its values to the rows of Bᵀ at once.
-            let mut bt_rows: [&mut [f32]; MAX_THIN_N] = Default::default();
-            for (slot, row) in bt_rows.iter_mut().zip(columns.chunks_exact_mut(k.max(1))) {
-                *slot = row;
-            }
-            for p in 0..k {
-                let row = &b.data()[p * b.row_stride()..][..n];
-                for (bt_row, &v) in bt_rows.iter_mut().zip(row) {
-                    bt_row[p] = v;
+            // Rows of B a few at a time, transposed through a tile on the stack, so
+            // that each row of Bᵀ takes them in one store: one float at a time to
+            // rows 2 KiB apart took a third of fwd2's time on 2 threads (Zen 3).
+            let mut tile = [[0.0f32; THIN_TRANSPOSE_ROWS]; MAX_THIN_N];
+            for first in (0..k).step_by(THIN_TRANSPOSE_ROWS) {
+                let rows = THIN_TRANSPOSE_ROWS.min(k - first);
+                for (q, p) in (first..first + rows).enumerate() {
+                    let row = &b.data()[p * b.row_stride()..][..n];
+                    for (column, &v) in tile.iter_mut().zip(row) {
+                        column[q] = v;
+                    }
+                }
+                for (column, bt_row) in tile.iter().zip(columns.chunks_exact_mut(k)) {
+                    // A whole tile's row in a copy of constant length, inlined.
+                    match rows {
+                        THIN_TRANSPOSE_ROWS => bt_row[first..][..rows].copy_from_slice(column),
+                        _ => bt_row[first..][..rows].copy_from_slice(&column[..rows]),
+                    }
                 }
             }
         } else {

@@ -326,12 +326,14 @@ fn column_sums_match_reference() {
 fn gemm_is_bit_identical_for_any_thread_count() {
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     // B packed, B read in place (whole strips), B split in blocks of columns (read
-    // in place, and packed by each task when its columns are not whole strips).
+    // in place, and packed by each task when its columns are not whole strips), a
+    // wide C whose small B is shared (blocks of rows).
     for (m, k, n) in [
         (200, 300, 70),
         (200, 300, 64),
         (130, 784, 512),
-        (100, 300, 700),
+        (100, 400, 700),
+        (128, 10, 512),
     ] {
         bit_identical_for_any_thread_count(&mut rng, m, k, n);
     }
@@ -410,9 +412,9 @@ fn gemm_column_sums_match_a_pass_over_c() {
     }
 }
 
-/// GEMMs wider than tall split C in blocks of columns over the threads: each
-/// block's epilogue must read the bias and mask at its own columns, and padded
-/// rows of C must keep their padding.
+/// GEMMs wider than tall whose B is too large to share (at least 256 Ki floats)
+/// split C in blocks of columns over the threads: each block's epilogue must read
+/// the bias and mask at its own columns, and padded rows of C must keep their padding.
 #[test]
 fn gemm_in_column_blocks_applies_epilogues_at_each_blocks_columns() {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
@@ -420,7 +422,7 @@ fn gemm_in_column_blocks_applies_epilogues_at_each_blocks_columns() {
         .num_threads(3)
         .build()
         .unwrap();
-    for &(m, k, n, stride) in &[(40, 300, 700, 700), (37, 129, 1000, 1003)] {
+    for &(m, k, n, stride) in &[(40, 400, 700, 700), (37, 300, 1000, 1003)] {
         let (a, b) = (random(&mut rng, m * k), random(&mut rng, k * n));
         let (bias, mask) = (random(&mut rng, n), random(&mut rng, m * n));
         let start = random(&mut rng, m * stride);
