@@ -244,22 +244,14 @@ impl SparseRows {
 
     /// Row `i`'s nonzeros by blocks of depth.
     fn row_blocks(&self, i: usize) -> Blocks<'_> {
-        let blocks = depth_blocks(self.cols);
-        Blocks {
-            starts: &self.row_starts[i * blocks..=(i + 1) * blocks],
-            index: &self.row_cols,
-            value: &self.row_values,
-        }
+        let entries = (&self.row_cols[..], &self.row_values[..]);
+        Blocks::nth(&self.row_starts, i, depth_blocks(self.cols), entries)
     }
 
     /// Column `j`'s nonzeros by blocks of depth.
     fn col_blocks(&self, j: usize) -> Blocks<'_> {
-        let blocks = depth_blocks(self.rows);
-        Blocks {
-            starts: &self.col_starts[j * blocks..=(j + 1) * blocks],
-            index: &self.col_rows,
-            value: &self.col_values,
-        }
+        let entries = (&self.col_rows[..], &self.col_values[..]);
+        Blocks::nth(&self.col_starts, j, depth_blocks(self.rows), entries)
     }
 }
 
@@ -279,6 +271,17 @@ struct Blocks<'a> {
 }
 
 impl<'a> Blocks<'a> {
+    /// Line `i`'s `blocks` blocks, of lines whose blocks start at `starts`.
+    fn nth(starts: &'a [usize], i: usize, blocks: usize, entries: (&'a [u32], &'a [f32])) -> Self {
+        let starts = &starts[i * blocks..=(i + 1) * blocks];
+        let (index, value) = entries;
+        Self {
+            starts,
+            index,
+            value,
+        }
+    }
+
     fn count(&self) -> usize {
         self.starts.len() - 1
     }
