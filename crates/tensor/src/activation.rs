@@ -1,5 +1,6 @@
 //! Element-wise activations, forward and backward, applied in place row by row.
 
+use crate::simd::{elementwise::exp_in_place, Isa};
 use std::fmt;
 use std::str::FromStr;
 
@@ -116,13 +117,13 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// The exponentials of the fused softmax + cross-entropy, so that a prediction's
+/// probabilities are, bit for bit, the softmax the loss was computed from.
 fn softmax_row(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
+    row.iter_mut().for_each(|v| *v -= max);
+    exp_in_place(Isa::detected(), row);
+    let sum = row.iter().fold(0.0, |sum, &v| sum + v);
     row.iter_mut().for_each(|v| *v /= sum);
 }
 

@@ -1,5 +1,6 @@
 //! Losses and the accuracy count, each with its gradient in the same pass.
 
+use crate::simd::{elementwise::exp_in_place, Isa};
 use crate::tensor::argmax;
 
 /// What a loss compares the model's output with.
@@ -66,17 +67,24 @@ pub fn softmax_xent_fwd_bwd(
         sums.fill(0.0);
     }
     let mut stats = LossStats::default();
+    // Each row shifted by its largest logit, then every exponential of the batch
+    // in one vectorised pass: into the gradient when there is one.
+    if let Some((g, _, _)) = grad.as_mut() {
+        let g = &mut g[..logits.len()];
+        for (z, g) in logits
+            .chunks_exact(classes)
+            .zip(g.chunks_exact_mut(classes))
+        {
+            let max = row_max(z);
+            g.iter_mut().zip(z).for_each(|(g, &v)| *g = v - max);
+        }
+        exp_in_place(Isa::detected(), g);
+    }
     for (row, z) in logits.chunks_exact(classes).enumerate() {
-        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let exps = z.iter().map(|&v| (v - max).exp());
-        // With a gradient to write, each exponential is computed once, kept there.
+        let max = row_max(z);
         let sum: f32 = match grad.as_mut() {
-            Some((g, _, _)) => {
-                let g = &mut g[row * classes..(row + 1) * classes];
-                g.iter_mut().zip(exps).for_each(|(g, e)| *g = e);
-                g.iter().sum()
-            }
-            None => exps.sum(),
+            Some((g, _, _)) => add_in_order(0.0, &g[row * classes..(row + 1) * classes]),
+            None => sum_of_exps(z, max),
         };
         let log_sum = sum.ln();
         let loss = match targets {
@@ -89,8 +97,20 @@ pub fn softmax_xent_fwd_bwd(
         stats.correct += (argmax(z) == targets.class(row, classes)) as usize;
         if let Some((g, scale, sums)) = grad.as_mut() {
             let g = &mut g[row * classes..(row + 1) * classes];
-            for (j, g) in g.iter_mut().enumerate() {
-                *g = (*g / sum - targets.value(row, j, classes)) * *scale;
+            // A loop per kind of target, which the compiler vectorises (the target
+            // looked up per element kept every division scalar).
+            let gradient = |e: f32, y: f32| (e / sum - y) * *scale;
+            match targets {
+                Targets::Classes(c) => {
+                    let class = c[row] as usize;
+                    for (j, g) in g.iter_mut().enumerate() {
+                        *g = gradient(*g, (j == class) as u8 as f32);
+                    }
+                }
+                Targets::Dense(y) => {
+                    let y = &y[row * classes..(row + 1) * classes];
+                    g.iter_mut().zip(y).for_each(|(g, &y)| *g = gradient(*g, y));
+                }
             }
             if let Some(sums) = sums {
                 sums.iter_mut().zip(&*g).for_each(|(s, &v)| *s += v);
@@ -98,6 +118,27 @@ pub fn softmax_xent_fwd_bwd(
         }
     }
     stats
+}
+
+/// The largest of a row of logits (NaNs ignored, as `f32::max` does).
+fn row_max(z: &[f32]) -> f32 {
+    z.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `Σ exp(z - max)` over a row, added in order: the sum the gradient's pass
+/// makes, bit for bit, without a buffer for the whole batch.
+fn sum_of_exps(z: &[f32], max: f32) -> f32 {
+    let mut chunk = [0.0f32; 64];
+    z.chunks(chunk.len()).fold(0.0, |sum, part| {
+        let chunk = &mut chunk[..part.len()];
+        chunk.iter_mut().zip(part).for_each(|(c, &v)| *c = v - max);
+        exp_in_place(Isa::detected(), chunk);
+        add_in_order(sum, chunk)
+    })
+}
+
+fn add_in_order(start: f32, values: &[f32]) -> f32 {
+    values.iter().fold(start, |sum, &v| sum + v)
 }
 
 /// Keras' `categorical_crossentropy` on probabilities: each row is normalised to

@@ -286,6 +286,39 @@ fn fused_softmax_xent_matches_reference() {
     }
 }
 
+/// A prediction's probabilities (the softmax activation) are the softmax the fused
+/// loss computed: its gradient with a scale of 1 is `p` off the target class.
+#[test]
+fn softmax_activation_is_the_fused_losss_softmax() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let (rows, classes) = (33, 10);
+    let logits: Vec<f32> = random(&mut rng, rows * classes)
+        .iter()
+        .map(|v| v * 20.0)
+        .collect();
+    let labels: Vec<u32> = (0..rows).map(|r| (r % classes) as u32).collect();
+    let mut g = vec![0.0; rows * classes];
+    let grad = LogitsGradient {
+        values: &mut g,
+        scale: 1.0,
+        column_sums: None,
+    };
+    loss::softmax_xent_fwd_bwd(&logits, Targets::Classes(&labels), classes, Some(grad));
+    let mut p = logits.clone();
+    Activation::Softmax.forward_inplace(&mut p, classes);
+    for (i, (&g, &p)) in g.iter().zip(&p).enumerate() {
+        if i % classes != labels[i / classes] as usize {
+            assert_eq!(
+                g.to_bits(),
+                p.to_bits(),
+                "row {} class {}",
+                i / classes,
+                i % classes
+            );
+        }
+    }
+}
+
 #[test]
 fn probability_losses_match_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
