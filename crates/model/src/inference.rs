@@ -82,7 +82,15 @@ impl Sequential {
         for batch in indices.chunks(batch_size.min(ws.capacity)) {
             let rows = batch.len();
             x.gather(batch, &mut ws.x[..rows * self.input_dim]);
-            step::forward(&self.layers, self.input_dim, &mut ws, rows, true);
+            let (last_activation, backward) = (true, false);
+            step::forward(
+                &self.layers,
+                self.input_dim,
+                &mut ws,
+                rows,
+                last_activation,
+                backward,
+            );
             let last = ws.outputs.len() - 1;
             result.extend_from_slice(&ws.outputs[last][..rows * outputs]);
         }

@@ -335,7 +335,7 @@ pub(crate) fn run_batch(
     targets.gather(indices, ws);
     drop(span);
     let fused = step::fused_softmax_xent(layers, loss);
-    step::forward(layers, input_dim, ws, rows, !fused);
+    step::forward(layers, input_dim, ws, rows, !fused, train);
     let last = layers.len() - 1;
     let len = rows * layers[last].units;
     let Workspace {

@@ -24,12 +24,23 @@ fn sparse_work(name: &'static str, nonzeros: usize, n: usize) -> Work {
 }
 
 /// Whether the batch `x` (`rows × layer.inputs`) is sparse enough for `layer`'s
-/// products to take its nonzeros alone, compressed into `sparse` if so.
-fn compress_input(layer: &DenseLayer, x: &[f32], rows: usize, sparse: &mut SparseRows) -> bool {
+/// products to take its nonzeros alone, compressed into `sparse` if so: by rows,
+/// and by columns too when a backward pass will take the weight gradient.
+fn compress_input(
+    layer: &DenseLayer,
+    x: &[f32],
+    rows: usize,
+    sparse: &mut SparseRows,
+    backward: bool,
+) -> bool {
     let _span =
         profile::span(|| Work::kernel("input compression (nonzeros)").bytes(4 * x.len() as u64));
     let x = MatRef::row_major(x, rows, layer.inputs);
-    rows > 0 && sparse.compress_if_sparse(x, SPARSE_DENSITY_LIMIT)
+    rows > 0
+        && match backward {
+            true => sparse.compress_if_sparse(x, SPARSE_DENSITY_LIMIT),
+            false => sparse.compress_rows_if_sparse(x, SPARSE_DENSITY_LIMIT),
+        }
 }
 
 /// Whether the last layer's softmax and the loss run as one kernel on the logits.
@@ -44,17 +55,20 @@ pub(crate) fn fused_softmax_xent(layers: &[DenseLayer], loss: Loss) -> bool {
 }
 
 /// Runs the layers on the first `rows` rows of `ws.x`. With `last_activation`
-/// false the last layer's output stays as logits.
+/// false the last layer's output stays as logits; with `backward`, a backward
+/// pass follows.
 pub(crate) fn forward(
     layers: &[DenseLayer],
     input_dim: usize,
     ws: &mut Workspace,
     rows: usize,
     last_activation: bool,
+    backward: bool,
 ) {
     ws.x_is_sparse = false;
     if let Some(first) = layers.first().filter(|_| ws.skip_input_zeros) {
-        ws.x_is_sparse = compress_input(first, &ws.x[..rows * input_dim], rows, &mut ws.x_sparse);
+        let x = &ws.x[..rows * input_dim];
+        ws.x_is_sparse = compress_input(first, x, rows, &mut ws.x_sparse, backward);
     }
     for (l, layer) in layers.iter().enumerate() {
         let (before, rest) = ws.outputs.split_at_mut(l);

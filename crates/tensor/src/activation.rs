@@ -1,5 +1,6 @@
 //! Element-wise activations, forward and backward, applied in place row by row.
 
+use crate::loss::{add_in_order, row_max};
 use crate::simd::{elementwise::exp_in_place, Isa};
 use std::fmt;
 use std::str::FromStr;
@@ -120,10 +121,10 @@ fn sigmoid(x: f32) -> f32 {
 /// The exponentials of the fused softmax + cross-entropy, so that a prediction's
 /// probabilities are, bit for bit, the softmax the loss was computed from.
 fn softmax_row(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = row_max(row);
     row.iter_mut().for_each(|v| *v -= max);
     exp_in_place(Isa::detected(), row);
-    let sum = row.iter().fold(0.0, |sum, &v| sum + v);
+    let sum = add_in_order(0.0, row);
     row.iter_mut().for_each(|v| *v /= sum);
 }
 

@@ -121,7 +121,7 @@ pub fn softmax_xent_fwd_bwd(
 }
 
 /// The largest of a row of logits (NaNs ignored, as `f32::max` does).
-fn row_max(z: &[f32]) -> f32 {
+pub(crate) fn row_max(z: &[f32]) -> f32 {
     z.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
@@ -137,7 +137,8 @@ fn sum_of_exps(z: &[f32], max: f32) -> f32 {
     })
 }
 
-fn add_in_order(start: f32, values: &[f32]) -> f32 {
+/// `start` plus `values`, added one after another (the sums' order fixes their bits).
+pub(crate) fn add_in_order(start: f32, values: &[f32]) -> f32 {
     values.iter().fold(start, |sum, &v| sum + v)
 }
 

@@ -103,24 +103,35 @@ impl SparseRows {
     /// # Panics
     /// As [`compress`](Self::compress).
     pub fn compress_if_sparse(&mut self, a: MatRef<'_>, limit: f64) -> bool {
+        let sparse = self.compress_rows_if_sparse(a, limit);
+        if sparse {
+            self.build_columns();
+        }
+        sparse
+    }
+
+    /// [`compress_if_sparse`](Self::compress_if_sparse) without the entries by
+    /// columns, which only [`sparse_t_gemm`] reads: enough for [`sparse_gemm`]
+    /// (a forward pass with no backward pass after it).
+    ///
+    /// # Panics
+    /// As [`compress`](Self::compress).
+    pub fn compress_rows_if_sparse(&mut self, a: MatRef<'_>, limit: f64) -> bool {
         let (rows, cols) = (a.rows(), a.cols());
         let most = ((limit.clamp(0.0, 1.0) * (rows * cols) as f64) as usize).min(rows * cols);
         self.reserve(rows, cols, most + cols);
         let sparse = self.compress_rows(Isa::detected(), a, most);
-        match sparse {
-            true => self.build_columns(),
+        if !sparse {
             // Nothing may read a part of the matrix as the whole.
-            false => {
-                (self.rows, self.cols) = (0, 0);
-                self.row_starts.clear();
-                self.col_starts.clear();
-            }
+            (self.rows, self.cols) = (0, 0);
+            self.row_starts.clear();
         }
         sparse
     }
 
     /// The entries by rows; false, with only the first rows done, as soon as they
-    /// number more than `most` (the buffers hold `most` and a row).
+    /// number more than `most` (the buffers hold `most` and a row). The columns
+    /// of the matrix before are dropped: they are not this one's.
     fn compress_rows(&mut self, isa: Isa, a: MatRef<'_>, most: usize) -> bool {
         let (rows, cols) = (a.rows(), a.cols());
         assert!(
@@ -128,6 +139,7 @@ impl SparseRows {
             "a sparse matrix has at most u32::MAX rows and columns"
         );
         (self.rows, self.cols) = (rows, cols);
+        self.col_starts.clear();
         let depth = depth_block(cols);
         self.row_starts.clear();
         self.row_starts.push(0);
@@ -238,8 +250,20 @@ impl SparseRows {
     }
 
     /// Column `j`'s nonzeros: their row indices, in order, and values.
+    ///
+    /// # Panics
+    /// When the columns were not built ([`compress_rows_if_sparse`](Self::compress_rows_if_sparse)).
     pub fn col(&self, j: usize) -> (&[u32], &[f32]) {
+        assert!(
+            self.columns_built(),
+            "the columns of this matrix were not built"
+        );
         self.col_blocks(j).whole()
+    }
+
+    /// Whether the entries by columns are this matrix's.
+    fn columns_built(&self) -> bool {
+        self.col_starts.len() == self.cols * depth_blocks(self.rows) + 1
     }
 
     /// Row `i`'s nonzeros by blocks of depth.
@@ -407,7 +431,8 @@ pub fn sparse_gemm_with(
 ///
 /// # Panics
 /// When the shapes do not agree, B's rows are not contiguous, or A's columns were
-/// not built ([`SparseRows::compress_if_sparse`] of a dense matrix).
+/// not built ([`SparseRows::compress_rows_if_sparse`], or
+/// [`SparseRows::compress_if_sparse`] of a dense matrix).
 pub fn sparse_t_gemm(a: &SparseRows, b: MatRef<'_>, c: MatMut<'_>) {
     sparse_t_gemm_with(Isa::detected(), a, b, c)
 }
@@ -419,8 +444,7 @@ pub fn sparse_t_gemm(a: &SparseRows, b: MatRef<'_>, c: MatMut<'_>) {
 pub fn sparse_t_gemm_with(isa: Isa, a: &SparseRows, b: MatRef<'_>, c: MatMut<'_>) {
     let (m, k, n) = (a.cols(), a.rows(), b.cols());
     assert_product_shapes("Aᵀ", (m, k), b, &c);
-    let built = m * depth_blocks(k) + 1;
-    assert_eq!(a.col_starts.len(), built, "the columns of A were not built");
+    assert!(a.columns_built(), "the columns of A were not built");
     let ldb = b.row_stride();
     let task = |first_row: usize, mut block: BlockMut<'_>| {
         flush_subnormals(|| {

@@ -251,4 +251,20 @@ fn compress_if_sparse_takes_only_matrices_up_to_the_limit() {
     // And the buffers serve the next sparse one.
     assert!(bounded.compress_if_sparse(a, 0.3));
     assert!((0..m).all(|i| bounded.row(i) == whole.row(i)));
+    // By rows alone (a forward pass with no backward pass): the same rows, and
+    // the columns of the matrix before are not taken for this one's.
+    assert!(bounded.compress_rows_if_sparse(a, 0.3));
+    assert!((0..m).all(|i| bounded.row(i) == whole.row(i)));
+    let b = vec![1.0f32; m * 16];
+    let mut c = vec![0.0f32; k * 16];
+    let no_columns = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (b, c) = (
+            MatRef::row_major(&b, m, 16),
+            MatMut::row_major(&mut c, k, 16),
+        );
+        sparse_t_gemm_with(Isa::detected(), &bounded, b, c)
+    }));
+    let message = no_columns.expect_err("Aᵀ·B read columns that were not built");
+    let text = message.downcast_ref::<&str>().copied().unwrap_or_default();
+    assert_eq!(text, "the columns of A were not built");
 }
