@@ -3,8 +3,9 @@
 use crate::error::ModelError;
 use crate::layer::DenseLayer;
 use crate::workspace::Workspace;
+use kerno_tensor::optim::{RmsProp, ZeroRows};
 use kerno_tensor::profile::{self, Work};
-use kerno_tensor::{optim, AlignedBuf};
+use kerno_tensor::{optim, AlignedBuf, Isa};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -167,18 +168,35 @@ impl Optimizer {
                 let bytes = 4 * values * (3 + 2 * per_param as u64);
                 Work::kernel("optimizer update").layer(l).bytes(bytes)
             });
+            // A sparse batch's empty columns: rows of the first kernel's gradient
+            // that the weight-gradient product has set to zeros.
+            let empty_column = |r: usize| ws.x_sparse.col(r).0.is_empty();
+            let zero_rows = (l == 0 && ws.x_is_sparse).then_some(ZeroRows {
+                width: layer.units,
+                is_zero: &empty_column,
+            });
             let params = [
-                (&mut layer.kernel, &ws.dkernels[l]),
-                (&mut layer.bias, &ws.dbiases[l]),
+                (&mut layer.kernel, &ws.dkernels[l], zero_rows),
+                (&mut layer.bias, &ws.dbiases[l], None),
             ];
-            for (w, g) in params {
+            for (w, g, zero_rows) in params {
                 let slot = if per_param > 0 { slots.next() } else { None };
-                self.step(w, g, slot, state.iterations);
+                self.step(w, g, zero_rows, slot, state.iterations);
             }
         }
     }
 
-    fn step(&self, w: &mut [f32], g: &[f32], slot: Option<&mut [AlignedBuf]>, iteration: u64) {
+    /// One update of `w`, whose gradient is `g`, zeros in `zero_rows` if given
+    /// (only RMSprop takes the shortcut; the others' updates there are not just
+    /// their state's decay).
+    fn step(
+        &self,
+        w: &mut [f32],
+        g: &[f32],
+        zero_rows: Option<ZeroRows<'_>>,
+        slot: Option<&mut [AlignedBuf]>,
+        iteration: u64,
+    ) {
         match (*self, slot) {
             (
                 Optimizer::RmsProp {
@@ -187,7 +205,14 @@ impl Optimizer {
                     epsilon,
                 },
                 Some([v]),
-            ) => optim::rmsprop_step(w, g, v, learning_rate, rho, epsilon),
+            ) => {
+                let p = RmsProp {
+                    lr: learning_rate,
+                    rho,
+                    epsilon,
+                };
+                optim::rmsprop_step_with(Isa::detected(), w, g, v, zero_rows, p)
+            }
             (
                 Optimizer::Sgd {
                     learning_rate,

@@ -7,24 +7,44 @@ use crate::simd::{elementwise, Isa};
 /// so the split never changes a result.
 const CHUNK: usize = 16 * 1024;
 
+/// RMSprop's hyper-parameters (Keras 3's names).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RmsProp {
+    pub lr: f32,
+    pub rho: f32,
+    pub epsilon: f32,
+}
+
+/// The rows of a gradient (each `width` values) that are known to be all zeros:
+/// the first layer's, for the pixels that are 0 in every image of a batch.
+#[derive(Clone, Copy)]
+pub struct ZeroRows<'a> {
+    pub width: usize,
+    pub is_zero: &'a (dyn Fn(usize) -> bool + Sync),
+}
+
 /// RMSprop: `v ← ρv + (1−ρ)g²; w ← w − lr·g/√(v+ε)` (Keras 3, ε inside the root),
 /// vectorised for this machine and spread over the threads.
 pub fn rmsprop_step(w: &mut [f32], g: &[f32], v: &mut [f32], lr: f32, rho: f32, epsilon: f32) {
-    rmsprop_step_with(Isa::detected(), w, g, v, lr, rho, epsilon)
+    let p = RmsProp { lr, rho, epsilon };
+    rmsprop_step_with(Isa::detected(), w, g, v, None, p)
 }
 
-/// [`rmsprop_step`] with a chosen instruction set (tests force each one).
+/// [`rmsprop_step`] with a chosen instruction set (tests force each one), and
+/// the rows of `g` known to be zeros, if any: there the update is `v ← ρv`
+/// alone, the full update's bits (`ρv + 0`, and `w − 0/√(v+ε)` is `w`), without
+/// its square root and division, which bound its speed.
 ///
 /// # Panics
-/// When `isa` is not supported by this CPU, or the slices differ in length.
+/// When `isa` is not supported by this CPU, the slices differ in length, or they
+/// are not whole rows of `zero_rows.width`.
 pub fn rmsprop_step_with(
     isa: Isa,
     w: &mut [f32],
     g: &[f32],
     v: &mut [f32],
-    lr: f32,
-    rho: f32,
-    epsilon: f32,
+    zero_rows: Option<ZeroRows<'_>>,
+    p: RmsProp,
 ) {
     assert!(
         w.len() == g.len() && w.len() == v.len(),
@@ -33,13 +53,42 @@ pub fn rmsprop_step_with(
         g.len(),
         v.len()
     );
-    let p = elementwise::RmsProp { lr, rho, epsilon };
-    if w.len() <= CHUNK {
-        return elementwise::rmsprop(isa, w, g, v, p);
-    }
-    for_each_chunk((w, (g, v)), CHUNK, &|_, (w, (g, v))| {
-        elementwise::rmsprop(isa, w, g, v, p)
-    });
+    let Some(zero_rows) = zero_rows else {
+        if w.len() <= CHUNK {
+            return elementwise::rmsprop(isa, w, g, v, p);
+        }
+        return for_each_chunk((w, (g, v)), CHUNK, &|_, (w, (g, v))| {
+            elementwise::rmsprop(isa, w, g, v, p)
+        });
+    };
+    let width = zero_rows.width.max(1);
+    assert!(
+        w.len().is_multiple_of(width),
+        "rmsprop: {} values are not rows of {width}",
+        w.len()
+    );
+    let rows_per_task = (CHUNK / width).max(1);
+    let task = |t: usize, (w, (g, v)): (&mut [f32], (&[f32], &mut [f32]))| {
+        let first = t * rows_per_task;
+        let rows = w.len() / width;
+        let mut r = 0;
+        // Runs of rows alike, each one loop.
+        while r < rows {
+            let zero = (zero_rows.is_zero)(first + r);
+            let end = (r + 1..rows)
+                .find(|&s| (zero_rows.is_zero)(first + s) != zero)
+                .unwrap_or(rows);
+            let run = r * width..end * width;
+            match zero {
+                true => elementwise::scale(isa, &mut v[run], p.rho),
+                false => {
+                    elementwise::rmsprop(isa, &mut w[run.clone()], &g[run.clone()], &mut v[run], p)
+                }
+            }
+            r = end;
+        }
+    };
+    for_each_chunk((w, (g, v)), rows_per_task * width, &task);
 }
 
 /// SGD. Without momentum `w ← w − lr·g`; with it `m ← μm − lr·g`, then

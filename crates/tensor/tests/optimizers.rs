@@ -1,7 +1,14 @@
 //! Optimizer steps against values worked by hand from Keras 3's formulas, and
 //! against the f64 reference over many steps.
 
+use kerno_tensor::optim::{RmsProp, ZeroRows};
 use kerno_tensor::{optim, reference, Isa};
+
+const KERAS_RMSPROP: RmsProp = RmsProp {
+    lr: 0.001,
+    rho: 0.9,
+    epsilon: 1e-7,
+};
 
 fn close(a: f32, b: f64, tol: f64) -> bool {
     (a as f64 - b).abs() <= tol * b.abs().max(1e-12)
@@ -141,7 +148,7 @@ fn rmsprop_on_every_instruction_set_matches_the_plain_loop_bit_for_bit() {
         reference::rmsprop_step(&mut w64, &g64, &mut v64, 0.001, 0.9, 1e-7);
         for isa in Isa::available() {
             let (mut w, mut v) = (w0.clone(), v0.clone());
-            optim::rmsprop_step_with(isa, &mut w, &g, &mut v, 0.001, 0.9, 1e-7);
+            optim::rmsprop_step_with(isa, &mut w, &g, &mut v, None, KERAS_RMSPROP);
             let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&w), bits(&w_plain), "{isa:?}, n = {n}: weights");
             assert_eq!(bits(&v), bits(&v_plain), "{isa:?}, n = {n}: velocities");
@@ -155,4 +162,58 @@ fn rmsprop_on_every_instruction_set_matches_the_plain_loop_bit_for_bit() {
             }
         }
     }
+}
+
+/// Rows named as zeros take the shortcut (the velocity's decay alone) and end
+/// with the full update's bits, on every instruction set, over several tasks.
+#[test]
+fn rmsprop_skipping_zero_rows_gives_the_full_updates_bits() {
+    for (rows, width) in [(1, 1), (5, 7), (40, 17), (100, 512), (784, 33)] {
+        let n = rows * width;
+        // Rows 0, 3, 4, 9, 12, ... are zeros: runs of one and of two.
+        let is_zero = |r: usize| r.is_multiple_of(3) || r % 5 == 4;
+        let g: Vec<f32> = (0..n)
+            .map(|i| match is_zero(i / width) {
+                true => 0.0,
+                false => ((i * 37 % 101) as f32 - 50.0) / 25.0,
+            })
+            .collect();
+        let w0: Vec<f32> = (0..n)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+            .collect();
+        let v0: Vec<f32> = (0..n).map(|i| (i % 5 + 1) as f32 / 10.0).collect();
+        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for isa in Isa::available() {
+            let (mut w_full, mut v_full) = (w0.clone(), v0.clone());
+            optim::rmsprop_step_with(isa, &mut w_full, &g, &mut v_full, None, KERAS_RMSPROP);
+            let (mut w, mut v) = (w0.clone(), v0.clone());
+            let zero_rows = ZeroRows {
+                width,
+                is_zero: &is_zero,
+            };
+            optim::rmsprop_step_with(isa, &mut w, &g, &mut v, Some(zero_rows), KERAS_RMSPROP);
+            let at = format!("{isa:?}, {rows}x{width}");
+            assert_eq!(bits(&w), bits(&w_full), "{at}: weights");
+            assert_eq!(bits(&v), bits(&v_full), "{at}: velocities");
+            assert_ne!(bits(&v), bits(&v0), "{at}: the velocities decayed");
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "are not rows of 7")]
+fn rmsprop_refuses_zero_rows_that_do_not_divide_the_tensor() {
+    let (mut w, mut v) = (vec![0.0; 10], vec![0.0; 10]);
+    let zero_rows = ZeroRows {
+        width: 7,
+        is_zero: &|_| true,
+    };
+    optim::rmsprop_step_with(
+        Isa::Portable,
+        &mut w,
+        &[0.0; 10],
+        &mut v,
+        Some(zero_rows),
+        KERAS_RMSPROP,
+    );
 }

@@ -4,14 +4,7 @@
 //! contracted into an FMA), so the choice never changes a trained model.
 
 use super::Isa;
-
-/// The arguments of one RMSprop update (see `optim::rmsprop_step`).
-#[derive(Clone, Copy)]
-pub(crate) struct RmsProp {
-    pub lr: f32,
-    pub rho: f32,
-    pub epsilon: f32,
-}
+use crate::optim::RmsProp;
 
 #[inline(always)]
 fn rmsprop_body(w: &mut [f32], g: &[f32], v: &mut [f32], p: RmsProp) {
@@ -47,6 +40,40 @@ pub(crate) fn rmsprop(isa: Isa, w: &mut [f32], g: &[f32], v: &mut [f32], p: RmsP
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
         Isa::Avx2Fma => unsafe { rmsprop_avx2(w, g, v, p) },
         _ => rmsprop_body(w, g, v, p),
+    }
+}
+
+#[inline(always)]
+fn scale_body(x: &mut [f32], factor: f32) {
+    x.iter_mut().for_each(|x| *x *= factor);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn scale_avx512(x: &mut [f32], factor: f32) {
+    scale_body(x, factor)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn scale_avx2(x: &mut [f32], factor: f32) {
+    scale_body(x, factor)
+}
+
+/// `x[i] *= factor`, with the loop built for `isa`.
+///
+/// # Panics
+/// When `isa` is not supported by this CPU.
+pub(crate) fn scale(isa: Isa, x: &mut [f32], factor: f32) {
+    assert!(isa.is_supported(), "{} is not supported here", isa.name());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU supports AVX-512F, checked just above.
+        Isa::Avx512 => unsafe { scale_avx512(x, factor) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        Isa::Avx2Fma => unsafe { scale_avx2(x, factor) },
+        _ => scale_body(x, factor),
     }
 }
 
