@@ -11,6 +11,7 @@ use criterion::{
     black_box, criterion_group, criterion_main, Bencher, BenchmarkId, Criterion, Throughput,
 };
 use kerno::tensor::loss::{softmax_xent_fwd_bwd, LogitsGradient, Targets};
+use kerno::tensor::optim::{RmsProp, ZeroRows};
 use kerno::tensor::sparse::{sparse_gemm_with, sparse_t_gemm_with, SparseRows};
 use kerno::tensor::{
     gemm_with, optim, reference, with_workers_awake, AlignedBuf, Epilogue, Isa, MatMut, MatRef,
@@ -251,14 +252,46 @@ fn softmax_xent(c: &mut Criterion) {
     });
 }
 
+/// RMSprop on the first layer's kernel: every row updated, and with the rows of
+/// a sparse batch's empty pixel columns known to be zeros (their velocities'
+/// decay alone), as the training step runs it.
 fn rmsprop(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
-    let n = 784 * 512;
-    let (mut w, g, mut v) = (random(n, &mut rng), random(n, &mut rng), vec![0.0f32; n]);
+    let (k, n) = (784, 512);
+    let mut sparse = SparseRows::with_capacity(128, k);
+    sparse.compress(MatRef::row_major(&sparse_batch(&mut rng), 128, k));
+    let is_zero = |r: usize| sparse.col(r).0.is_empty();
+    let zero_rows = (0..k).filter(|&r| is_zero(r)).count();
+    let (mut w, mut g, mut v) = (
+        random(k * n, &mut rng),
+        random(k * n, &mut rng),
+        vec![0.0f32; k * n],
+    );
+    g.chunks_mut(n)
+        .enumerate()
+        .filter(|&(r, _)| is_zero(r))
+        .for_each(|(_, row)| row.fill(0.0));
+    let p = RmsProp {
+        lr: 0.001,
+        rho: 0.9,
+        epsilon: 1e-7,
+    };
     let mut group = c.benchmark_group("rmsprop_step");
-    group.throughput(Throughput::Bytes((n * 4 * 4) as u64));
+    group.throughput(Throughput::Bytes((k * n * 4 * 4) as u64));
     group.bench_function("784x512", |b| {
-        b.iter(|| optim::rmsprop_step(&mut w, &g, &mut v, 0.001, 0.9, 1e-7))
+        iter_in_pool(b, || {
+            optim::rmsprop_step_with(Isa::detected(), &mut w, &g, &mut v, None, p)
+        })
+    });
+    let skipped = format!("784x512, {zero_rows} rows of zeros skipped");
+    group.bench_function(skipped, |b| {
+        iter_in_pool(b, || {
+            let zero = ZeroRows {
+                width: n,
+                is_zero: &is_zero,
+            };
+            optim::rmsprop_step_with(Isa::detected(), &mut w, &g, &mut v, Some(zero), p)
+        })
     });
     group.finish();
 }
