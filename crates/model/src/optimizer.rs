@@ -162,18 +162,27 @@ impl Optimizer {
         let per_param = self.slots();
         let mut slots = state.slots.chunks_exact_mut(per_param.max(1));
         for (l, layer) in layers.iter_mut().enumerate() {
-            let _span = profile::span(|| {
-                let values = (layer.kernel.len() + layer.bias.len()) as u64;
-                // Each value: the weight read and written, its gradient read, each slot read and written.
-                let bytes = 4 * values * (3 + 2 * per_param as u64);
-                Work::kernel("optimizer update").layer(l).bytes(bytes)
-            });
             // A sparse batch's empty columns: rows of the first kernel's gradient
             // that the weight-gradient product has set to zeros.
             let empty_column = |r: usize| ws.x_sparse.col(r).0.is_empty();
             let zero_rows = (l == 0 && ws.x_is_sparse).then_some(ZeroRows {
                 width: layer.units,
                 is_zero: &empty_column,
+            });
+            let _span = profile::span(|| {
+                let values = (layer.kernel.len() + layer.bias.len()) as u64;
+                // Values of rows of zeros whose update is the velocity's decay alone.
+                let decayed = match (self, zero_rows) {
+                    (Optimizer::RmsProp { .. }, Some(zero)) => {
+                        let rows = layer.kernel.len() / layer.units.max(1);
+                        ((0..rows).filter(|&r| (zero.is_zero)(r)).count() * layer.units) as u64
+                    }
+                    _ => 0,
+                };
+                // Each value: the weight read and written, its gradient read, each
+                // slot read and written; a decayed one, its velocity read and written.
+                let bytes = 4 * ((values - decayed) * (3 + 2 * per_param as u64) + 2 * decayed);
+                Work::kernel("optimizer update").layer(l).bytes(bytes)
             });
             let params = [
                 (&mut layer.kernel, &ws.dkernels[l], zero_rows),
