@@ -6,6 +6,36 @@
 use super::Isa;
 use crate::optim::RmsProp;
 
+/// `pub(crate) fn $name(isa, args)`: the loop `$body` compiled for AVX-512F, for
+/// AVX2 and FMA, and for the build's baseline, run with the one `isa` names.
+macro_rules! per_instruction_set {
+    ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
+        $(#[$doc])*
+        pub(crate) fn $name(isa: Isa, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            fn avx512($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            assert!(isa.is_supported(), "{} is not supported here", isa.name());
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU supports AVX-512F, checked just above.
+                Isa::Avx512 => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                Isa::Avx2Fma => unsafe { avx2($($arg),*) },
+                _ => $body($($arg),*),
+            }
+        }
+    };
+}
+
 #[inline(always)]
 fn rmsprop_body(w: &mut [f32], g: &[f32], v: &mut [f32], p: RmsProp) {
     for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
@@ -14,33 +44,12 @@ fn rmsprop_body(w: &mut [f32], g: &[f32], v: &mut [f32], p: RmsProp) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn rmsprop_avx512(w: &mut [f32], g: &[f32], v: &mut [f32], p: RmsProp) {
-    rmsprop_body(w, g, v, p)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn rmsprop_avx2(w: &mut [f32], g: &[f32], v: &mut [f32], p: RmsProp) {
-    rmsprop_body(w, g, v, p)
-}
-
-/// One RMSprop update of `w` with the loop built for `isa`.
-///
-/// # Panics
-/// When `isa` is not supported by this CPU.
-pub(crate) fn rmsprop(isa: Isa, w: &mut [f32], g: &[f32], v: &mut [f32], p: RmsProp) {
-    assert!(isa.is_supported(), "{} is not supported here", isa.name());
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU supports AVX-512F, checked just above.
-        Isa::Avx512 => unsafe { rmsprop_avx512(w, g, v, p) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        Isa::Avx2Fma => unsafe { rmsprop_avx2(w, g, v, p) },
-        _ => rmsprop_body(w, g, v, p),
-    }
+per_instruction_set! {
+    /// One RMSprop update of `w` with the loop built for `isa`.
+    ///
+    /// # Panics
+    /// When `isa` is not supported by this CPU.
+    rmsprop(w: &mut [f32], g: &[f32], v: &mut [f32], p: RmsProp) => rmsprop_body
 }
 
 #[inline(always)]
@@ -48,33 +57,12 @@ fn scale_body(x: &mut [f32], factor: f32) {
     x.iter_mut().for_each(|x| *x *= factor);
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn scale_avx512(x: &mut [f32], factor: f32) {
-    scale_body(x, factor)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn scale_avx2(x: &mut [f32], factor: f32) {
-    scale_body(x, factor)
-}
-
-/// `x[i] *= factor`, with the loop built for `isa`.
-///
-/// # Panics
-/// When `isa` is not supported by this CPU.
-pub(crate) fn scale(isa: Isa, x: &mut [f32], factor: f32) {
-    assert!(isa.is_supported(), "{} is not supported here", isa.name());
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU supports AVX-512F, checked just above.
-        Isa::Avx512 => unsafe { scale_avx512(x, factor) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        Isa::Avx2Fma => unsafe { scale_avx2(x, factor) },
-        _ => scale_body(x, factor),
-    }
+per_instruction_set! {
+    /// `x[i] *= factor`, with the loop built for `isa`.
+    ///
+    /// # Panics
+    /// When `isa` is not supported by this CPU.
+    scale(x: &mut [f32], factor: f32) => scale_body
 }
 
 #[inline(always)]
@@ -101,34 +89,13 @@ fn add_rows_body(sums: &mut [f32], rows: &[&[f32]]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn add_rows_avx512(sums: &mut [f32], rows: &[&[f32]]) {
-    add_rows_body(sums, rows)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn add_rows_avx2(sums: &mut [f32], rows: &[&[f32]]) {
-    add_rows_body(sums, rows)
-}
-
-/// `sums[j] += row[j]` for each of `rows` in order (column sums: the same bits on
-/// every instruction set), with the loop built for `isa`.
-///
-/// # Panics
-/// When `isa` is not supported by this CPU, or a row is shorter than `sums`.
-pub(crate) fn add_rows(isa: Isa, sums: &mut [f32], rows: &[&[f32]]) {
-    assert!(isa.is_supported(), "{} is not supported here", isa.name());
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU supports AVX-512F, checked just above.
-        Isa::Avx512 => unsafe { add_rows_avx512(sums, rows) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        Isa::Avx2Fma => unsafe { add_rows_avx2(sums, rows) },
-        _ => add_rows_body(sums, rows),
-    }
+per_instruction_set! {
+    /// `sums[j] += row[j]` for each of `rows` in order (column sums: the same bits on
+    /// every instruction set), with the loop built for `isa`.
+    ///
+    /// # Panics
+    /// When `isa` is not supported by this CPU, or a row is shorter than `sums`.
+    add_rows(sums: &mut [f32], rows: &[&[f32]]) => add_rows_body
 }
 
 #[inline(always)]
@@ -138,34 +105,13 @@ fn scale_bytes_body(src: &[u8], dst: &mut [f32], divisor: f32) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn scale_bytes_avx512(src: &[u8], dst: &mut [f32], divisor: f32) {
-    scale_bytes_body(src, dst, divisor)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn scale_bytes_avx2(src: &[u8], dst: &mut [f32], divisor: f32) {
-    scale_bytes_body(src, dst, divisor)
-}
-
-/// `dst[i] = src[i] as f32 / divisor`, with the loop built for `isa`. Division is
-/// correctly rounded in every lane, so this is numpy's `x.astype("float32") / d`.
-///
-/// # Panics
-/// When `isa` is not supported by this CPU.
-pub(crate) fn scale_bytes(isa: Isa, src: &[u8], dst: &mut [f32], divisor: f32) {
-    assert!(isa.is_supported(), "{} is not supported here", isa.name());
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU supports AVX-512F, checked just above.
-        Isa::Avx512 => unsafe { scale_bytes_avx512(src, dst, divisor) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        Isa::Avx2Fma => unsafe { scale_bytes_avx2(src, dst, divisor) },
-        _ => scale_bytes_body(src, dst, divisor),
-    }
+per_instruction_set! {
+    /// `dst[i] = src[i] as f32 / divisor`, with the loop built for `isa`. Division is
+    /// correctly rounded in every lane, so this is numpy's `x.astype("float32") / d`.
+    ///
+    /// # Panics
+    /// When `isa` is not supported by this CPU.
+    scale_bytes(src: &[u8], dst: &mut [f32], divisor: f32) => scale_bytes_body
 }
 
 /// `eˣ` from additions, multiplications and the bits of a float alone (Cephes'
@@ -217,33 +163,12 @@ fn exp_body(values: &mut [f32]) {
     values.iter_mut().for_each(|x| *x = exp(*x));
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn exp_avx512(values: &mut [f32]) {
-    exp_body(values)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn exp_avx2(values: &mut [f32]) {
-    exp_body(values)
-}
-
-/// Each value `x` replaced by `eˣ` (see [`exp`]), with the loop built for `isa`.
-///
-/// # Panics
-/// When `isa` is not supported by this CPU.
-pub(crate) fn exp_in_place(isa: Isa, values: &mut [f32]) {
-    assert!(isa.is_supported(), "{} is not supported here", isa.name());
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU supports AVX-512F, checked just above.
-        Isa::Avx512 => unsafe { exp_avx512(values) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        Isa::Avx2Fma => unsafe { exp_avx2(values) },
-        _ => exp_body(values),
-    }
+per_instruction_set! {
+    /// Each value `x` replaced by `eˣ` (see [`exp`]), with the loop built for `isa`.
+    ///
+    /// # Panics
+    /// When `isa` is not supported by this CPU.
+    exp_in_place(values: &mut [f32]) => exp_body
 }
 
 #[cfg(test)]
