@@ -2,14 +2,14 @@
 
 use crate::layer::DenseLayer;
 use crate::loss::Loss;
-use crate::workspace::Workspace;
+use crate::workspace::{InputBatch, Workspace};
 use kerno_tensor::activation::column_sums;
 use kerno_tensor::loss::{self, LogitsGradient, LossStats, Targets};
 use kerno_tensor::profile::{self, Work};
 use kerno_tensor::sparse::SPARSE_DENSITY_LIMIT;
 use kerno_tensor::{
     gemm, gemm_column_sums, sparse_gemm, sparse_t_gemm, Activation, Epilogue, MatMut, MatRef,
-    SparseRows,
+    Samples,
 };
 
 /// A GEMM of `m×k` by `k×n` as profiled work: `2mkn` operations.
@@ -23,24 +23,42 @@ fn sparse_work(name: &'static str, nonzeros: usize, n: usize) -> Work {
     Work::kernel(name).flops(2 * (nonzeros * n) as u64)
 }
 
-/// Whether the batch `x` (`rows × layer.inputs`) is sparse enough for `layer`'s
-/// products to take its nonzeros alone, compressed into `sparse` if so: by rows,
-/// and by columns too when a backward pass will take the weight gradient.
-fn compress_input(
-    layer: &DenseLayer,
-    x: &[f32],
-    rows: usize,
-    sparse: &mut SparseRows,
+/// Loads the samples `indices` of `x` into `input`: their values, then, when
+/// `skip_zeros` and they are sparse enough for the first layer's products to
+/// take their nonzeros alone, those nonzeros (by rows, and by columns too when a
+/// backward pass will take the weight gradient).
+///
+/// # Panics
+/// When `input` holds fewer than `indices.len()` samples.
+pub(crate) fn load_input(
+    x: &dyn Samples,
+    indices: &[usize],
+    input: &mut InputBatch,
+    skip_zeros: bool,
     backward: bool,
-) -> bool {
-    let _span =
-        profile::span(|| Work::kernel("input compression (nonzeros)").bytes(4 * x.len() as u64));
-    let x = MatRef::row_major(x, rows, layer.inputs);
-    rows > 0
-        && match backward {
-            true => sparse.compress_if_sparse(x, SPARSE_DENSITY_LIMIT),
-            false => sparse.compress_rows_if_sparse(x, SPARSE_DENSITY_LIMIT),
+) {
+    let (rows, features) = (indices.len(), x.features());
+    let values = &mut input.x[..rows * features];
+    let span = profile::span(|| {
+        let bytes = (values.len() * (x.bytes_per_value() + 4)) as u64;
+        Work::kernel("batch gather (scale to f32)").bytes(bytes)
+    });
+    x.gather(indices, values);
+    drop(span);
+    input.is_sparse = skip_zeros && rows > 0 && {
+        let _span = profile::span(|| {
+            Work::kernel("input compression (nonzeros)").bytes(4 * values.len() as u64)
+        });
+        let values = MatRef::row_major(values, rows, features);
+        match backward {
+            true => input
+                .sparse
+                .compress_if_sparse(values, SPARSE_DENSITY_LIMIT),
+            false => input
+                .sparse
+                .compress_rows_if_sparse(values, SPARSE_DENSITY_LIMIT),
         }
+    };
 }
 
 /// Whether the last layer's softmax and the loss run as one kernel on the logits.
@@ -54,26 +72,19 @@ pub(crate) fn fused_softmax_xent(layers: &[DenseLayer], loss: Loss) -> bool {
         )
 }
 
-/// Runs the layers on the first `rows` rows of `ws.x`. With `last_activation`
-/// false the last layer's output stays as logits; with `backward`, a backward
-/// pass follows.
+/// Runs the layers on the batch [`load_input`] put in `ws.input`, `rows` samples.
+/// With `last_activation` false the last layer's output stays as logits.
 pub(crate) fn forward(
     layers: &[DenseLayer],
     input_dim: usize,
     ws: &mut Workspace,
     rows: usize,
     last_activation: bool,
-    backward: bool,
 ) {
-    ws.x_is_sparse = false;
-    if let Some(first) = layers.first().filter(|_| ws.skip_input_zeros) {
-        let x = &ws.x[..rows * input_dim];
-        ws.x_is_sparse = compress_input(first, x, rows, &mut ws.x_sparse, backward);
-    }
     for (l, layer) in layers.iter().enumerate() {
         let (before, rest) = ws.outputs.split_at_mut(l);
         let input = if l == 0 {
-            &ws.x[..]
+            &ws.input.x[..]
         } else {
             &before[l - 1][..]
         };
@@ -90,7 +101,7 @@ pub(crate) fn forward(
         } else {
             Epilogue::Bias(&layer.bias)
         };
-        let sparse = l == 0 && ws.x_is_sparse;
+        let sparse = l == 0 && ws.input.is_sparse;
         let name = match (sparse, relu) {
             (false, true) => "forward GEMM + bias + relu",
             (false, false) => "forward GEMM + bias",
@@ -100,9 +111,10 @@ pub(crate) fn forward(
         let kernel = MatRef::row_major(&layer.kernel, inputs, layer.units);
         let out_mat = MatMut::row_major(out, rows, layer.units);
         if sparse {
-            let _span =
-                profile::span(|| sparse_work(name, ws.x_sparse.nonzeros(), layer.units).layer(l));
-            sparse_gemm(&ws.x_sparse, kernel, out_mat, epilogue);
+            let _span = profile::span(|| {
+                sparse_work(name, ws.input.sparse.nonzeros(), layer.units).layer(l)
+            });
+            sparse_gemm(&ws.input.sparse, kernel, out_mat, epilogue);
         } else {
             let _span = profile::span(|| {
                 gemm_work(name, rows, inputs, layer.units)
@@ -196,7 +208,7 @@ pub(crate) fn backward(
             layers[l - 1].units
         };
         let input = if l == 0 {
-            &ws.x[..]
+            &ws.input.x[..]
         } else {
             &ws.outputs[l - 1][..]
         };
@@ -206,16 +218,16 @@ pub(crate) fn backward(
             MatRef::row_major(dz, rows, layer.units),
             MatMut::row_major(&mut ws.dkernels[l], inputs, layer.units),
         );
-        if l == 0 && ws.x_is_sparse {
+        if l == 0 && ws.input.is_sparse {
             let _span = profile::span(|| {
                 sparse_work(
                     "sparse weight-gradient GEMM",
-                    ws.x_sparse.nonzeros(),
+                    ws.input.sparse.nonzeros(),
                     layer.units,
                 )
                 .layer(l)
             });
-            sparse_t_gemm(&ws.x_sparse, dz_mat, dkernel);
+            sparse_t_gemm(&ws.input.sparse, dz_mat, dkernel);
         } else {
             let _span = profile::span(|| {
                 gemm_work("weight-gradient GEMM", inputs, rows, layer.units)

@@ -4,15 +4,37 @@
 use crate::layer::DenseLayer;
 use kerno_tensor::{AlignedBuf, SparseRows};
 
+/// A batch of inputs: its values and, when it is sparse enough for the first
+/// layer's products to skip its zeros, its nonzeros.
+#[derive(Default)]
+pub(crate) struct InputBatch {
+    /// `rows × inputs`, row-major.
+    pub x: AlignedBuf,
+    pub sparse: SparseRows,
+    pub is_sparse: bool,
+}
+
+impl InputBatch {
+    pub fn new(capacity: usize, input_dim: usize) -> Self {
+        Self {
+            x: AlignedBuf::zeros(capacity * input_dim),
+            // Its buffers come with the first batch, sized by the density limit.
+            sparse: SparseRows::default(),
+            is_sparse: false,
+        }
+    }
+}
+
 pub(crate) struct Workspace {
     /// Rows the buffers hold.
     pub capacity: usize,
-    /// The input batch, `capacity × inputs`.
-    pub x: AlignedBuf,
-    /// The batch's nonzeros, when it is sparse enough for the first layer's
-    /// products to skip its zeros (set by the forward pass).
-    pub x_sparse: SparseRows,
-    pub x_is_sparse: bool,
+    /// The batch the step runs on, up to `capacity` rows.
+    pub input: InputBatch,
+    /// The next step's batch, loaded while this step updates the weights (only
+    /// while training; empty until then).
+    pub next_input: InputBatch,
+    /// The samples `next_input` holds, in order; empty when it holds none.
+    pub next_samples: Vec<usize>,
     /// Whether a sparse batch may take the sparse products (the model's setting).
     pub skip_input_zeros: bool,
     /// Dense targets of the batch, `capacity × outputs`.
@@ -42,10 +64,9 @@ impl Workspace {
         };
         Self {
             capacity,
-            x: AlignedBuf::zeros(capacity * input_dim),
-            // Its buffers come with the first batch, sized by the density limit.
-            x_sparse: SparseRows::default(),
-            x_is_sparse: false,
+            input: InputBatch::new(capacity, input_dim),
+            next_input: InputBatch::default(),
+            next_samples: Vec::with_capacity(capacity),
             skip_input_zeros: true,
             y: AlignedBuf::zeros(capacity * outputs_dim),
             classes: vec![0; capacity],
@@ -66,7 +87,7 @@ impl Workspace {
     /// Whether this workspace fits `layers` with batches of `rows`.
     pub fn fits(&self, layers: &[DenseLayer], input_dim: usize, rows: usize) -> bool {
         rows <= self.capacity
-            && self.x.len() == self.capacity * input_dim
+            && self.input.x.len() == self.capacity * input_dim
             && self.outputs.len() == layers.len()
             && self
                 .outputs

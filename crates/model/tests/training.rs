@@ -1,8 +1,8 @@
 //! fit / evaluate / predict behaviour on small generated problems.
 
 use kerno_model::{
-    Activation, Dense, EarlyStopping, FitOptions, Loss, Metric, ModelCheckpoint, ModelError,
-    Optimizer, Sequential, TerminateOnNaN, Verbosity,
+    Activation, Control, Dense, EarlyStopping, FitOptions, Loss, Metric, ModelCheckpoint,
+    ModelError, Optimizer, Sequential, TerminateOnNaN, Verbosity,
 };
 use kerno_tensor::Tensor;
 use rand::{Rng, SeedableRng};
@@ -296,4 +296,79 @@ fn skipping_the_zeros_of_sparse_inputs_changes_no_bit() {
     };
     assert_eq!(bits(&sparse.0), bits(&dense.0));
     assert_eq!(bits(&[sparse.2]), bits(&[dense.2]));
+}
+
+/// The weights' bits, every tensor's in turn.
+fn weight_bits(m: &Sequential) -> Vec<u32> {
+    m.weights()
+        .iter()
+        .flat_map(|t| t.data().iter().map(|v| v.to_bits()))
+        .collect()
+}
+
+/// The rows `range` of `t`.
+fn rows(t: &Tensor, range: std::ops::Range<usize>) -> Tensor {
+    t.slice_rows(range).unwrap()
+}
+
+/// `fit` loads each batch while the step before it updates the weights; a batch
+/// given whole to `train_on_batch` is loaded by its own step. Both must train on
+/// the same samples, dense batches and sparse ones alike.
+#[test]
+fn fit_trains_on_the_batches_train_on_batch_is_given() {
+    for (x, y) in [blobs(100, 7), sparse_blobs(100, 7)] {
+        let inputs = x.shape()[1];
+        let mut fitted = model_of(inputs, 40, 7);
+        let options = quiet(2).shuffle(false);
+        fitted.fit(&x, &y, &options).unwrap();
+        let mut stepped = model_of(inputs, 40, 7);
+        for _ in 0..2 {
+            for first in (0..100).step_by(16) {
+                let batch = first..(first + 16).min(100);
+                stepped
+                    .train_on_batch(&rows(&x, batch.clone()), &rows(&y, batch))
+                    .unwrap();
+            }
+        }
+        assert_eq!(weight_bits(&fitted), weight_bits(&stepped));
+    }
+}
+
+/// Interrupts `fit` after its first step.
+struct InterruptAfterOneStep;
+
+impl kerno_model::Callback for InterruptAfterOneStep {
+    fn on_batch_end(&mut self, _: usize, _: usize, _: f32) -> Result<Control, ModelError> {
+        Ok(Control::Interrupt)
+    }
+}
+
+/// A `fit` that stops after a step has loaded the next batch leaves that batch
+/// behind: a later `fit` that starts with the same samples' indices, but of other
+/// data, must not train on it.
+#[test]
+fn a_batch_loaded_ahead_is_not_used_by_a_later_fit_on_other_data() {
+    let (first_x, first_y) = sparse_blobs(64, 1);
+    let (other_x, other_y) = sparse_blobs(64, 2);
+    let mut interrupted = model_of(80, 40, 3);
+    let history = interrupted
+        .fit_with_callbacks(
+            &first_x,
+            &first_y,
+            &quiet(1).shuffle(false),
+            &mut [&mut InterruptAfterOneStep],
+        )
+        .unwrap();
+    // Resumed at the second step: the samples of the batch loaded ahead.
+    let after_one_step = history.interrupted.unwrap();
+    assert_eq!(after_one_step.step, 1);
+    let resumed = quiet(1).shuffle(false).resume_from(after_one_step);
+    interrupted.fit(&other_x, &other_y, &resumed).unwrap();
+
+    let mut stepped = model_of(80, 40, 3);
+    stepped
+        .train_on_batch(&rows(&first_x, 0..16), &rows(&first_y, 0..16))
+        .unwrap();
+    stepped.fit(&other_x, &other_y, &resumed).unwrap();
+    assert_eq!(weight_bits(&interrupted), weight_bits(&stepped));
 }

@@ -10,7 +10,7 @@ use kerno_model::{Callback, Control, FitOptions, ModelError, Optimizer, Sequenti
 use kerno_tensor::profile::{self, Event, Level, Recording};
 use kerno_tensor::Isa;
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 pub fn run(args: ProfileArgs) -> Result<()> {
     check_writable("--trace", args.trace.as_deref())?;
@@ -105,7 +105,10 @@ struct Summary {
     rows: Vec<KernelRow>,
     steps: usize,
     step_nanos: u64,
+    /// Time when at least one kernel ran.
     kernel_nanos: u64,
+    /// Time counted in two rows or more: kernels run alongside each other.
+    overlap_nanos: u64,
     model_flops: f64,
     executed_flops: f64,
     peak: f64,
@@ -120,12 +123,16 @@ impl Summary {
             .collect();
         let step_nanos = steps.iter().map(|e| e.nanos()).sum();
         let mut rows: HashMap<(&str, Option<u16>), KernelRow> = HashMap::new();
-        // Kernels called directly by a step, on the step's thread: nothing counted twice.
-        for e in recording
-            .events
-            .iter()
-            .filter(|e| e.work.level == Level::Kernel && e.depth == 1)
-        {
+        // Kernels called directly by a step: on the step's thread, those inside its
+        // span alone; on another (run alongside), those inside no span. Nothing
+        // is counted twice.
+        let step_threads: HashSet<usize> = steps.iter().map(|e| e.thread).collect();
+        let top_level = |e: &&Event| {
+            let enclosing = step_threads.contains(&e.thread) as u16;
+            e.work.level == Level::Kernel && e.depth == enclosing
+        };
+        let kernels: Vec<&Event> = recording.events.iter().filter(top_level).collect();
+        for e in &kernels {
             let row = rows
                 .entry((e.work.name, e.work.layer))
                 .or_insert_with(|| KernelRow {
@@ -143,7 +150,8 @@ impl Summary {
         }
         let mut rows: Vec<KernelRow> = rows.into_values().collect();
         rows.sort_by(|a, b| b.nanos.cmp(&a.nanos).then(a.name.cmp(&b.name)));
-        let kernel_nanos = rows.iter().map(|r| r.nanos).sum();
+        let kernel_nanos = covered_nanos(&kernels);
+        let overlap_nanos = rows.iter().map(|r| r.nanos).sum::<u64>() - kernel_nanos;
         // The model's operations (as `kerno bench` counts them), and those the
         // kernels did: a sparse input's products count only its nonzeros.
         let model_flops = steps.iter().map(|e| e.work.flops as f64).sum();
@@ -153,6 +161,7 @@ impl Summary {
             steps: steps.len(),
             step_nanos,
             kernel_nanos,
+            overlap_nanos,
             model_flops,
             executed_flops,
             peak: peak.all_threads,
@@ -226,6 +235,12 @@ impl Summary {
             self.steps,
             100.0 * self.share(self.kernel_nanos)
         );
+        if self.overlap_nanos > 0 {
+            out += &format!(
+                "kernels ran alongside each other for {:.1}% of it, counted in each of their rows\n",
+                100.0 * self.share(self.overlap_nanos)
+            );
+        }
         out += &format!(
             "achieved: {:.1} GFLOP/s of the model's operations, {:.2} of the {:.1} GFLOP/s FMA peak of {threads} threads\n",
             self.gflops(),
@@ -267,6 +282,7 @@ impl Summary {
             "step_ms": self.step_ms(),
             "kernels_ms": self.kernel_nanos as f64 / 1e6,
             "steps_ms": self.step_nanos as f64 / 1e6,
+            "overlap_ms": self.overlap_nanos as f64 / 1e6,
             "coverage": self.share(self.kernel_nanos),
             "gflops": self.gflops(),
             "peak_gflops": self.peak,
@@ -276,6 +292,24 @@ impl Summary {
             "kernels": kernels,
         })
     }
+}
+
+/// Nanoseconds in which at least one of `events` ran (overlaps counted once).
+fn covered_nanos(events: &[&Event]) -> u64 {
+    let mut spans: Vec<(u64, u64)> = events.iter().map(|e| (e.start_ns, e.end_ns)).collect();
+    spans.sort_unstable();
+    let mut covered = 0;
+    let mut current: Option<(u64, u64)> = None;
+    for (start, end) in spans {
+        current = match current {
+            Some((first, last)) if start <= last => Some((first, last.max(end))),
+            done => {
+                covered += done.map_or(0, |(first, last)| last - first);
+                Some((start, end))
+            }
+        };
+    }
+    covered + current.map_or(0, |(first, last)| last - first)
 }
 
 /// The recording as Chrome trace events: one complete event (`"ph": "X"`) per span,
@@ -309,4 +343,25 @@ fn chrome_trace(recording: &Recording) -> serde_json::Value {
         "traceEvents": names.chain(spans).collect::<Vec<_>>(),
         "displayTimeUnit": "ns",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kerno_tensor::profile::Work;
+
+    #[test]
+    fn covered_time_counts_overlapping_kernels_once() {
+        let event = |start_ns, end_ns| Event {
+            work: Work::kernel("kernel"),
+            thread: 0,
+            depth: 1,
+            start_ns,
+            end_ns,
+        };
+        let events = [event(20, 25), event(0, 10), event(5, 15), event(21, 22)];
+        let events: Vec<&Event> = events.iter().collect();
+        assert_eq!(covered_nanos(&events), 15 + 5);
+        assert_eq!(covered_nanos(&[]), 0);
+    }
 }
