@@ -2,6 +2,7 @@
 
 use crate::parallel::for_each_chunk;
 use crate::simd::{elementwise, prefetch_lines, Isa};
+use crate::sparse::SparseRows;
 use crate::tensor::Tensor;
 
 /// Rows per parallel task of a batch gather.
@@ -19,6 +20,21 @@ pub trait Samples: Sync {
     /// Asks the CPU to start loading the rows `indices`, soon to be gathered. A
     /// hint only: the default does nothing.
     fn prefetch(&self, _indices: &[usize]) {}
+
+    /// Compresses the rows `indices` into `sparse` as
+    /// [`SparseRows::compress_if_sparse`] (`with_columns`) or
+    /// [`SparseRows::compress_rows_if_sparse`] of their gathered values would, bit
+    /// for bit, and says whether they were sparse enough; without gathering them
+    /// where the table can, `None` where it cannot (the default).
+    fn compress_if_sparse(
+        &self,
+        _indices: &[usize],
+        _sparse: &mut SparseRows,
+        _limit: f64,
+        _with_columns: bool,
+    ) -> Option<bool> {
+        None
+    }
 
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -128,6 +144,32 @@ impl Samples for ScaledBytes<'_> {
             prefetch_lines(self.row(i));
         }
     }
+
+    /// Straight from the bytes: no f32 row is written (a batch of 128 MNIST
+    /// images in cache on Zen 3, one thread, medians: by rows, gathered then
+    /// compressed 78 µs, from the bytes 34 µs; by rows and columns 142 and 96 µs).
+    fn compress_if_sparse(
+        &self,
+        indices: &[usize],
+        sparse: &mut SparseRows,
+        limit: f64,
+        with_columns: bool,
+    ) -> Option<bool> {
+        // Every row asked for at once, as in `gather`: a prefetch one step ahead
+        // finds them in cache at times only (Zen 3: rows took 175 µs without this,
+        // 50 µs with it, inside a training step).
+        self.prefetch(indices);
+        let shape = (indices.len(), self.features);
+        let row = |i: usize| self.row(indices[i]);
+        sparse.compress_scaled_bytes_if_sparse(
+            Isa::detected(),
+            shape,
+            row,
+            self.divisor,
+            limit,
+            with_columns,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +185,31 @@ mod tests {
         assert_eq!(out[0], 240.0f32 / 255.0);
         assert_eq!(out[16], 0.0);
         assert_eq!(out[31], 15.0f32 / 255.0);
+    }
+
+    #[test]
+    fn scaled_bytes_compress_as_their_gathered_values_and_a_tensor_cannot() {
+        let bytes: Vec<u8> = (0..60u32).map(|t| (t * 37 % 5 * 40) as u8).collect();
+        let samples = ScaledBytes::new(&bytes, 6, 255.0);
+        let indices = [9, 0, 4, 4];
+        let mut values = vec![0.0; indices.len() * 6];
+        samples.gather(&indices, &mut values);
+        let mut expected = SparseRows::default();
+        expected.compress(crate::MatRef::row_major(&values, indices.len(), 6));
+        let mut sparse = SparseRows::default();
+        assert_eq!(
+            samples.compress_if_sparse(&indices, &mut sparse, 1.0, true),
+            Some(true)
+        );
+        assert_eq!(sparse.nonzeros(), expected.nonzeros());
+        assert!((0..indices.len()).all(|i| sparse.row(i) == expected.row(i)));
+        assert!((0..6).all(|j| sparse.col(j) == expected.col(j)));
+
+        let tensor = samples.to_tensor();
+        assert_eq!(
+            tensor.compress_if_sparse(&indices, &mut sparse, 1.0, true),
+            None
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@ use crate::gemm::{depth_block, is_parallel, Epilogue};
 use crate::matrix::{MatMut, MatRef};
 use crate::parallel::{for_each_chunk, for_each_chunk_in_order, ByCols, ByRows};
 use crate::simd::{
-    flush_subnormals, keep_nonzeros, sparse_row_product, BlockMut, Isa, RowFinish, KEEP_SLACK,
+    flush_subnormals, is_exact_divisor, keep_nonzero_bytes, keep_nonzeros, sparse_row_product,
+    BlockMut, Isa, RowFinish, KEEP_SLACK,
 };
 
 /// Density (nonzeros over all entries) up to which the sparse products, their
@@ -91,7 +92,7 @@ impl SparseRows {
     pub fn compress_with(&mut self, isa: Isa, a: MatRef<'_>) {
         let (rows, cols) = (a.rows(), a.cols());
         self.reserve(rows, cols, rows * cols);
-        self.compress_rows(isa, a, rows * cols);
+        self.compress_matrix_rows(isa, a, rows * cols);
         self.build_columns();
     }
 
@@ -117,10 +118,59 @@ impl SparseRows {
     /// # Panics
     /// As [`compress`](Self::compress).
     pub fn compress_rows_if_sparse(&mut self, a: MatRef<'_>, limit: f64) -> bool {
-        let (rows, cols) = (a.rows(), a.cols());
+        self.rows_if_sparse((a.rows(), a.cols()), limit, |sparse, most| {
+            sparse.compress_matrix_rows(Isa::detected(), a, most)
+        })
+    }
+
+    /// [`compress_if_sparse`](Self::compress_if_sparse) (`with_columns`) or
+    /// [`compress_rows_if_sparse`](Self::compress_rows_if_sparse) of the
+    /// `rows × cols` matrix whose row `i` is `row(i)`'s bytes, each read as
+    /// `byte as f32 / divisor`, with `isa`: the same entries, bit for bit, without
+    /// that matrix ever written (a batch of MNIST's images compressed from the
+    /// dataset's bytes). `None`, having done nothing, for a divisor under which a
+    /// byte other than 0 could give 0 or a subnormal, or the byte 0 a NaN: a
+    /// finite one between 1e-30 and 1e30 in magnitude works.
+    ///
+    /// # Panics
+    /// As [`compress_with`](Self::compress_with), and when a row is not `cols` bytes.
+    pub fn compress_scaled_bytes_if_sparse<'a>(
+        &mut self,
+        isa: Isa,
+        (rows, cols): (usize, usize),
+        row: impl Fn(usize) -> &'a [u8],
+        divisor: f32,
+        limit: f64,
+        with_columns: bool,
+    ) -> Option<bool> {
+        if !is_exact_divisor(divisor) {
+            return None;
+        }
+        let sparse = self.rows_if_sparse((rows, cols), limit, |sparse, most| {
+            sparse.compress_rows((rows, cols), most, |i, positions, out| {
+                let bytes = row(i);
+                assert_eq!(bytes.len(), cols, "row {i} is not {cols} bytes");
+                keep_nonzero_bytes(isa, bytes, divisor, positions, out)
+            })
+        });
+        if sparse && with_columns {
+            self.build_columns();
+        }
+        Some(sparse)
+    }
+
+    /// The entries by rows of a `rows × cols` matrix, by `compress(self, most)`,
+    /// which says whether there are at most `most`, `limit`'s share; this matrix
+    /// left empty when there are more.
+    fn rows_if_sparse(
+        &mut self,
+        (rows, cols): (usize, usize),
+        limit: f64,
+        compress: impl FnOnce(&mut Self, usize) -> bool,
+    ) -> bool {
         let most = ((limit.clamp(0.0, 1.0) * (rows * cols) as f64) as usize).min(rows * cols);
         self.reserve(rows, cols, most + cols);
-        let sparse = self.compress_rows(Isa::detected(), a, most);
+        let sparse = compress(self, most);
         if !sparse {
             // Nothing may read a part of the matrix as the whole.
             (self.rows, self.cols) = (0, 0);
@@ -129,11 +179,35 @@ impl SparseRows {
         sparse
     }
 
-    /// The entries by rows; false, with only the first rows done, as soon as they
+    /// [`compress_rows`](Self::compress_rows) of the matrix `a`, any strides.
+    fn compress_matrix_rows(&mut self, isa: Isa, a: MatRef<'_>, most: usize) -> bool {
+        let mut strided_row = std::mem::take(&mut self.strided_row);
+        let shape = (a.rows(), a.cols());
+        let sparse = self.compress_rows(shape, most, |i, positions, out| {
+            let values = match a.col_stride() {
+                1 => &a.data()[i * a.row_stride()..][..a.cols()],
+                _ => {
+                    strided_row.clear();
+                    strided_row.extend((0..a.cols()).map(|j| a.get(i, j)));
+                    &strided_row[..]
+                }
+            };
+            keep_nonzeros(isa, values, positions, out)
+        });
+        self.strided_row = strided_row;
+        sparse
+    }
+
+    /// The entries by rows, `keep_row(i, positions, values)` writing row `i`'s and
+    /// saying how many; false, with only the first rows done, as soon as they
     /// number more than `most` (the buffers hold `most` and a row). The columns
     /// of the matrix before are dropped: they are not this one's.
-    fn compress_rows(&mut self, isa: Isa, a: MatRef<'_>, most: usize) -> bool {
-        let (rows, cols) = (a.rows(), a.cols());
+    fn compress_rows(
+        &mut self,
+        (rows, cols): (usize, usize),
+        most: usize,
+        mut keep_row: impl FnMut(usize, &mut [u32], &mut [f32]) -> usize,
+    ) -> bool {
         assert!(
             u32::try_from(rows.max(cols)).is_ok(),
             "a sparse matrix has at most u32::MAX rows and columns"
@@ -145,16 +219,8 @@ impl SparseRows {
         self.row_starts.push(0);
         let mut end = 0;
         for i in 0..rows {
-            let values = match a.col_stride() {
-                1 => &a.data()[i * a.row_stride()..][..cols],
-                _ => {
-                    self.strided_row.clear();
-                    self.strided_row.extend((0..cols).map(|j| a.get(i, j)));
-                    &self.strided_row[..]
-                }
-            };
             let (positions, out) = (&mut self.row_cols[end..], &mut self.row_values[end..]);
-            let kept = keep_nonzeros(isa, values, positions, out);
+            let kept = keep_row(i, positions, out);
             for pc in (depth..cols).step_by(depth) {
                 let before = positions[..kept].partition_point(|&j| (j as usize) < pc);
                 self.row_starts.push(end + before);

@@ -15,7 +15,9 @@ mod tiles;
 pub(crate) use block::{BlockMut, TileMut};
 pub use microkernel::{MAX_MR, MAX_NC, MAX_NR};
 pub use peak::fma_peak_gflops;
-pub(crate) use sparse::{keep_nonzeros, sparse_row_product, RowFinish, KEEP_SLACK};
+pub(crate) use sparse::{
+    is_exact_divisor, keep_nonzero_bytes, keep_nonzeros, sparse_row_product, RowFinish, KEEP_SLACK,
+};
 pub(crate) use thin::{has_thin_loop, thin_dots, MAX_THIN_N, THIN_STEP};
 
 /// Runs `f` with subnormal floats flushed to zero (x86's FTZ and DAZ), as

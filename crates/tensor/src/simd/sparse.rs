@@ -379,6 +379,155 @@ unsafe fn keep_nonzeros_avx2(values: &[f32], positions: &mut [u32], out: &mut [f
     keep_nonzeros_scalar(values, positions, out, whole, kept)
 }
 
+/// Writes the nonzero bytes of `bytes`, each as `byte as f32 / divisor`, to the
+/// front of `out`, and their positions to the front of `positions`; returns how
+/// many: [`keep_nonzeros`] of the scaled bytes, bit for bit, for a `divisor` under
+/// which a byte is 0 exactly when its value is (see [`is_exact_divisor`]). Both
+/// outputs hold at least `bytes.len() + KEEP_SLACK` slots.
+///
+/// # Panics
+/// When an output is shorter, a position would not fit in a `u32`, or the divisor
+/// is not exact.
+pub(crate) fn keep_nonzero_bytes(
+    isa: Isa,
+    bytes: &[u8],
+    divisor: f32,
+    positions: &mut [u32],
+    out: &mut [f32],
+) -> usize {
+    let room = bytes.len() + KEEP_SLACK;
+    assert!(
+        positions.len() >= room && out.len() >= room,
+        "no room for the nonzeros"
+    );
+    assert!(u32::try_from(bytes.len()).is_ok(), "positions fit in u32");
+    assert!(is_exact_divisor(divisor), "a byte over {divisor} may be 0");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            assert!(isa.is_supported(), "AVX-512F is not supported on this CPU");
+            // SAFETY: the CPU has AVX-512F (asserted); the outputs' room is asserted above.
+            unsafe { keep_nonzero_bytes_avx512(bytes, divisor, positions, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => {
+            assert!(isa.is_supported(), "AVX2 is not supported on this CPU");
+            // SAFETY: as above, for AVX2.
+            unsafe { keep_nonzero_bytes_avx2(bytes, divisor, positions, out) }
+        }
+        _ => keep_nonzero_bytes_scalar(bytes, divisor, positions, out, 0, 0),
+    }
+}
+
+/// Whether `byte as f32 / divisor` is 0 for the byte 0 alone, and never a NaN or
+/// a subnormal (which the kernels flush to 0): a finite divisor between 1e-30 and
+/// 1e30 in magnitude.
+pub(crate) fn is_exact_divisor(divisor: f32) -> bool {
+    (1e-30..=1e30).contains(&divisor.abs())
+}
+
+/// [`keep_nonzero_bytes`] from position `from` on, `kept` already kept.
+fn keep_nonzero_bytes_scalar(
+    bytes: &[u8],
+    divisor: f32,
+    positions: &mut [u32],
+    out: &mut [f32],
+    from: usize,
+    mut kept: usize,
+) -> usize {
+    for (j, &b) in bytes.iter().enumerate().skip(from) {
+        positions[kept] = j as u32;
+        out[kept] = b as f32 / divisor;
+        kept += usize::from(b != 0);
+    }
+    kept
+}
+
+/// [`keep_nonzero_bytes`] 16 bytes at a time: those all 0 skipped before any
+/// arithmetic (a third of an MNIST image), the others widened, divided and
+/// compressed as in [`keep_nonzeros_avx512`].
+///
+/// # Safety
+/// The CPU has AVX-512F; the outputs hold `bytes.len() + KEEP_SLACK` slots.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn keep_nonzero_bytes_avx512(
+    bytes: &[u8],
+    divisor: f32,
+    positions: &mut [u32],
+    out: &mut [f32],
+) -> usize {
+    use std::arch::x86_64::*;
+    let (mut kept, whole) = (0, bytes.len() - bytes.len() % 16);
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let divisors = _mm512_set1_ps(divisor);
+    for (j, chunk) in bytes[..whole].chunks_exact(16).enumerate() {
+        let j = j * 16;
+        let chunk: [u8; 16] = chunk.try_into().expect("chunks of 16");
+        if u128::from_ne_bytes(chunk) == 0 {
+            continue;
+        }
+        // SAFETY: `chunk` is 16 bytes; `kept <= j`, so the 16 slots stored from
+        // `kept` lie inside the outputs' `bytes.len() + KEEP_SLACK`.
+        unsafe {
+            let wide = _mm512_cvtepu8_epi32(_mm_loadu_si128(chunk.as_ptr().cast()));
+            let nonzero = _mm512_test_epi32_mask(wide, wide);
+            let v = _mm512_div_ps(_mm512_cvtepi32_ps(wide), divisors);
+            _mm512_storeu_ps(
+                out.as_mut_ptr().add(kept),
+                _mm512_maskz_compress_ps(nonzero, v),
+            );
+            let at = _mm512_add_epi32(lanes, _mm512_set1_epi32(j as i32));
+            let at = _mm512_maskz_compress_epi32(nonzero, at);
+            _mm512_storeu_si512(positions.as_mut_ptr().add(kept).cast(), at);
+            kept += nonzero.count_ones() as usize;
+        }
+    }
+    keep_nonzero_bytes_scalar(bytes, divisor, positions, out, whole, kept)
+}
+
+/// [`keep_nonzero_bytes`] 8 bytes at a time: those all 0 skipped before any
+/// arithmetic, the others widened, divided and packed as in [`keep_nonzeros_avx2`].
+///
+/// # Safety
+/// The CPU has AVX2; the outputs hold `bytes.len() + KEEP_SLACK` slots.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn keep_nonzero_bytes_avx2(
+    bytes: &[u8],
+    divisor: f32,
+    positions: &mut [u32],
+    out: &mut [f32],
+) -> usize {
+    use std::arch::x86_64::*;
+    let (mut kept, whole) = (0, bytes.len() - bytes.len() % 8);
+    let divisors = _mm256_set1_ps(divisor);
+    for (j, chunk) in bytes[..whole].chunks_exact(8).enumerate() {
+        let j = j * 8;
+        let word = u64::from_ne_bytes(chunk.try_into().expect("chunks of 8"));
+        if word == 0 {
+            continue;
+        }
+        // SAFETY: `kept <= j`, so the 8 slots stored from `kept` lie inside the
+        // outputs; each table row holds 8 lanes.
+        unsafe {
+            let wide = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(word as i64));
+            let zero = _mm256_cmpeq_epi32(wide, _mm256_setzero_si256());
+            let mask = !_mm256_movemask_ps(_mm256_castsi256_ps(zero)) as usize & 0xff;
+            let v = _mm256_div_ps(_mm256_cvtepi32_ps(wide), divisors);
+            let lanes = _mm256_loadu_si256(PACK_LANES[mask].as_ptr().cast());
+            _mm256_storeu_ps(
+                out.as_mut_ptr().add(kept),
+                _mm256_permutevar8x32_ps(v, lanes),
+            );
+            let at = _mm256_add_epi32(lanes, _mm256_set1_epi32(j as i32));
+            _mm256_storeu_si256(positions.as_mut_ptr().add(kept).cast(), at);
+            kept += mask.count_ones() as usize;
+        }
+    }
+    keep_nonzero_bytes_scalar(bytes, divisor, positions, out, whole, kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
