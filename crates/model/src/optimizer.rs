@@ -164,8 +164,8 @@ impl Optimizer {
         for (l, layer) in layers.iter_mut().enumerate() {
             // A sparse batch's empty columns: rows of the first kernel's gradient
             // that the weight-gradient product has set to zeros.
-            let empty_column = |r: usize| ws.input.sparse.col(r).0.is_empty();
-            let zero_rows = (l == 0 && ws.input.is_sparse).then_some(ZeroRows {
+            let empty_column = |r: usize| ws.zero_inputs[r];
+            let zero_rows = (l == 0 && !ws.zero_inputs.is_empty()).then_some(ZeroRows {
                 width: layer.units,
                 is_zero: &empty_column,
             });

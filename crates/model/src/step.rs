@@ -23,10 +23,10 @@ fn sparse_work(name: &'static str, nonzeros: usize, n: usize) -> Work {
     Work::kernel(name).flops(2 * (nonzeros * n) as u64)
 }
 
-/// Loads the samples `indices` of `x` into `input`: their values, then, when
-/// `skip_zeros` and they are sparse enough for the first layer's products to
-/// take their nonzeros alone, those nonzeros (by rows, and by columns too when a
-/// backward pass will take the weight gradient).
+/// Loads the samples `indices` of `x` into `input`: when `skip_zeros` and they
+/// are sparse enough for the first layer's products to take their nonzeros alone,
+/// those nonzeros (by rows, and by columns too when a backward pass will take the
+/// weight gradient), else their values.
 ///
 /// # Panics
 /// When `input` holds fewer than `indices.len()` samples.
@@ -37,7 +37,22 @@ pub(crate) fn load_input(
     skip_zeros: bool,
     backward: bool,
 ) {
+    input.loaded_ahead.clear();
     let (rows, features) = (indices.len(), x.features());
+    let mut compressed = None;
+    if skip_zeros && rows > 0 {
+        let _span = profile::span(|| {
+            let bytes = (rows * features * x.bytes_per_value()) as u64;
+            Work::kernel("input compression (nonzeros)").bytes(bytes)
+        });
+        compressed =
+            x.compress_if_sparse(indices, &mut input.sparse, SPARSE_DENSITY_LIMIT, backward);
+    }
+    input.is_sparse = compressed == Some(true);
+    if input.is_sparse {
+        // The values themselves are never read.
+        return;
+    }
     let values = &mut input.x[..rows * features];
     let span = profile::span(|| {
         let bytes = (values.len() * (x.bytes_per_value() + 4)) as u64;
@@ -45,20 +60,20 @@ pub(crate) fn load_input(
     });
     x.gather(indices, values);
     drop(span);
-    input.is_sparse = skip_zeros && rows > 0 && {
+    if skip_zeros && rows > 0 && compressed.is_none() {
         let _span = profile::span(|| {
             Work::kernel("input compression (nonzeros)").bytes(4 * values.len() as u64)
         });
         let values = MatRef::row_major(values, rows, features);
-        match backward {
+        input.is_sparse = match backward {
             true => input
                 .sparse
                 .compress_if_sparse(values, SPARSE_DENSITY_LIMIT),
             false => input
                 .sparse
                 .compress_rows_if_sparse(values, SPARSE_DENSITY_LIMIT),
-        }
-    };
+        };
+    }
 }
 
 /// Whether the last layer's softmax and the loss run as one kernel on the logits.

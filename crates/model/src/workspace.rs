@@ -8,21 +8,14 @@ use kerno_tensor::{AlignedBuf, SparseRows};
 /// layer's products to skip its zeros, its nonzeros.
 #[derive(Default)]
 pub(crate) struct InputBatch {
-    /// `rows × inputs`, row-major.
+    /// `rows × inputs`, row-major; not written for a sparse batch whose samples
+    /// compress without being gathered.
     pub x: AlignedBuf,
     pub sparse: SparseRows,
     pub is_sparse: bool,
-}
-
-impl InputBatch {
-    pub fn new(capacity: usize, input_dim: usize) -> Self {
-        Self {
-            x: AlignedBuf::zeros(capacity * input_dim),
-            // Its buffers come with the first batch, sized by the density limit.
-            sparse: SparseRows::default(),
-            is_sparse: false,
-        }
-    }
+    /// The samples a training step loaded for the step after it (by rows and by
+    /// columns); empty after any other load.
+    pub loaded_ahead: Vec<usize>,
 }
 
 pub(crate) struct Workspace {
@@ -30,11 +23,10 @@ pub(crate) struct Workspace {
     pub capacity: usize,
     /// The batch the step runs on, up to `capacity` rows.
     pub input: InputBatch,
-    /// The next step's batch, loaded while this step updates the weights (only
-    /// while training; empty until then).
-    pub next_input: InputBatch,
-    /// The samples `next_input` holds, in order; empty when it holds none.
-    pub next_samples: Vec<usize>,
+    /// Whether each input (row of the first kernel) is 0 in every sample of the
+    /// batch, taken from a sparse batch for the update, which may run while the
+    /// next batch is loaded; empty for a dense one.
+    pub zero_inputs: Vec<bool>,
     /// Whether a sparse batch may take the sparse products (the model's setting).
     pub skip_input_zeros: bool,
     /// Dense targets of the batch, `capacity × outputs`.
@@ -64,9 +56,14 @@ impl Workspace {
         };
         Self {
             capacity,
-            input: InputBatch::new(capacity, input_dim),
-            next_input: InputBatch::default(),
-            next_samples: Vec::with_capacity(capacity),
+            input: InputBatch {
+                x: AlignedBuf::zeros(capacity * input_dim),
+                // Its buffers come with the first batch, sized by the density limit.
+                sparse: SparseRows::default(),
+                is_sparse: false,
+                loaded_ahead: Vec::with_capacity(capacity),
+            },
+            zero_inputs: Vec::with_capacity(input_dim),
             skip_input_zeros: true,
             y: AlignedBuf::zeros(capacity * outputs_dim),
             classes: vec![0; capacity],

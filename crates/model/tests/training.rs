@@ -372,3 +372,22 @@ fn a_batch_loaded_ahead_is_not_used_by_a_later_fit_on_other_data() {
     stepped.fit(&other_x, &other_y, &resumed).unwrap();
     assert_eq!(weight_bits(&interrupted), weight_bits(&stepped));
 }
+
+/// A sparse batch of bytes compresses straight from them, one of f32 values after
+/// its gather: the same entries, so the same training and predictions, bit for bit.
+#[test]
+fn sparse_bytes_train_as_their_scaled_values() {
+    let (x, y) = sparse_blobs(200, 11);
+    let bytes: Vec<u8> = x.data().iter().map(|&v| (v.abs() * 60.0) as u8).collect();
+    let from_bytes = kerno_tensor::ScaledBytes::new(&bytes, 80, 255.0);
+    let from_values = from_bytes.to_tensor();
+    let train = |x: &dyn kerno_tensor::Samples| {
+        let mut m = model_of(80, 40, 11);
+        m.fit(x, &y, &quiet(2)).unwrap();
+        (weight_bits(&m), m.predict(x, 64).unwrap())
+    };
+    let (bytes_trained, values_trained) = (train(&from_bytes), train(&from_values));
+    assert_eq!(bytes_trained.0, values_trained.0);
+    let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&bytes_trained.1), bits(&values_trained.1));
+}
