@@ -193,6 +193,9 @@ fn sparse_products(c: &mut Criterion) {
     let mut sparse = SparseRows::with_capacity(m, k);
     sparse.compress(x_mat);
     let density = sparse.density();
+    // The batch as a dataset's bytes, compressed without its f32 values.
+    let bytes: Vec<u8> = x.iter().map(|&v| (v * 255.0).round() as u8).collect();
+    let mut from_bytes = SparseRows::with_capacity(m, k);
     let (mut out, mut dw) = (AlignedBuf::zeros(m * n), AlignedBuf::zeros(k * n));
     for isa in Isa::available() {
         let mut group = c.benchmark_group(format!("sparse {threads}t/{}", isa.name()));
@@ -200,6 +203,14 @@ fn sparse_products(c: &mut Criterion) {
         group.sample_size(20);
         group.bench_function(format!("compress 128x784 density {density:.2}"), |bench| {
             iter_in_pool(bench, || sparse.compress_with(isa, x_mat))
+        });
+        group.bench_function("compress 128x784 from bytes", |bench| {
+            let row = |i: usize| &bytes[i * k..(i + 1) * k];
+            iter_in_pool(bench, || {
+                let compressed =
+                    from_bytes.compress_scaled_bytes_if_sparse(isa, (m, k), row, 255.0, 1.0, true);
+                assert_eq!(compressed, Some(true));
+            })
         });
         let epilogue = Epilogue::BiasRelu(&bias);
         group.bench_function("fwd1 X·W1 + bias + relu, nonzeros", |bench| {
