@@ -299,13 +299,6 @@ impl Sequential {
             indices,
             true,
         );
-        if let Some(next) = next {
-            // Random rows of a dataset in DRAM, asked for now, so that more of
-            // them are in cache when the update below loads them (Zen 3: their
-            // compression took 7-10% less time).
-            x.prefetch(next);
-            targets.prefetch(next);
-        }
         step::backward(
             &self.layers,
             compiled.loss,
@@ -316,9 +309,7 @@ impl Sequential {
         // The update reads which inputs were 0 throughout the batch, not the batch.
         ws.zero_inputs.clear();
         if ws.input.is_sparse {
-            let columns = 0..ws.input.sparse.cols();
-            let empty = columns.map(|j| ws.input.sparse.col(j).0.is_empty());
-            ws.zero_inputs.extend(empty);
+            ws.zero_inputs.extend(ws.input.sparse.empty_columns());
         }
         let Some(next) = next else {
             compiled

@@ -155,9 +155,8 @@ impl Samples for ScaledBytes<'_> {
         limit: f64,
         with_columns: bool,
     ) -> Option<bool> {
-        // Every row asked for at once, as in `gather`: a prefetch one step ahead
-        // finds them in cache at times only (Zen 3: rows took 175 µs without this,
-        // 50 µs with it, inside a training step).
+        // Every row asked for at once, as in `gather` (Zen 3, inside a training
+        // step: the rows took 175 µs without this, 50 µs with it).
         self.prefetch(indices);
         let shape = (indices.len(), self.features);
         let row = |i: usize| self.row(indices[i]);

@@ -327,6 +327,20 @@ impl SparseRows {
         self.col_blocks(j).whole()
     }
 
+    /// Whether each column has no nonzero, in order of the columns.
+    ///
+    /// # Panics
+    /// As [`col`](Self::col).
+    pub fn empty_columns(&self) -> impl Iterator<Item = bool> + '_ {
+        assert!(
+            self.columns_built(),
+            "the columns of this matrix were not built"
+        );
+        let blocks = depth_blocks(self.rows);
+        let starts = &self.col_starts;
+        (0..self.cols).map(move |j| starts[j * blocks] == starts[(j + 1) * blocks])
+    }
+
     /// Whether the entries by columns are this matrix's.
     fn columns_built(&self) -> bool {
         self.col_starts.len() == self.cols * depth_blocks(self.rows) + 1

@@ -87,6 +87,8 @@ fn compress_keeps_each_nonzero_in_order_from_any_view() {
                         .zip(vals)
                         .all(|(&i, v)| v.to_bits() == values[i as usize * k + j].to_bits()));
                 }
+                let empty: Vec<bool> = (0..k).map(|j| sparse.col(j).0.is_empty()).collect();
+                assert_eq!(sparse.empty_columns().collect::<Vec<_>>(), empty);
             }
         }
     }
@@ -319,6 +321,13 @@ fn scaled_bytes_compress_to_the_entries_of_their_scaled_values() {
                     assert_eq!(kept, Some(true));
                     let what = format!("{isa:?} {rows}x{cols} over {divisor}");
                     assert_same_entries(&sparse, &expected, columns, &what);
+                    if columns {
+                        let empty: Vec<bool> = (0..cols)
+                            .map(|j| (0..rows).all(|i| scaled[i * cols + j] == 0.0))
+                            .collect();
+                        let found: Vec<bool> = sparse.empty_columns().collect();
+                        assert_eq!(found, empty, "{what}");
+                    }
                 }
             }
         }
@@ -348,5 +357,22 @@ fn scaled_bytes_over_the_limit_or_with_an_inexact_divisor_are_refused() {
             sparse.compress_scaled_bytes_if_sparse(isa, (rows, cols), row, divisor, 1.0, true);
         assert_eq!(refused, None, "divisor {divisor}");
         assert_eq!(sparse.nonzeros(), rows * cols / 2, "left as it was");
+    }
+}
+
+/// A column is empty only when no block of its rows holds a nonzero (450 rows
+/// are two blocks of depth).
+#[test]
+fn empty_columns_look_at_every_block_of_rows() {
+    let (rows, cols) = (450, 4);
+    let mut values = vec![0.0f32; rows * cols];
+    values[449 * cols + 1] = 1.0; // column 1: the last row, in the second block
+    values[2] = -2.0; // column 2: the first row
+    values[300 * cols + 3] = f32::NAN; // column 3: a NaN counts
+    let mut sparse = SparseRows::default();
+    for isa in Isa::available() {
+        sparse.compress_with(isa, MatRef::row_major(&values, rows, cols));
+        let empty: Vec<bool> = sparse.empty_columns().collect();
+        assert_eq!(empty, [true, false, false, false], "{isa:?}");
     }
 }
