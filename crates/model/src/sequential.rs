@@ -319,10 +319,8 @@ impl Sequential {
         };
         // The next batch is loaded into the buffers of this one while the weights
         // are updated: the load runs on one thread, the update in chunks that the
-        // other takes as it can. On Zen 3 with 2 threads, epochs of MNIST took
-        // 0.97 of the time of loading each batch in its own step (medians of 30
-        // interleaved in one process; the load's 100-150 µs overlap an update
-        // of 100 µs on two threads, 130-200 on one).
+        // other takes as it can (the load's 100-150 µs overlap an update of
+        // 100 µs on two threads, 130-200 on one; Zen 3).
         let mut input = std::mem::take(&mut ws.input);
         let skip_zeros = ws.skip_input_zeros;
         rayon::join(
