@@ -316,7 +316,8 @@ impl Sequential {
                 indices,
                 true,
             );
-            step::backward(&model.layers, loss, model.input_dim, ws, indices.len());
+            let all = 0..model.layers.len();
+            step::backward(&model.layers, loss, model.input_dim, ws, indices.len(), all);
             model
                 .layers
                 .iter()

@@ -81,10 +81,16 @@ impl Sequential {
         let mut ws = self.take_workspace(batch_size.min(x.len()));
         for batch in indices.chunks(batch_size.min(ws.capacity)) {
             let rows = batch.len();
-            let backward = false;
-            step::load_input(x, batch, &mut ws.input, ws.skip_input_zeros, backward);
-            let last_activation = true;
-            step::forward(&self.layers, self.input_dim, &mut ws, rows, last_activation);
+            step::load_input(x, batch, &mut ws.input, ws.skip_input_zeros);
+            let (last_activation, all) = (true, 0..self.layers.len());
+            step::forward(
+                &self.layers,
+                self.input_dim,
+                &mut ws,
+                rows,
+                last_activation,
+                all,
+            );
             let last = ws.outputs.len() - 1;
             result.extend_from_slice(&ws.outputs[last][..rows * outputs]);
         }

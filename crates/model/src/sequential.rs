@@ -12,6 +12,7 @@ use kerno_tensor::profile::{self, Level, Work};
 use kerno_tensor::{Samples, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::ops::Range;
 
 /// A linear stack of dense layers, as `keras.Sequential`.
 ///
@@ -287,25 +288,39 @@ impl Sequential {
             .as_mut()
             .expect("fit checks that the model is compiled");
         if ws.input.loaded_ahead != indices {
-            let backward = true;
-            step::load_input(x, indices, &mut ws.input, ws.skip_input_zeros, backward);
+            step::load_input(x, indices, &mut ws.input, ws.skip_input_zeros);
         }
-        let stats = forward_and_loss(
-            &self.layers,
-            self.input_dim,
-            compiled.loss,
-            ws,
-            targets,
-            indices,
-            true,
-        );
-        step::backward(
-            &self.layers,
-            compiled.loss,
-            self.input_dim,
-            ws,
-            indices.len(),
-        );
+        let (layers, input_dim, loss) = (&self.layers[..], self.input_dim, compiled.loss);
+        let (rows, all) = (indices.len(), 0..layers.len());
+        gather_targets(targets, indices, ws);
+        let fused = step::fused_softmax_xent(layers, loss);
+        let stats = if ws.input.is_sparse {
+            // A sparse batch's entries by columns are built while the layers above
+            // the first run forward and back: those are thin products that leave
+            // the other thread mostly idle, and only the first layer's weight
+            // gradient reads the columns.
+            let (first, above) = (0..1, 1..layers.len());
+            step::forward(layers, input_dim, ws, rows, !fused, first.clone());
+            let mut sparse = std::mem::take(&mut ws.input.sparse);
+            let (stats, ()) = rayon::join(
+                || {
+                    let run = above.clone();
+                    let stats =
+                        forward_and_loss(layers, input_dim, loss, ws, targets, rows, true, run);
+                    step::backward(layers, loss, input_dim, ws, rows, above);
+                    stats
+                },
+                || step::build_input_columns(&mut sparse),
+            );
+            ws.input.sparse = sparse;
+            step::backward(layers, loss, input_dim, ws, rows, first);
+            stats
+        } else {
+            let run = all.clone();
+            let stats = forward_and_loss(layers, input_dim, loss, ws, targets, rows, true, run);
+            step::backward(layers, loss, input_dim, ws, rows, all);
+            stats
+        };
         // The update reads which inputs were 0 throughout the batch, not the batch.
         ws.zero_inputs.clear();
         if ws.input.is_sparse {
@@ -329,7 +344,7 @@ impl Sequential {
                     .optimizer
                     .apply(&mut compiled.state, &mut self.layers, ws)
             },
-            || step::load_input(x, next, &mut input, skip_zeros, true),
+            || step::load_input(x, next, &mut input, skip_zeros),
         );
         ws.input = input;
         ws.input.loaded_ahead.extend_from_slice(next);
@@ -349,27 +364,43 @@ pub(crate) fn run_batch(
     indices: &[usize],
     train: bool,
 ) -> LossStats {
-    step::load_input(x, indices, &mut ws.input, ws.skip_input_zeros, train);
-    forward_and_loss(layers, input_dim, loss, ws, targets, indices, train)
+    step::load_input(x, indices, &mut ws.input, ws.skip_input_zeros);
+    gather_targets(targets, indices, ws);
+    let all = 0..layers.len();
+    forward_and_loss(
+        layers,
+        input_dim,
+        loss,
+        ws,
+        targets,
+        indices.len(),
+        train,
+        all,
+    )
 }
 
-/// Runs the forward pass on the batch in `ws.input`, the samples `indices`, and
-/// the loss (with its gradient when `train`).
+/// Gathers the targets of the samples `indices` into the workspace.
+fn gather_targets(targets: &TargetTable<'_>, indices: &[usize], ws: &mut Workspace) {
+    let _span = profile::span(|| Work::kernel("targets gather"));
+    targets.gather(indices, ws);
+}
+
+/// Runs the layers `run` forward on the batch in `ws.input` (`rows` samples,
+/// whose targets are gathered), those before having run, then the loss (with its
+/// gradient when `train`).
+#[allow(clippy::too_many_arguments)]
 fn forward_and_loss(
     layers: &[DenseLayer],
     input_dim: usize,
     loss: Loss,
     ws: &mut Workspace,
     targets: &TargetTable<'_>,
-    indices: &[usize],
+    rows: usize,
     train: bool,
+    run: Range<usize>,
 ) -> LossStats {
-    let rows = indices.len();
-    let span = profile::span(|| Work::kernel("targets gather"));
-    targets.gather(indices, ws);
-    drop(span);
     let fused = step::fused_softmax_xent(layers, loss);
-    step::forward(layers, input_dim, ws, rows, !fused);
+    step::forward(layers, input_dim, ws, rows, !fused, run);
     let last = layers.len() - 1;
     let len = rows * layers[last].units;
     let Workspace {

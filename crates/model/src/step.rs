@@ -9,8 +9,9 @@ use kerno_tensor::profile::{self, Work};
 use kerno_tensor::sparse::SPARSE_DENSITY_LIMIT;
 use kerno_tensor::{
     gemm, gemm_column_sums, sparse_gemm, sparse_t_gemm, Activation, Epilogue, MatMut, MatRef,
-    Samples,
+    Samples, SparseRows,
 };
+use std::ops::Range;
 
 /// A GEMM of `m×k` by `k×n` as profiled work: `2mkn` operations.
 fn gemm_work(name: &'static str, m: usize, k: usize, n: usize) -> Work {
@@ -25,8 +26,8 @@ fn sparse_work(name: &'static str, nonzeros: usize, n: usize) -> Work {
 
 /// Loads the samples `indices` of `x` into `input`: when `skip_zeros` and they
 /// are sparse enough for the first layer's products to take their nonzeros alone,
-/// those nonzeros (by rows, and by columns too when a backward pass will take the
-/// weight gradient), else their values.
+/// those nonzeros by rows (the weight gradient builds them by columns), else their
+/// values.
 ///
 /// # Panics
 /// When `input` holds fewer than `indices.len()` samples.
@@ -35,7 +36,6 @@ pub(crate) fn load_input(
     indices: &[usize],
     input: &mut InputBatch,
     skip_zeros: bool,
-    backward: bool,
 ) {
     input.loaded_ahead.clear();
     let (rows, features) = (indices.len(), x.features());
@@ -45,8 +45,8 @@ pub(crate) fn load_input(
             let bytes = (rows * features * x.bytes_per_value()) as u64;
             Work::kernel("input compression (nonzeros)").bytes(bytes)
         });
-        compressed =
-            x.compress_if_sparse(indices, &mut input.sparse, SPARSE_DENSITY_LIMIT, backward);
+        let limit = SPARSE_DENSITY_LIMIT;
+        compressed = x.compress_if_sparse(indices, &mut input.sparse, limit, false);
     }
     input.is_sparse = compressed == Some(true);
     if input.is_sparse {
@@ -65,14 +65,19 @@ pub(crate) fn load_input(
             Work::kernel("input compression (nonzeros)").bytes(4 * values.len() as u64)
         });
         let values = MatRef::row_major(values, rows, features);
-        input.is_sparse = match backward {
-            true => input
-                .sparse
-                .compress_if_sparse(values, SPARSE_DENSITY_LIMIT),
-            false => input
-                .sparse
-                .compress_rows_if_sparse(values, SPARSE_DENSITY_LIMIT),
-        };
+        input.is_sparse = input
+            .sparse
+            .compress_rows_if_sparse(values, SPARSE_DENSITY_LIMIT);
+    }
+}
+
+/// Builds a sparse batch's nonzeros by columns, which its weight gradient reads.
+pub(crate) fn build_input_columns(sparse: &mut SparseRows) {
+    if !sparse.has_columns() {
+        let _span = profile::span(|| {
+            Work::kernel("input compression (by columns)").bytes(8 * sparse.nonzeros() as u64)
+        });
+        sparse.build_columns();
     }
 }
 
@@ -87,16 +92,18 @@ pub(crate) fn fused_softmax_xent(layers: &[DenseLayer], loss: Loss) -> bool {
         )
 }
 
-/// Runs the layers on the batch [`load_input`] put in `ws.input`, `rows` samples.
-/// With `last_activation` false the last layer's output stays as logits.
+/// Runs the layers `run` (all of them, or those after the ones already run) on
+/// the batch [`load_input`] put in `ws.input`, `rows` samples. With
+/// `last_activation` false the last layer's output stays as logits.
 pub(crate) fn forward(
     layers: &[DenseLayer],
     input_dim: usize,
     ws: &mut Workspace,
     rows: usize,
     last_activation: bool,
+    run: Range<usize>,
 ) {
-    for (l, layer) in layers.iter().enumerate() {
+    for (l, layer) in layers.iter().enumerate().take(run.end).skip(run.start) {
         let (before, rest) = ws.outputs.split_at_mut(l);
         let input = if l == 0 {
             &ws.input.x[..]
@@ -212,10 +219,19 @@ pub(crate) fn backward(
     input_dim: usize,
     ws: &mut Workspace,
     rows: usize,
+    run: Range<usize>,
 ) {
-    // Whether layer l's bias gradient was summed by the kernel that produced its `dz`.
-    let mut bias_grad_done = fused_softmax_xent(layers, loss);
-    for l in (0..layers.len()).rev() {
+    // Whether layer l's bias gradient was summed by the kernel that produced its
+    // `dz`: the fused loss kernel for the last layer, the input-gradient GEMM of
+    // the layer above for the others (see below).
+    let mut bias_grad_done = match layers.get(run.end) {
+        None => fused_softmax_xent(layers, loss),
+        Some(_) => {
+            let top = &layers[run.end - 1];
+            matches!(top.activation, Activation::Relu | Activation::Linear)
+        }
+    };
+    for l in run.rev() {
         let layer = &layers[l];
         let inputs = if l == 0 {
             input_dim
@@ -234,6 +250,7 @@ pub(crate) fn backward(
             MatMut::row_major(&mut ws.dkernels[l], inputs, layer.units),
         );
         if l == 0 && ws.input.is_sparse {
+            build_input_columns(&mut ws.input.sparse);
             let _span = profile::span(|| {
                 sparse_work(
                     "sparse weight-gradient GEMM",

@@ -234,9 +234,15 @@ impl SparseRows {
         true
     }
 
-    /// The entries by columns, from those by rows: a counting sort by column and
-    /// block of depth, which keeps each column's rows in order.
-    fn build_columns(&mut self) {
+    /// The entries by columns, from those by rows (what
+    /// [`compress_if_sparse`](Self::compress_if_sparse) adds to
+    /// [`compress_rows_if_sparse`](Self::compress_rows_if_sparse)), unless they
+    /// are built: a counting sort by column and block of depth, which keeps each
+    /// column's rows in order.
+    pub fn build_columns(&mut self) {
+        if self.has_columns() {
+            return;
+        }
         match depth_blocks(self.rows) {
             // One block (batches up to 400 rows): the bucket is the column alone.
             1 => self.sort_into_columns(1, |j, _| j as usize),
@@ -321,7 +327,7 @@ impl SparseRows {
     /// When the columns were not built ([`compress_rows_if_sparse`](Self::compress_rows_if_sparse)).
     pub fn col(&self, j: usize) -> (&[u32], &[f32]) {
         assert!(
-            self.columns_built(),
+            self.has_columns(),
             "the columns of this matrix were not built"
         );
         self.col_blocks(j).whole()
@@ -333,7 +339,7 @@ impl SparseRows {
     /// As [`col`](Self::col).
     pub fn empty_columns(&self) -> impl Iterator<Item = bool> + '_ {
         assert!(
-            self.columns_built(),
+            self.has_columns(),
             "the columns of this matrix were not built"
         );
         let blocks = depth_blocks(self.rows);
@@ -342,7 +348,7 @@ impl SparseRows {
     }
 
     /// Whether the entries by columns are this matrix's.
-    fn columns_built(&self) -> bool {
+    pub fn has_columns(&self) -> bool {
         self.col_starts.len() == self.cols * depth_blocks(self.rows) + 1
     }
 
@@ -524,7 +530,7 @@ pub fn sparse_t_gemm(a: &SparseRows, b: MatRef<'_>, c: MatMut<'_>) {
 pub fn sparse_t_gemm_with(isa: Isa, a: &SparseRows, b: MatRef<'_>, c: MatMut<'_>) {
     let (m, k, n) = (a.cols(), a.rows(), b.cols());
     assert_product_shapes("Aᵀ", (m, k), b, &c);
-    assert!(a.columns_built(), "the columns of A were not built");
+    assert!(a.has_columns(), "the columns of A were not built");
     let ldb = b.row_stride();
     let task = |first_row: usize, mut block: BlockMut<'_>| {
         flush_subnormals(|| {
