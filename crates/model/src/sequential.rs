@@ -310,7 +310,15 @@ impl Sequential {
                     step::backward(layers, loss, input_dim, ws, rows, above);
                     stats
                 },
-                || step::build_input_columns(&mut sparse),
+                || {
+                    step::build_input_columns(&mut sparse);
+                    // The next batch's rows, random rows of the dataset in DRAM,
+                    // asked for by a thread with time to spare (Zen 3, 2 threads,
+                    // 40 interleaved epochs: 0.98 of the time without).
+                    if let Some(next) = next {
+                        x.prefetch(next);
+                    }
+                },
             );
             ws.input.sparse = sparse;
             step::backward(layers, loss, input_dim, ws, rows, first);
