@@ -314,7 +314,7 @@ impl Sequential {
                     step::build_input_columns(&mut sparse);
                     // The next batch's rows, random rows of the dataset in DRAM,
                     // asked for by a thread with time to spare (Zen 3, 2 threads,
-                    // 40 interleaved epochs: 0.98 of the time without).
+                    // 40 interleaved epochs: 0.98 of their time without this).
                     if let Some(next) = next {
                         x.prefetch(next);
                     }
