@@ -302,6 +302,7 @@ impl Sequential {
             let (first, above) = (0..1, 1..layers.len());
             step::forward(layers, input_dim, ws, rows, !fused, first.clone());
             let mut sparse = std::mem::take(&mut ws.input.sparse);
+            let step_thread = rayon::current_thread_index();
             let (stats, ()) = rayon::join(
                 || {
                     let run = above.clone();
@@ -313,9 +314,11 @@ impl Sequential {
                 || {
                     step::build_input_columns(&mut sparse);
                     // The next batch's rows, random rows of the dataset in DRAM,
-                    // asked for by a thread with time to spare (Zen 3, 2 threads,
-                    // 40 interleaved epochs: 0.98 of their time without this).
-                    if let Some(next) = next {
+                    // asked for by another thread, with time to spare (Zen 3, 2
+                    // threads, 40 interleaved epochs: 0.98 of their time without
+                    // this); the step's own would wait for them.
+                    let other_thread = rayon::current_thread_index() != step_thread;
+                    if let Some(next) = next.filter(|_| other_thread) {
                         x.prefetch(next);
                     }
                 },
