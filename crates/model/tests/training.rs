@@ -391,3 +391,31 @@ fn sparse_bytes_train_as_their_scaled_values() {
     let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&bytes_trained.1), bits(&values_trained.1));
 }
+
+/// A sparse batch's first layer runs apart from the layers above it (its columns
+/// are built meanwhile), so the bias gradient of each layer must still be summed
+/// exactly once: deeper models, with and without relu under the second layer,
+/// train to the dense path's bits.
+#[test]
+fn deeper_models_on_sparse_inputs_train_to_the_dense_bits() {
+    let (x, y) = sparse_blobs(120, 13);
+    for first in [Activation::Relu, Activation::Tanh] {
+        let train = |skip: bool| {
+            let mut m = Sequential::new(80)
+                .with_seed(13)
+                .add(Dense::new(24, first))
+                .add(Dense::new(12, Activation::Tanh))
+                .add(Dense::new(3, Activation::Softmax));
+            m.compile(
+                Optimizer::rmsprop(),
+                Loss::CategoricalCrossentropy,
+                &[Metric::Accuracy],
+            )
+            .unwrap();
+            m.skip_input_zeros(skip);
+            m.fit(&x, &y, &quiet(2)).unwrap();
+            weight_bits(&m)
+        };
+        assert_eq!(train(true), train(false), "first layer {first:?}");
+    }
+}
