@@ -287,12 +287,13 @@ impl Sequential {
             .compiled
             .as_mut()
             .expect("fit checks that the model is compiled");
+        // A batch loaded ahead comes with its targets.
         if ws.input.loaded_ahead != indices {
             step::load_input(x, indices, &mut ws.input, ws.skip_input_zeros);
+            gather_targets(targets, indices, &mut ws.y, &mut ws.classes);
         }
         let (layers, input_dim, loss) = (&self.layers[..], self.input_dim, compiled.loss);
         let (rows, all) = (indices.len(), 0..layers.len());
-        gather_targets(targets, indices, ws);
         let fused = step::fused_softmax_xent(layers, loss);
         let stats = if ws.input.is_sparse {
             // A sparse batch's entries by columns are built while the layers above
@@ -343,11 +344,12 @@ impl Sequential {
                 .apply(&mut compiled.state, &mut self.layers, ws);
             return stats;
         };
-        // The next batch is loaded into the buffers of this one while the weights
-        // are updated: the load runs on one thread, the update in chunks that the
-        // other takes as it can (the load's 100-150 µs overlap an update of
-        // 100 µs on two threads, 130-200 on one; Zen 3).
+        // The next batch and its targets are loaded into the buffers of this one
+        // while the weights are updated: the load runs on one thread, the update
+        // in chunks that the other takes as it can (the load's 50-100 µs overlap
+        // an update of 100 µs on two threads, 130-200 on one; Zen 3).
         let mut input = std::mem::take(&mut ws.input);
+        let (mut y, mut classes) = (std::mem::take(&mut ws.y), std::mem::take(&mut ws.classes));
         let skip_zeros = ws.skip_input_zeros;
         rayon::join(
             || {
@@ -355,9 +357,12 @@ impl Sequential {
                     .optimizer
                     .apply(&mut compiled.state, &mut self.layers, ws)
             },
-            || step::load_input(x, next, &mut input, skip_zeros),
+            || {
+                step::load_input(x, next, &mut input, skip_zeros);
+                gather_targets(targets, next, &mut y, &mut classes);
+            },
         );
-        ws.input = input;
+        (ws.input, ws.y, ws.classes) = (input, y, classes);
         ws.input.loaded_ahead.extend_from_slice(next);
         stats
     }
@@ -376,7 +381,7 @@ pub(crate) fn run_batch(
     train: bool,
 ) -> LossStats {
     step::load_input(x, indices, &mut ws.input, ws.skip_input_zeros);
-    gather_targets(targets, indices, ws);
+    gather_targets(targets, indices, &mut ws.y, &mut ws.classes);
     let all = 0..layers.len();
     forward_and_loss(
         layers,
@@ -390,10 +395,16 @@ pub(crate) fn run_batch(
     )
 }
 
-/// Gathers the targets of the samples `indices` into the workspace.
-fn gather_targets(targets: &TargetTable<'_>, indices: &[usize], ws: &mut Workspace) {
+/// Gathers the targets of the samples `indices` into `y` (dense targets) or
+/// `classes`, the workspace's.
+fn gather_targets(
+    targets: &TargetTable<'_>,
+    indices: &[usize],
+    y: &mut [f32],
+    classes: &mut [u32],
+) {
     let _span = profile::span(|| Work::kernel("targets gather"));
-    targets.gather(indices, ws);
+    targets.gather(indices, y, classes);
 }
 
 /// Runs the layers `run` forward on the batch in `ws.input` (`rows` samples,

@@ -2,7 +2,6 @@
 
 use crate::error::ModelError;
 use crate::loss::Loss;
-use crate::workspace::Workspace;
 use kerno_tensor::loss::Targets;
 use kerno_tensor::{Samples, Tensor};
 
@@ -66,12 +65,12 @@ impl<'a> TargetTable<'a> {
         }
     }
 
-    /// Copies the targets of `indices` into the workspace.
-    pub fn gather(&self, indices: &[usize], ws: &mut Workspace) {
+    /// Copies the targets of `indices` into `y` (dense targets) or `classes`.
+    pub fn gather(&self, indices: &[usize], y: &mut [f32], classes: &mut [u32]) {
         match self {
-            TargetTable::Dense(y) => y.gather(indices, &mut ws.y[..indices.len() * y.row_len()]),
+            TargetTable::Dense(t) => t.gather(indices, &mut y[..indices.len() * t.row_len()]),
             TargetTable::Classes(c) => {
-                for (dst, &i) in ws.classes.iter_mut().zip(indices) {
+                for (dst, &i) in classes.iter_mut().zip(indices) {
                     *dst = c[i];
                 }
             }
