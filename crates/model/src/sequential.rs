@@ -13,6 +13,7 @@ use kerno_tensor::{Samples, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A linear stack of dense layers, as `keras.Sequential`.
 ///
@@ -303,23 +304,24 @@ impl Sequential {
             let (first, above) = (0..1, 1..layers.len());
             step::forward(layers, input_dim, ws, rows, !fused, first.clone());
             let mut sparse = std::mem::take(&mut ws.input.sparse);
-            let step_thread = rayon::current_thread_index();
+            let above_done = AtomicBool::new(false);
             let (stats, ()) = rayon::join(
                 || {
                     let run = above.clone();
                     let stats =
                         forward_and_loss(layers, input_dim, loss, ws, targets, rows, true, run);
                     step::backward(layers, loss, input_dim, ws, rows, above);
+                    above_done.store(true, Ordering::Release);
                     stats
                 },
                 || {
                     step::build_input_columns(&mut sparse);
                     // The next batch's rows, random rows of the dataset in DRAM,
-                    // asked for by another thread, with time to spare (Zen 3, 2
-                    // threads, 40 interleaved epochs: 0.98 of their time without
-                    // this); the step's own would wait for them.
-                    let other_thread = rayon::current_thread_index() != step_thread;
-                    if let Some(next) = next.filter(|_| other_thread) {
+                    // asked for while the layers above still run on another
+                    // thread (Zen 3, 2 threads, 40 interleaved epochs: 0.98 of
+                    // their time without this); after them, the step would wait.
+                    let alongside = !above_done.load(Ordering::Acquire);
+                    if let Some(next) = next.filter(|_| alongside) {
                         x.prefetch(next);
                     }
                 },
@@ -348,6 +350,13 @@ impl Sequential {
         // while the weights are updated: the load runs on one thread, the update
         // in chunks that the other takes as it can (the load's 50-100 µs overlap
         // an update of 100 µs on two threads, 130-200 on one; Zen 3).
+        if rayon::current_num_threads() == 1 {
+            // The load will follow the update on this thread: its random rows in
+            // DRAM, asked for now, arrive during the update's square roots and
+            // divisions.
+            x.prefetch(next);
+            targets.prefetch(next);
+        }
         let mut input = std::mem::take(&mut ws.input);
         let (mut y, mut classes) = (std::mem::take(&mut ws.y), std::mem::take(&mut ws.classes));
         let skip_zeros = ws.skip_input_zeros;

@@ -77,6 +77,13 @@ impl<'a> TargetTable<'a> {
         }
     }
 
+    /// Asks the CPU to start loading the targets of `indices`, soon to be gathered.
+    pub fn prefetch(&self, indices: &[usize]) {
+        if let TargetTable::Dense(y) = self {
+            y.prefetch(indices);
+        }
+    }
+
     /// The gathered targets of a batch of `rows`, from the workspace's `y` and `classes`.
     pub fn batch<'w>(&self, y: &'w [f32], classes: &'w [u32], rows: usize) -> Targets<'w> {
         match self {
