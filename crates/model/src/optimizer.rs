@@ -3,7 +3,7 @@
 use crate::error::ModelError;
 use crate::layer::DenseLayer;
 use crate::workspace::Workspace;
-use kerno_tensor::optim::{RmsProp, ZeroRows};
+use kerno_tensor::optim::RmsProp;
 use kerno_tensor::profile::{self, Work};
 use kerno_tensor::{optim, AlignedBuf, Isa};
 use serde::{Deserialize, Serialize};
@@ -164,18 +164,13 @@ impl Optimizer {
         for (l, layer) in layers.iter_mut().enumerate() {
             // A sparse batch's empty columns: rows of the first kernel's gradient
             // that the weight-gradient product has set to zeros.
-            let empty_column = |r: usize| ws.zero_inputs[r];
-            let zero_rows = (l == 0 && !ws.zero_inputs.is_empty()).then_some(ZeroRows {
-                width: layer.units,
-                is_zero: &empty_column,
-            });
+            let zero_rows = (l == 0 && !ws.zero_inputs.is_empty()).then_some(&ws.zero_inputs[..]);
             let _span = profile::span(|| {
                 let values = (layer.kernel.len() + layer.bias.len()) as u64;
                 // Values of rows of zeros whose update is the velocity's decay alone.
                 let decayed = match (self, zero_rows) {
                     (Optimizer::RmsProp { .. }, Some(zero)) => {
-                        let rows = layer.kernel.len() / layer.units.max(1);
-                        ((0..rows).filter(|&r| (zero.is_zero)(r)).count() * layer.units) as u64
+                        (zero.iter().filter(|&&z| z).count() * layer.units) as u64
                     }
                     _ => 0,
                 };
@@ -202,7 +197,7 @@ impl Optimizer {
         &self,
         w: &mut [f32],
         g: &[f32],
-        zero_rows: Option<ZeroRows<'_>>,
+        zero_rows: Option<&[bool]>,
         slot: Option<&mut [AlignedBuf]>,
         iteration: u64,
     ) {

@@ -15,14 +15,6 @@ pub struct RmsProp {
     pub epsilon: f32,
 }
 
-/// The rows of a gradient (each `width` values) that are known to be all zeros:
-/// the first layer's, for the pixels that are 0 in every image of a batch.
-#[derive(Clone, Copy)]
-pub struct ZeroRows<'a> {
-    pub width: usize,
-    pub is_zero: &'a (dyn Fn(usize) -> bool + Sync),
-}
-
 /// RMSprop: `v ← ρv + (1−ρ)g²; w ← w − lr·g/√(v+ε)` (Keras 3, ε inside the root),
 /// vectorised for this machine and spread over the threads.
 pub fn rmsprop_step(w: &mut [f32], g: &[f32], v: &mut [f32], lr: f32, rho: f32, epsilon: f32) {
@@ -30,20 +22,22 @@ pub fn rmsprop_step(w: &mut [f32], g: &[f32], v: &mut [f32], lr: f32, rho: f32, 
     rmsprop_step_with(Isa::detected(), w, g, v, None, p)
 }
 
-/// [`rmsprop_step`] with a chosen instruction set (tests force each one), and
-/// the rows of `g` known to be zeros, if any: there the update is `v ← ρv`
+/// [`rmsprop_step`] with a chosen instruction set (tests force each one), and,
+/// if given, whether each row of `g` is known to be all zeros (the first layer's
+/// gradient, for the pixels that are 0 in every image of a batch; the tensors
+/// split into as many rows as there are flags): there the update is `v ← ρv`
 /// alone, the full update's bits (`ρv + 0`, and `w − 0/√(v+ε)` is `w`), without
 /// its square root and division, which bound its speed.
 ///
 /// # Panics
 /// When `isa` is not supported by this CPU, the slices differ in length, or they
-/// are not whole rows of `zero_rows.width`.
+/// do not split into `zero_rows.len()` rows.
 pub fn rmsprop_step_with(
     isa: Isa,
     w: &mut [f32],
     g: &[f32],
     v: &mut [f32],
-    zero_rows: Option<ZeroRows<'_>>,
+    zero_rows: Option<&[bool]>,
     p: RmsProp,
 ) {
     assert!(
@@ -61,11 +55,12 @@ pub fn rmsprop_step_with(
             elementwise::rmsprop(isa, w, g, v, p)
         });
     };
-    let width = zero_rows.width.max(1);
+    let width = w.len() / zero_rows.len().max(1);
     assert!(
-        w.len().is_multiple_of(width),
-        "rmsprop: {} values are not rows of {width}",
-        w.len()
+        width * zero_rows.len() == w.len() && width > 0,
+        "rmsprop: {} values are not {} rows",
+        w.len(),
+        zero_rows.len()
     );
     let rows_per_task = (CHUNK / width).max(1);
     let task = |t: usize, (w, (g, v)): (&mut [f32], (&[f32], &mut [f32]))| {
@@ -74,9 +69,9 @@ pub fn rmsprop_step_with(
         let mut r = 0;
         // Runs of rows alike, each one loop.
         while r < rows {
-            let zero = (zero_rows.is_zero)(first + r);
+            let zero = zero_rows[first + r];
             let end = (r + 1..rows)
-                .find(|&s| (zero_rows.is_zero)(first + s) != zero)
+                .find(|&s| zero_rows[first + s] != zero)
                 .unwrap_or(rows);
             let run = r * width..end * width;
             match zero {
