@@ -39,14 +39,15 @@ pub(crate) fn load_input(
 ) {
     input.loaded_ahead.clear();
     let (rows, features) = (indices.len(), x.features());
+    let compression = |bytes_per_value: usize| {
+        let bytes = (rows * features * bytes_per_value) as u64;
+        profile::span(move || Work::kernel("input compression (nonzeros)").bytes(bytes))
+    };
+    let limit = SPARSE_DENSITY_LIMIT;
     let mut compressed = None;
     if skip_zeros && rows > 0 {
-        let _span = profile::span(|| {
-            let bytes = (rows * features * x.bytes_per_value()) as u64;
-            Work::kernel("input compression (nonzeros)").bytes(bytes)
-        });
-        let limit = SPARSE_DENSITY_LIMIT;
-        compressed = x.compress_if_sparse(indices, &mut input.sparse, limit, false);
+        let _span = compression(x.bytes_per_value());
+        compressed = x.compress_rows_if_sparse(indices, &mut input.sparse, limit);
     }
     input.is_sparse = compressed == Some(true);
     if input.is_sparse {
@@ -61,13 +62,9 @@ pub(crate) fn load_input(
     x.gather(indices, values);
     drop(span);
     if skip_zeros && rows > 0 && compressed.is_none() {
-        let _span = profile::span(|| {
-            Work::kernel("input compression (nonzeros)").bytes(4 * values.len() as u64)
-        });
+        let _span = compression(std::mem::size_of::<f32>());
         let values = MatRef::row_major(values, rows, features);
-        input.is_sparse = input
-            .sparse
-            .compress_rows_if_sparse(values, SPARSE_DENSITY_LIMIT);
+        input.is_sparse = input.sparse.compress_rows_if_sparse(values, limit);
     }
 }
 

@@ -13,8 +13,8 @@ pub(crate) struct InputBatch {
     pub x: AlignedBuf,
     pub sparse: SparseRows,
     pub is_sparse: bool,
-    /// The samples a training step loaded for the step after it (by rows and by
-    /// columns); empty after any other load.
+    /// The samples a training step loaded, with their targets, for the step
+    /// after it; empty after any other load.
     pub loaded_ahead: Vec<usize>,
 }
 

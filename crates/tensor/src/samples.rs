@@ -22,16 +22,14 @@ pub trait Samples: Sync {
     fn prefetch(&self, _indices: &[usize]) {}
 
     /// Compresses the rows `indices` into `sparse` as
-    /// [`SparseRows::compress_if_sparse`] (`with_columns`) or
     /// [`SparseRows::compress_rows_if_sparse`] of their gathered values would, bit
     /// for bit, and says whether they were sparse enough; without gathering them
     /// where the table can, `None` where it cannot (the default).
-    fn compress_if_sparse(
+    fn compress_rows_if_sparse(
         &self,
         _indices: &[usize],
         _sparse: &mut SparseRows,
         _limit: f64,
-        _with_columns: bool,
     ) -> Option<bool> {
         None
     }
@@ -146,28 +144,20 @@ impl Samples for ScaledBytes<'_> {
     }
 
     /// Straight from the bytes: no f32 row is written (a batch of 128 MNIST
-    /// images in cache on Zen 3, one thread, medians: by rows, gathered then
-    /// compressed 78 µs, from the bytes 34 µs; by rows and columns 142 and 96 µs).
-    fn compress_if_sparse(
+    /// images in cache on Zen 3, one thread, medians: gathered then compressed
+    /// 78 µs, from the bytes 34 µs).
+    fn compress_rows_if_sparse(
         &self,
         indices: &[usize],
         sparse: &mut SparseRows,
         limit: f64,
-        with_columns: bool,
     ) -> Option<bool> {
         // Every row asked for at once, as in `gather` (Zen 3, inside a training
         // step: the rows took 175 µs without this, 50 µs with it).
         self.prefetch(indices);
         let shape = (indices.len(), self.features);
         let row = |i: usize| self.row(indices[i]);
-        sparse.compress_scaled_bytes_if_sparse(
-            Isa::detected(),
-            shape,
-            row,
-            self.divisor,
-            limit,
-            with_columns,
-        )
+        sparse.compress_scaled_bytes_if_sparse(Isa::detected(), shape, row, self.divisor, limit)
     }
 }
 
@@ -197,16 +187,17 @@ mod tests {
         expected.compress(crate::MatRef::row_major(&values, indices.len(), 6));
         let mut sparse = SparseRows::default();
         assert_eq!(
-            samples.compress_if_sparse(&indices, &mut sparse, 1.0, true),
+            samples.compress_rows_if_sparse(&indices, &mut sparse, 1.0),
             Some(true)
         );
+        sparse.build_columns();
         assert_eq!(sparse.nonzeros(), expected.nonzeros());
         assert!((0..indices.len()).all(|i| sparse.row(i) == expected.row(i)));
         assert!((0..6).all(|j| sparse.col(j) == expected.col(j)));
 
         let tensor = samples.to_tensor();
         assert_eq!(
-            tensor.compress_if_sparse(&indices, &mut sparse, 1.0, true),
+            tensor.compress_rows_if_sparse(&indices, &mut sparse, 1.0),
             None
         );
     }

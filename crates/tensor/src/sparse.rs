@@ -123,12 +123,11 @@ impl SparseRows {
         })
     }
 
-    /// [`compress_if_sparse`](Self::compress_if_sparse) (`with_columns`) or
     /// [`compress_rows_if_sparse`](Self::compress_rows_if_sparse) of the
     /// `rows × cols` matrix whose row `i` is `row(i)`'s bytes, each read as
     /// `byte as f32 / divisor`, with `isa`: the same entries, bit for bit, without
     /// that matrix ever written (a batch of MNIST's images compressed from the
-    /// dataset's bytes). `None`, having done nothing, for a divisor under which a
+    /// dataset's bytes); [`build_columns`](Self::build_columns) adds the columns. `None`, having done nothing, for a divisor under which a
     /// byte other than 0 could give 0 or a subnormal, or the byte 0 a NaN: a
     /// finite one between 1e-30 and 1e30 in magnitude works.
     ///
@@ -141,22 +140,17 @@ impl SparseRows {
         row: impl Fn(usize) -> &'a [u8],
         divisor: f32,
         limit: f64,
-        with_columns: bool,
     ) -> Option<bool> {
         if !is_exact_divisor(divisor) {
             return None;
         }
-        let sparse = self.rows_if_sparse((rows, cols), limit, |sparse, most| {
+        Some(self.rows_if_sparse((rows, cols), limit, |sparse, most| {
             sparse.compress_rows((rows, cols), most, |i, positions, out| {
                 let bytes = row(i);
                 assert_eq!(bytes.len(), cols, "row {i} is not {cols} bytes");
                 keep_nonzero_bytes(isa, bytes, divisor, positions, out)
             })
-        });
-        if sparse && with_columns {
-            self.build_columns();
-        }
-        Some(sparse)
+        }))
     }
 
     /// The entries by rows of a `rows × cols` matrix, by `compress(self, most)`,

@@ -316,9 +316,12 @@ fn scaled_bytes_compress_to_the_entries_of_their_scaled_values() {
                 for columns in [false, true] {
                     let mut sparse = SparseRows::default();
                     let shape = (rows, cols);
-                    let kept = sparse
-                        .compress_scaled_bytes_if_sparse(isa, shape, row, divisor, 1.0, columns);
+                    let kept =
+                        sparse.compress_scaled_bytes_if_sparse(isa, shape, row, divisor, 1.0);
                     assert_eq!(kept, Some(true));
+                    if columns {
+                        sparse.build_columns();
+                    }
                     let what = format!("{isa:?} {rows}x{cols} over {divisor}");
                     assert_same_entries(&sparse, &expected, columns, &what);
                     if columns {
@@ -344,17 +347,16 @@ fn scaled_bytes_over_the_limit_or_with_an_inexact_divisor_are_refused() {
     let mut sparse = SparseRows::default();
     let isa = Isa::detected();
     assert_eq!(
-        sparse.compress_scaled_bytes_if_sparse(isa, (rows, cols), row, 2.0, 0.4, true),
+        sparse.compress_scaled_bytes_if_sparse(isa, (rows, cols), row, 2.0, 0.4),
         Some(false)
     );
     assert_eq!((sparse.rows(), sparse.cols(), sparse.nonzeros()), (0, 0, 0));
     assert_eq!(
-        sparse.compress_scaled_bytes_if_sparse(isa, (rows, cols), row, 2.0, 0.5, true),
+        sparse.compress_scaled_bytes_if_sparse(isa, (rows, cols), row, 2.0, 0.5),
         Some(true)
     );
     for divisor in [0.0, f32::INFINITY, f32::NAN, 1e31, 1e-31, -1e-31] {
-        let refused =
-            sparse.compress_scaled_bytes_if_sparse(isa, (rows, cols), row, divisor, 1.0, true);
+        let refused = sparse.compress_scaled_bytes_if_sparse(isa, (rows, cols), row, divisor, 1.0);
         assert_eq!(refused, None, "divisor {divisor}");
         assert_eq!(sparse.nonzeros(), rows * cols / 2, "left as it was");
     }
