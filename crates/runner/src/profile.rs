@@ -191,8 +191,21 @@ impl Summary {
             self.steps,
             isa.name()
         );
+        let names: Vec<String> = self
+            .rows
+            .iter()
+            .map(|row| match row.layer {
+                Some(layer) => format!("{}, layer {layer}", row.name),
+                None => row.name.clone(),
+            })
+            .collect();
+        // The name column fits the longest name, so that the figures line up.
+        let width = names
+            .iter()
+            .map(|name| name.chars().count())
+            .fold(44, usize::max);
         out += &format!(
-            "{:<44} {:>6} {:>10} {:>10} {:>9} {:>8} {:>7}\n",
+            "{:<width$} {:>6} {:>10} {:>10} {:>9} {:>8} {:>7}\n",
             "kernel", "calls", "total ms", "mean µs", "GFLOP/s", "GB/s", "share"
         );
         let per_second = |amount: u64, nanos: u64| -> String {
@@ -202,13 +215,9 @@ impl Summary {
                 format!("{:.1}", amount as f64 / nanos.max(1) as f64)
             }
         };
-        for row in &self.rows {
-            let name = match row.layer {
-                Some(layer) => format!("{}, layer {layer}", row.name),
-                None => row.name.clone(),
-            };
+        for (row, name) in self.rows.iter().zip(&names) {
             out += &format!(
-                "{:<44} {:>6} {:>10.2} {:>10.1} {:>9} {:>8} {:>6.1}%\n",
+                "{:<width$} {:>6} {:>10.2} {:>10.1} {:>9} {:>8} {:>6.1}%\n",
                 name,
                 row.calls,
                 row.nanos as f64 / 1e6,
@@ -220,7 +229,7 @@ impl Summary {
         }
         let between = self.step_nanos.saturating_sub(self.kernel_nanos);
         out += &format!(
-            "{:<44} {:>6} {:>10.2} {:>10} {:>9} {:>8} {:>6.1}%\n\n",
+            "{:<width$} {:>6} {:>10.2} {:>10} {:>9} {:>8} {:>6.1}%\n\n",
             "(between kernels)",
             "",
             between as f64 / 1e6,

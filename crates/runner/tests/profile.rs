@@ -180,6 +180,21 @@ fn the_profile_table_names_the_kernels_and_the_peak() {
     ] {
         assert!(text.contains(expected), "no '{expected}' in\n{text}");
     }
+    // The figures line up under the header, however long a kernel's name.
+    let header = text.lines().find(|l| l.starts_with("kernel")).unwrap();
+    let calls_end = header.find("calls").unwrap() + "calls".len();
+    let rows = text
+        .lines()
+        .skip_while(|l| !l.starts_with("kernel"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("(between kernels)"));
+    for row in rows {
+        let calls = row.char_indices().nth(calls_end - 1).map(|(_, c)| c);
+        assert!(
+            calls.is_some_and(|c| c.is_ascii_digit()),
+            "the calls column is not under its header in\n{text}"
+        );
+    }
     // A dense input: the kernels execute the model's operations, none skipped.
     assert!(!text.contains("executed:"), "{text}");
     // Every bias gradient is summed by the kernel that makes its layer's gradient.
