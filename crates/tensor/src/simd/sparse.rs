@@ -51,7 +51,7 @@ pub(crate) fn sparse_row_product(
         Isa::Avx512 => {
             assert!(isa.is_supported(), "AVX-512F is not supported on this CPU");
             // SAFETY: the CPU has AVX-512F and FMA (asserted).
-            unsafe { avx512(index, value, b, ldb, out, finish) }
+            unsafe { sparse_row_product_avx512(index, value, b, ldb, out, finish) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => {
@@ -60,9 +60,9 @@ pub(crate) fn sparse_row_product(
                 "AVX2 and FMA are not supported on this CPU"
             );
             // SAFETY: as above, for AVX2 and FMA.
-            unsafe { avx2(index, value, b, ldb, out, finish) }
+            unsafe { sparse_row_product_avx2(index, value, b, ldb, out, finish) }
         }
-        _ => portable(index, value, b, ldb, out, finish),
+        _ => sparse_row_product_portable(index, value, b, ldb, out, finish),
     }
 }
 
@@ -83,7 +83,14 @@ fn assert_rows_inside(index: &[u32], ldb: usize, width: usize, len: usize) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-fn avx512(index: &[u32], value: &[f32], b: &[f32], ldb: usize, out: &mut [f32], f: RowFinish) {
+fn sparse_row_product_avx512(
+    index: &[u32],
+    value: &[f32],
+    b: &[f32],
+    ldb: usize,
+    out: &mut [f32],
+    f: RowFinish,
+) {
     assert_rows_inside(index, ldb, out.len(), b.len());
     // SAFETY: compiled for AVX-512F, run only where the caller has checked it; the bounds are checked above.
     unsafe { row_product::<__m512>(index, value, b, ldb, out, f) }
@@ -91,7 +98,14 @@ fn avx512(index: &[u32], value: &[f32], b: &[f32], ldb: usize, out: &mut [f32], 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn avx2(index: &[u32], value: &[f32], b: &[f32], ldb: usize, out: &mut [f32], f: RowFinish) {
+fn sparse_row_product_avx2(
+    index: &[u32],
+    value: &[f32],
+    b: &[f32],
+    ldb: usize,
+    out: &mut [f32],
+    f: RowFinish,
+) {
     assert_rows_inside(index, ldb, out.len(), b.len());
     // SAFETY: compiled for AVX2 and FMA, run only where the caller has checked them; the bounds are checked above.
     unsafe { row_product::<__m256>(index, value, b, ldb, out, f) }
@@ -214,7 +228,7 @@ fn finish_scalar(sum: f32, old: f32, col: usize, finish: RowFinish<'_>) -> f32 {
 
 /// [`sparse_row_product`] on `wide`'s 8-lane vectors, the multiply-add the
 /// portable GEMM kernel uses; the last columns in a zero-padded vector.
-fn portable(
+fn sparse_row_product_portable(
     index: &[u32],
     value: &[f32],
     b: &[f32],
