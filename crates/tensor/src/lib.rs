@@ -3,8 +3,8 @@
 //! The training path of a dense network is a handful of kernels: a GEMM with a
 //! fused epilogue ([`gemm()`]), element-wise activations ([`activation`]), the fused
 //! softmax + cross-entropy ([`loss::softmax_xent_fwd_bwd`]) and the optimizer
-//! updates ([`optim`]). Each has a plain f64 twin in [`reference`](mod@reference) that the tests
-//! compare against.
+//! updates ([`optim`]). Each has a plain f64 twin in [`reference`](mod@reference)
+//! that the tests compare against.
 
 pub mod activation;
 mod aligned;
