@@ -83,7 +83,7 @@ fn fetch_verified(url: &str, sha256: &str) -> Result<Vec<u8>, DataError> {
     let response = ureq::get(url)
         .timeout(Duration::from_secs(120))
         .call()
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(request_failure(e)))?;
     let mut body = Vec::new();
     response
         .into_reader()
@@ -102,6 +102,21 @@ fn fetch_verified(url: &str, sha256: &str) -> Result<Vec<u8>, DataError> {
         });
     }
     Ok(body)
+}
+
+/// What went wrong with a request, without its URL (the error names it first).
+fn request_failure(error: ureq::Error) -> String {
+    match error {
+        ureq::Error::Status(code, response) => {
+            format!("HTTP status {code} {}", response.status_text())
+        }
+        ureq::Error::Transport(transport) => {
+            let detail = |text: Option<String>| text.map(|t| format!(": {t}")).unwrap_or_default();
+            let message = detail(transport.message().map(str::to_string));
+            let cause = detail(std::error::Error::source(&transport).map(ToString::to_string));
+            format!("{}{message}{cause}", transport.kind())
+        }
+    }
 }
 
 /// SHA-256 of the bytes, gunzipped first when they are gzip.

@@ -84,8 +84,10 @@ impl fmt::Display for Malformation {
 /// Any failure to find, fetch or read a dataset.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    /// The I/O error is part of the message, not a `source()`: printed as a
+    /// chain, it would otherwise appear twice.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
     #[error("{}: {problem}", path.display())]
     Malformed {
         path: PathBuf,
@@ -117,10 +119,10 @@ pub enum DataError {
 }
 
 impl DataError {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: io::Error) -> Self {
         DataError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 

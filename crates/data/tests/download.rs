@@ -84,3 +84,27 @@ fn a_checksum_mismatch_is_rejected_and_leaves_nothing_behind() {
     let left: Vec<_> = std::fs::read_dir(dest.path()).unwrap().collect();
     assert!(left.is_empty(), "files were left behind: {left:?}");
 }
+
+/// A failed request is one message naming its URL once: an HTTP status, or
+/// what stopped the connection.
+#[test]
+fn a_failed_request_names_its_url_once() {
+    let dest = tempfile::tempdir().unwrap();
+    let files = [RemoteFile {
+        name: "data.gz",
+        sha256: sha256_hex(b"anything"),
+    }];
+    let not_found = format!("{}/none/", serve(vec![], 1));
+    // A port just freed: nothing listens there.
+    let refused = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/m/", listener.local_addr().unwrap())
+    };
+    for (mirror, reason) in [(not_found, "404"), (refused, "Connection Failed")] {
+        let err = fetch_missing(&files, &[&mirror], dest.path()).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, DataError::Download { .. }), "{text}");
+        assert_eq!(text.matches("data.gz").count(), 1, "{text}");
+        assert!(text.contains(reason), "{text}");
+    }
+}

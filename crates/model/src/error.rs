@@ -21,8 +21,10 @@ pub enum ModelError {
         step: usize,
         value: f32,
     },
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    /// The I/O error is part of the message, not a `source()`: printed as a
+    /// chain, it would otherwise appear twice.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
     #[error("{}: {problem}", path.display())]
     BadModelFile { path: PathBuf, problem: String },
 }

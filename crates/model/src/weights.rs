@@ -113,9 +113,9 @@ impl Sequential {
         let metadata = Some(HashMap::from([(METADATA_KEY.to_string(), arch)]));
         let file =
             safetensors::serialize(views, &metadata).map_err(|e| bad(path, e.to_string()))?;
-        kerno_data::write_atomically(path, &file).map_err(|source| ModelError::Io {
+        kerno_data::write_atomically(path, &file).map_err(|error| ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })
     }
 
@@ -196,9 +196,9 @@ fn le_bytes(values: &[f32]) -> Vec<u8> {
 }
 
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
-    let io = |source| ModelError::Io {
+    let io = |error| ModelError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let len = std::fs::metadata(path).map_err(io)?.len();
     if len > MAX_FILE_BYTES {
