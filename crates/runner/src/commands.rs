@@ -208,10 +208,14 @@ fn report_test(model: &mut Sequential, data: &Dataset, batch_size: usize) -> Res
 }
 
 /// A saved model, checked to fit the dataset's images and classes.
-fn load_model(path: &Path, data: &Dataset) -> Result<Sequential> {
+/// The model at `path` and the dataset it is to be checked on, the model read
+/// first: a wrong path is then an error at once, not after MNIST is found (or
+/// downloaded).
+fn load_model_and_data(path: &Path, data: &DataArgs) -> Result<(Sequential, Dataset)> {
     let model = Sequential::load(path)?;
-    check_fits(&model, path, data)?;
-    Ok(model)
+    let data = load_data(data)?;
+    check_fits(&model, path, &data)?;
+    Ok((model, data))
 }
 
 /// Checks that the model read from `path` fits the dataset's images and classes.
@@ -230,8 +234,7 @@ fn check_fits(model: &Sequential, path: &Path, data: &Dataset) -> Result<()> {
 }
 
 fn evaluate(args: EvaluateArgs) -> Result<()> {
-    let data = load_data(&args.data)?;
-    let mut model = load_model(&args.model, &data)?;
+    let (mut model, data) = load_model_and_data(&args.model, &args.data)?;
     model.compile(
         Optimizer::rmsprop(),
         Loss::CategoricalCrossentropy,
@@ -241,8 +244,7 @@ fn evaluate(args: EvaluateArgs) -> Result<()> {
 }
 
 fn predict(args: PredictArgs) -> Result<()> {
-    let data = load_data(&args.data)?;
-    let mut model = load_model(&args.model, &data)?;
+    let (mut model, data) = load_model_and_data(&args.model, &args.data)?;
     let images = &data.test.images;
     let end = args
         .start

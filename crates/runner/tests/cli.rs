@@ -57,6 +57,32 @@ fn an_explicit_data_folder_missing_files_is_an_error_naming_them() {
     assert!(err.contains("no-such-folder"), "{err}");
 }
 
+/// A model path that does not exist is named once, before any dataset is looked
+/// for (here the data folder is missing too, and is not the error).
+#[test]
+fn a_missing_model_is_named_once_before_the_data_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("no-such-model.safetensors");
+    let no_data = dir.path().join("no-such-folder");
+    for command in ["evaluate", "predict"] {
+        let args = [
+            command,
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            no_data.to_str().unwrap(),
+        ];
+        let out = kerno(&args, &[]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert_eq!(err.matches("no-such-model").count(), 1, "{err}");
+        assert!(!err.contains("no-such-folder"), "{err}");
+        // The operating system's reason, once.
+        assert_eq!(err.matches("os error").count(), 1, "{err}");
+    }
+}
+
 #[test]
 fn train_save_evaluate_predict_on_a_generated_dataset() {
     let dir = tempfile::tempdir().unwrap();
