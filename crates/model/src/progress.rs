@@ -98,9 +98,10 @@ pub(crate) fn epoch_line(logs: &EpochLogs) -> String {
         format!("{:.0}us/step", per_step * 1e6)
     };
     format!(
-        "{steps}/{steps} - {secs}s - {per_step} - {metrics}",
+        "{steps}/{steps} - {secs:.0}s - {per_step} - {metrics}",
         steps = logs.steps,
-        secs = logs.train_seconds as u64,
+        // Rounded, as Keras formats the seconds (0.6 s is "1s").
+        secs = logs.train_seconds,
         metrics = metrics_text(logs.loss, logs.accuracy, logs.val_loss, logs.val_accuracy)
     )
 }
@@ -153,6 +154,14 @@ mod tests {
         assert_eq!(
             epoch_line(&logs),
             "469/469 - 2s - 5ms/step - accuracy: 0.9250 - loss: 0.2596"
+        );
+        let quick = EpochLogs {
+            train_seconds: 0.6,
+            ..logs
+        };
+        assert_eq!(
+            epoch_line(&quick),
+            "469/469 - 1s - 1ms/step - accuracy: 0.9250 - loss: 0.2596"
         );
     }
 }
