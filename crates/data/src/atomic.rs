@@ -21,7 +21,7 @@ fn write_atomically_with(
     // permissions, as `File::create` would give it (0666 less the umask).
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let mut tmp = builder.tempfile_in(folder_of(path))?;
+    let mut tmp = builder.tempfile_in(existing_folder_of(path)?)?;
     write(tmp.as_file_mut())?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -37,7 +37,24 @@ pub fn check_writable(path: &Path) -> io::Result<()> {
             "is a folder, not a file",
         ));
     }
-    tempfile::NamedTempFile::new_in(folder_of(path)).map(drop)
+    tempfile::NamedTempFile::new_in(existing_folder_of(path)?).map(drop)
+}
+
+/// The folder `path` is in, or an error saying why it cannot hold a file (in
+/// place of the temporary file's error, which names the temporary file).
+fn existing_folder_of(path: &Path) -> io::Result<&Path> {
+    let folder = folder_of(path);
+    match folder.try_exists()? {
+        true if folder.is_dir() => Ok(folder),
+        true => Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} is not a folder", folder.display()),
+        )),
+        false => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("the folder {} does not exist", folder.display()),
+        )),
+    }
 }
 
 fn folder_of(path: &Path) -> &Path {
@@ -102,9 +119,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(check_writable(&dir.path().join("new.safetensors")).is_ok());
         assert!(check_writable(dir.path()).is_err());
-        assert!(check_writable(&dir.path().join("missing/m.safetensors")).is_err());
+        let missing = check_writable(&dir.path().join("missing/m.safetensors")).unwrap_err();
+        assert!(
+            missing.to_string().ends_with("missing does not exist"),
+            "{missing}"
+        );
         std::fs::write(dir.path().join("file"), b"").unwrap();
-        assert!(check_writable(&dir.path().join("file/m.safetensors")).is_err());
+        let not_a_folder = check_writable(&dir.path().join("file/m.safetensors")).unwrap_err();
+        assert!(
+            not_a_folder.to_string().ends_with("file is not a folder"),
+            "{not_a_folder}"
+        );
         assert_eq!(names_in(dir.path()), ["file"]);
     }
 }
