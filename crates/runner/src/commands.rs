@@ -136,9 +136,12 @@ fn train(args: TrainArgs) -> Result<()> {
     let seconds = history.train_seconds();
     // A resumed first epoch counts the samples trained before the stop in its logs.
     let trained_now = history.samples().saturating_sub(start.samples);
+    let epochs = match history.epochs.len() {
+        1 => "1 epoch".to_string(),
+        count => format!("{count} epochs"),
+    };
     println!(
-        "trained {} epochs in {seconds:.2} s ({:.0} samples/s)",
-        history.epochs.len(),
+        "trained {epochs} in {seconds:.2} s ({:.0} samples/s)",
         trained_now as f64 / seconds.max(f64::MIN_POSITIVE)
     );
     if let Some(path) = &args.save {

@@ -192,6 +192,11 @@ fn one_and_two_threads_save_byte_identical_models() {
                 &[],
             );
             assert!(out.status.success(), "{}", stderr(&out));
+            assert!(
+                stdout(&out).contains("trained 1 epoch in "),
+                "{}",
+                stdout(&out)
+            );
             std::fs::read(path).unwrap()
         };
         assert_eq!(save("1"), save("2"));
