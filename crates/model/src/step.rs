@@ -206,6 +206,13 @@ pub(crate) fn loss_and_grad(
     }
 }
 
+/// Whether the input-gradient GEMM into `layer` also sums `layer`'s bias
+/// gradient: with relu (or no activation) its output is the layer's `dz`, final
+/// as stored, whose columns are summed there rather than in a pass of their own.
+fn input_gradient_sums_bias(layer: &DenseLayer) -> bool {
+    matches!(layer.activation, Activation::Relu | Activation::Linear)
+}
+
 /// Back-propagates from `ws.grads[last]` (already the pre-activation gradient) into
 /// every layer's kernel and bias gradients. The first layer's input gradient is
 /// never needed. With `loss` fused into the softmax, the kernel that made that
@@ -220,13 +227,10 @@ pub(crate) fn backward(
 ) {
     // Whether layer l's bias gradient was summed by the kernel that produced its
     // `dz`: the fused loss kernel for the last layer, the input-gradient GEMM of
-    // the layer above for the others (see below).
+    // the layer above for the others.
     let mut bias_grad_done = match layers.get(run.end) {
         None => fused_softmax_xent(layers, loss),
-        Some(_) => {
-            let top = &layers[run.end - 1];
-            matches!(top.activation, Activation::Relu | Activation::Linear)
-        }
+        Some(_) => input_gradient_sums_bias(&layers[run.end - 1]),
     };
     for l in run.rev() {
         let layer = &layers[l];
@@ -286,10 +290,7 @@ pub(crate) fn backward(
             Epilogue::None
         };
         let d_below = &mut lower[l - 1][..rows * inputs];
-        // With relu (or no activation) the GEMM's output is the layer below's
-        // `dz`, final as stored: its columns are summed into that layer's bias
-        // gradient there, not in a pass of their own.
-        bias_grad_done = matches!(below.activation, Activation::Relu | Activation::Linear);
+        bias_grad_done = input_gradient_sums_bias(below);
         let name = match (below.activation == Activation::Relu, bias_grad_done) {
             (true, _) => "input-gradient GEMM + relu mask + bias gradient",
             (false, true) => "input-gradient GEMM + bias gradient",
