@@ -127,9 +127,10 @@ impl SparseRows {
     /// `rows × cols` matrix whose row `i` is `row(i)`'s bytes, each read as
     /// `byte as f32 / divisor`, with `isa`: the same entries, bit for bit, without
     /// that matrix ever written (a batch of MNIST's images compressed from the
-    /// dataset's bytes); [`build_columns`](Self::build_columns) adds the columns. `None`, having done nothing, for a divisor under which a
-    /// byte other than 0 could give 0 or a subnormal, or the byte 0 a NaN: a
-    /// finite one between 1e-30 and 1e30 in magnitude works.
+    /// dataset's bytes); [`build_columns`](Self::build_columns) adds the columns.
+    /// `None`, having done nothing, for a divisor under which a byte other than 0
+    /// could give 0 or a subnormal, or the byte 0 a NaN: a finite one between
+    /// 1e-30 and 1e30 in magnitude works.
     ///
     /// # Panics
     /// As [`compress_with`](Self::compress_with), and when a row is not `cols` bytes.
@@ -320,10 +321,7 @@ impl SparseRows {
     /// # Panics
     /// When the columns were not built ([`compress_rows_if_sparse`](Self::compress_rows_if_sparse)).
     pub fn col(&self, j: usize) -> (&[u32], &[f32]) {
-        assert!(
-            self.has_columns(),
-            "the columns of this matrix were not built"
-        );
+        self.assert_has_columns();
         self.col_blocks(j).whole()
     }
 
@@ -332,10 +330,7 @@ impl SparseRows {
     /// # Panics
     /// As [`col`](Self::col).
     pub fn empty_columns(&self) -> impl Iterator<Item = bool> + '_ {
-        assert!(
-            self.has_columns(),
-            "the columns of this matrix were not built"
-        );
+        self.assert_has_columns();
         let blocks = depth_blocks(self.rows);
         let starts = &self.col_starts;
         (0..self.cols).map(move |j| starts[j * blocks] == starts[(j + 1) * blocks])
@@ -344,6 +339,13 @@ impl SparseRows {
     /// Whether the entries by columns are this matrix's.
     pub fn has_columns(&self) -> bool {
         self.col_starts.len() == self.cols * depth_blocks(self.rows) + 1
+    }
+
+    fn assert_has_columns(&self) {
+        assert!(
+            self.has_columns(),
+            "the columns of this matrix were not built"
+        );
     }
 
     /// Row `i`'s nonzeros by blocks of depth.
