@@ -80,34 +80,26 @@ static THIN_GEMMS: AtomicU64 = AtomicU64::new(0);
 
 /// Runs `f` with this thread's buffer `key`, or with a new one when the buffer is
 /// held further up this thread's stack (a GEMM run here while another waits).
-fn with_buffer<R>(
-    key: &'static LocalKey<RefCell<Vec<f32>>>,
-    f: impl FnOnce(&mut Vec<f32>) -> R,
+fn with_buffer<T: Default, R>(
+    key: &'static LocalKey<RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
 ) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buffer) => f(&mut buffer),
-        Err(_) => f(&mut Vec::new()),
+        Err(_) => f(&mut T::default()),
     })
 }
 
 /// Runs `f` with this thread's Bᵀ for thin GEMM number `gemm`, first built by
-/// `build` unless this thread has built it already; with a new buffer when the
-/// thread's is held further up its stack.
+/// `build` unless this thread has built it already (a new buffer, numbered 0,
+/// never has).
 fn with_thin_bt<R>(gemm: u64, build: impl FnOnce(&mut Vec<f32>), f: impl FnOnce(&[f32]) -> R) -> R {
-    THIN_BT.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut held) => {
-            let (built_for, bt) = &mut *held;
-            if *built_for != gemm {
-                build(bt);
-                *built_for = gemm;
-            }
-            f(bt)
+    with_buffer(&THIN_BT, |(built_for, bt)| {
+        if *built_for != gemm {
+            build(bt);
+            *built_for = gemm;
         }
-        Err(_) => {
-            let mut bt = Vec::new();
-            build(&mut bt);
-            f(&bt)
-        }
+        f(bt)
     })
 }
 
