@@ -210,10 +210,9 @@ fn report_test(model: &mut Sequential, data: &Dataset, batch_size: usize) -> Res
     Ok(())
 }
 
-/// A saved model, checked to fit the dataset's images and classes.
-/// The model at `path` and the dataset it is to be checked on, the model read
-/// first: a wrong path is then an error at once, not after MNIST is found (or
-/// downloaded).
+/// The saved model at `path` and the dataset, the model checked to fit its images
+/// and classes. The model is read first: a wrong path is then an error at once,
+/// not after MNIST is found (or downloaded).
 fn load_model_and_data(path: &Path, data: &DataArgs) -> Result<(Sequential, Dataset)> {
     let model = Sequential::load(path)?;
     let data = load_data(data)?;
