@@ -341,6 +341,7 @@ impl SparseRows {
         self.col_starts.len() == self.cols * depth_blocks(self.rows) + 1
     }
 
+    /// Panics, naming the cause, unless the columns were built.
     fn assert_has_columns(&self) {
         assert!(
             self.has_columns(),
