@@ -4,6 +4,7 @@
 use std::sync::OnceLock;
 
 mod block;
+mod compress;
 pub(crate) mod elementwise;
 mod microkernel;
 mod peak;
@@ -13,11 +14,10 @@ mod thin;
 mod tiles;
 
 pub(crate) use block::{BlockMut, TileMut};
+pub(crate) use compress::{is_exact_divisor, keep_nonzero_bytes, keep_nonzeros, KEEP_SLACK};
 pub use microkernel::{MAX_MR, MAX_NC, MAX_NR};
 pub use peak::fma_peak_gflops;
-pub(crate) use sparse::{
-    is_exact_divisor, keep_nonzero_bytes, keep_nonzeros, sparse_row_product, RowFinish, KEEP_SLACK,
-};
+pub(crate) use sparse::{sparse_row_product, RowFinish};
 pub(crate) use thin::{has_thin_loop, thin_dots, MAX_THIN_N, THIN_STEP};
 
 /// Runs `f` with subnormal floats flushed to zero (x86's FTZ and DAZ), as
