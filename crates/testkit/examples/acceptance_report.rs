@@ -64,39 +64,50 @@ fn main() -> ExitCode {
 /// Prints the tables; whether every bar is met.
 fn report(dir: &Path) -> Result<bool, String> {
     let bench = read_json(&dir.join("bench.json"))?;
-    let number = |key: &str| {
-        bench[key]
-            .as_f64()
-            .ok_or_else(|| format!("bench.json: no number `{key}`"))
-    };
-    let isa = bench["isa"].as_str().ok_or("bench.json: no `isa`")?;
     let machine = &bench["machine"];
     println!(
-        "machine: {}, {} cores, {}; kerno's instruction set {isa}, commit {}",
+        "machine: {}, {} cores, {}; kerno's instruction set {}, commit {}",
         machine["cpu"].as_str().unwrap_or("?"),
         machine["cores"],
         machine["arch"].as_str().unwrap_or("?"),
+        bench["isa"].as_str().unwrap_or("?"),
         bench["commit"].as_str().unwrap_or("?"),
     );
     println!("(the bars are set for the 2-core Zen 4 with AVX-512 of the issue)\n");
+    let training = training_table(dir, &bench)?;
+    let gemms = gemm_table(dir, &bench)?;
+    Ok(training && gemms)
+}
 
+/// `bench.json`'s number `key`.
+fn number(bench: &Value, key: &str) -> Result<f64, String> {
+    bench[key]
+        .as_f64()
+        .ok_or_else(|| format!("bench.json: no number `{key}`"))
+}
+
+/// The verdict on one row, noted in `met`.
+fn verdict(ok: bool, met: &mut bool) -> &'static str {
+    *met &= ok;
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+/// The table of `kerno bench`, the default run and the accuracy; whether its
+/// bars are met.
+fn training_table(dir: &Path, bench: &Value) -> Result<bool, String> {
     let mut met = true;
-    let mut verdict = |ok: bool| {
-        met &= ok;
-        if ok {
-            "met"
-        } else {
-            "**missed**"
-        }
-    };
     println!("| acceptance item | measured | bar | |\n|---|---|---|---|");
-    let fraction = number("fraction_of_peak")?;
+    let fraction = number(bench, "fraction_of_peak")?;
     println!(
         "| `kerno bench`, {} threads | fraction_of_peak {fraction:.2} (epoch {:.3} s, peak {:.1} GFLOP/s) | ≥ {BENCH_FRACTION} | {} |",
         bench["threads"],
-        number("epoch_s")?,
-        number("peak_gflops")?,
-        verdict(fraction >= BENCH_FRACTION),
+        number(bench, "epoch_s")?,
+        number(bench, "peak_gflops")?,
+        verdict(fraction >= BENCH_FRACTION, &mut met),
     );
     let defaults = runs(dir, "default-")?;
     let times: Vec<f64> = defaults.iter().map(|r| r.train_s).collect();
@@ -105,32 +116,38 @@ fn report(dir: &Path) -> Result<bool, String> {
         "| default run, training time | median {time:.2} s of {} ({}) | < {DEFAULT_RUN_S} s | {} |",
         times.len(),
         list(&times, 2),
-        verdict(time < DEFAULT_RUN_S),
+        verdict(time < DEFAULT_RUN_S, &mut met),
     );
     // Seed 1 is the default run's.
     let mut accuracies = vec![defaults[0].test_acc];
     accuracies.extend(runs(dir, "seed-")?.iter().map(|r| r.test_acc));
     let mean = accuracies.iter().sum::<f64>() / accuracies.len() as f64;
     let lowest = accuracies.iter().copied().fold(f64::INFINITY, f64::min);
+    let accurate = accuracies.len() == 5 && mean >= MEAN_ACCURACY && lowest >= SEED_ACCURACY;
     println!(
         "| test accuracy, seeds 1-{} | mean {mean:.4}, lowest {lowest:.4} ({}) | mean ≥ {MEAN_ACCURACY}, each ≥ {SEED_ACCURACY} | {} |",
         accuracies.len(),
         list(&accuracies, 4),
-        verdict(accuracies.len() == 5 && mean >= MEAN_ACCURACY && lowest >= SEED_ACCURACY),
+        verdict(accurate, &mut met),
     );
+    Ok(met)
+}
 
+/// The table of the GEMM shapes on 1 and 2 threads; whether its bars are met.
+fn gemm_table(dir: &Path, bench: &Value) -> Result<bool, String> {
+    let mut met = true;
+    let isa = bench["isa"].as_str().ok_or("bench.json: no `isa`")?;
     let (rounds, measured) = fastest_rounds(dir)?;
-    let peaks = [
-        (1, number("peak_gflops_one_core")?),
-        (2, number("peak_gflops")?),
-    ];
     println!(
         "\nGEMM, criterion medians in µs (GFLOP/s), the fastest of {rounds} round(s); kerno on {isa}:\n"
     );
     println!("| threads | shape | kerno | matrixmultiply | gemm | faster crate / kerno | kerno's fraction of peak | |");
     println!("|---|---|---|---|---|---|---|---|");
     for (threads, fraction_bar) in GEMM_FRACTION {
-        let peak = peaks.iter().find(|(t, _)| *t == threads).map(|p| p.1);
+        let peak = match threads {
+            1 => number(bench, "peak_gflops_one_core")?,
+            _ => number(bench, "peak_gflops")?,
+        };
         for (shape, large) in SHAPES {
             let group = format!("gemm {threads}t/{shape} ");
             let find = |function: &str, value: Option<&str>| {
@@ -146,13 +163,13 @@ fn report(dir: &Path) -> Result<bool, String> {
             let kerno = find("kerno", Some(isa))?;
             let (mm, faer) = (find("matrixmultiply", None)?, find("gemm", None)?);
             let speedup = mm.median_ns.min(faer.median_ns) / kerno.median_ns;
-            let kerno_gflops = kerno.flops / kerno.median_ns;
-            let (of_peak, ok) = match (large, peak) {
-                (true, Some(peak)) => {
-                    let f = kerno_gflops / peak;
-                    (format!("{f:.2} (bar ≥ {fraction_bar})"), f >= fraction_bar)
-                }
-                _ => ("-".to_string(), true),
+            let fraction = kerno.flops / kerno.median_ns / peak;
+            let (of_peak, near_peak) = match large {
+                true => (
+                    format!("{fraction:.2} (bar ≥ {fraction_bar})"),
+                    fraction >= fraction_bar,
+                ),
+                false => ("-".to_string(), true),
             };
             println!(
                 "| {threads} | {} | {} | {} | {} | {speedup:.2} (bar ≥ 1) | {of_peak} | {} |",
@@ -160,7 +177,7 @@ fn report(dir: &Path) -> Result<bool, String> {
                 cell(kerno),
                 cell(mm),
                 cell(faer),
-                verdict(speedup >= 1.0 && ok),
+                verdict(speedup >= 1.0 && near_peak, &mut met),
             );
         }
     }
@@ -172,17 +189,20 @@ fn cell(m: &Measured) -> String {
     format!("{:.1} ({:.1})", m.median_ns / 1e3, m.flops / m.median_ns)
 }
 
+/// The values, comma-separated, each with `decimals` decimals.
 fn list(values: &[f64], decimals: usize) -> String {
     let shown: Vec<String> = values.iter().map(|v| format!("{v:.decimals$}")).collect();
     shown.join(", ")
 }
 
+/// The middle value (the upper one of an even count); `values` is not empty.
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[sorted.len() / 2]
 }
 
+/// A JSON file, or an error naming it.
 fn read_json(path: &Path) -> Result<Value, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
@@ -289,4 +309,101 @@ fn criterion_medians(root: &Path) -> Result<Vec<Measured>, String> {
         }
     }
     Ok(found.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A results folder: `kerno bench` at `fraction` of the peak, default runs of
+    /// `train_s` seconds, seeds 2-5, and criterion rounds where kerno takes
+    /// `kerno_ns` (one round each) and both crates 1000 ns on every shape.
+    fn results(fraction: f64, train_s: f64, kerno_ns: &[f64]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let bench = json!({
+            "isa": "avx512f", "threads": 2, "commit": "abc", "epoch_s": 0.5,
+            "fraction_of_peak": fraction, "peak_gflops": 200.0, "peak_gflops_one_core": 100.0,
+            "machine": {"cpu": "test", "cores": 2, "arch": "x86_64"},
+        });
+        std::fs::write(dir.path().join("bench.json"), bench.to_string()).unwrap();
+        let run = |s: f64, acc: f64| {
+            format!("Epoch 5/5\ntrained 5 epochs in {s} s (1 samples/s)\ntest_loss: 0.07 test_acc: {acc}\n")
+        };
+        for i in 1..=3 {
+            std::fs::write(
+                dir.path().join(format!("default-{i}.txt")),
+                run(train_s, 0.979),
+            )
+            .unwrap();
+        }
+        for seed in 2..=5 {
+            std::fs::write(dir.path().join(format!("seed-{seed}.txt")), run(3.5, 0.98)).unwrap();
+        }
+        for (round, &ns) in kerno_ns.iter().enumerate() {
+            for threads in [1, 2] {
+                for (shape, _) in SHAPES {
+                    let group = format!("gemm {threads}t/{shape} 1x1x1");
+                    for (function, value, median) in [
+                        ("kerno", Some("avx512f"), ns),
+                        ("kerno", Some("portable"), 1.0),
+                        ("matrixmultiply", None, 1000.0),
+                        ("gemm", None, 1000.0),
+                    ] {
+                        let new = dir.path().join(format!(
+                            "criterion-{round}/{threads}{shape}{function}{value:?}/new"
+                        ));
+                        std::fs::create_dir_all(&new).unwrap();
+                        let ids = json!({"group_id": group, "function_id": function,
+                            "value_str": value, "throughput": {"Elements": 2000}});
+                        std::fs::write(new.join("benchmark.json"), ids.to_string()).unwrap();
+                        let estimates = json!({"median": {"point_estimate": median}});
+                        std::fs::write(new.join("estimates.json"), estimates.to_string()).unwrap();
+                    }
+                }
+            }
+        }
+        dir
+    }
+
+    #[test]
+    fn a_run_gives_its_training_time_and_accuracy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.txt");
+        let text = "Epoch 1/5\n469/469 - 1s - 1ms/step - accuracy: 0.9245 - loss: 0.2613\n\
+                    trained 5 epochs in 2.79 s (107608 samples/s)\n\
+                    test_loss: 0.0737 test_acc: 0.9786\n";
+        std::fs::write(&path, text).unwrap();
+        let run = parse_run(&path).unwrap();
+        assert_eq!((run.train_s, run.test_acc), (2.79, 0.9786));
+        std::fs::write(&path, "Epoch 1/5\n").unwrap();
+        let error = parse_run(&path).err().unwrap();
+        assert!(
+            error.contains("run.txt") && error.contains("trained"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn every_bar_met_passes_and_one_missed_fails() {
+        // kerno at 10 ns: 200 GFLOP/s, the whole two-core peak.
+        assert_eq!(report(results(0.8, 2.9, &[10.0]).path()), Ok(true));
+        assert_eq!(report(results(0.7, 2.9, &[10.0]).path()), Ok(false));
+        assert_eq!(report(results(0.8, 3.1, &[10.0]).path()), Ok(false));
+        // Slower than the crates in one round, faster in the other: the fastest counts.
+        assert_eq!(report(results(0.8, 2.9, &[2000.0, 10.0]).path()), Ok(true));
+        assert_eq!(report(results(0.8, 2.9, &[2000.0]).path()), Ok(false));
+        // Faster than the crates, short of the large shapes' fraction of the peak.
+        assert_eq!(report(results(0.8, 2.9, &[100.0]).path()), Ok(false));
+    }
+
+    #[test]
+    fn a_missing_measurement_is_an_error_naming_it() {
+        let error = report(results(0.8, 2.9, &[]).path()).unwrap_err();
+        assert!(error.contains("no criterion-* rounds"), "{error}");
+        let dir = results(0.8, 2.9, &[10.0]);
+        std::fs::remove_file(dir.path().join("bench.json")).unwrap();
+        let error = report(dir.path()).unwrap_err();
+        assert!(error.contains("bench.json"), "{error}");
+    }
 }
