@@ -302,7 +302,9 @@ fn criterion_medians(root: &Path) -> Result<Vec<Measured>, String> {
                     median_ns: estimates["median"]["point_estimate"]
                         .as_f64()
                         .ok_or_else(|| format!("{}: no median", path.display()))?,
-                    flops: ids["throughput"]["Elements"].as_f64().unwrap_or(f64::NAN),
+                    flops: ids["throughput"]["Elements"]
+                        .as_f64()
+                        .ok_or_else(|| format!("{}: no throughput", path.display()))?,
                 };
                 found.insert(path, measured);
             }
