@@ -19,6 +19,15 @@ pub struct AlignedBuf {
 }
 
 impl AlignedBuf {
+    /// An empty buffer, allocating nothing (for `const` thread-local buffers).
+    pub const fn new() -> Self {
+        Self {
+            storage: Vec::new(),
+            start: 0,
+            len: 0,
+        }
+    }
+
     /// `len` zeros.
     pub fn zeros(len: usize) -> Self {
         let storage = vec![0.0; len + FLOATS_PER_LINE - 1];
@@ -31,6 +40,15 @@ impl AlignedBuf {
             start,
             len,
         }
+    }
+
+    /// The first `len` floats, in a new buffer of `len` zeros when this one is
+    /// shorter (a thread's packing buffer, reused from call to call).
+    pub(crate) fn grow(&mut self, len: usize) -> &mut [f32] {
+        if self.len < len {
+            *self = Self::zeros(len);
+        }
+        &mut self[..len]
     }
 
     /// A copy of `values`.
@@ -103,5 +121,19 @@ mod tests {
             assert_eq!(copy.as_ptr() as usize % LINE, 0, "a clone of {len} floats");
             assert_eq!(copy, buf);
         }
+    }
+
+    #[test]
+    fn grows_into_a_new_line_aligned_buffer_and_then_reuses_it() {
+        let mut buf = AlignedBuf::new();
+        assert!(buf.grow(0).is_empty());
+        let first = buf.grow(1000);
+        assert_eq!((first.len(), first.as_ptr() as usize % LINE), (1000, 0));
+        first[999] = 1.0;
+        let reused = buf.grow(17).as_ptr();
+        assert_eq!(reused, buf.as_ptr(), "a shorter request reuses the buffer");
+        assert_eq!(buf.grow(1000)[999], 1.0, "and keeps its values");
+        let grown = buf.grow(5000);
+        assert_eq!((grown.len(), grown.as_ptr() as usize % LINE), (5000, 0));
     }
 }

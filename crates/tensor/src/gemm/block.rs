@@ -3,10 +3,11 @@
 
 use super::pack::{pack_a, pack_b};
 use super::panels::BPanels;
-use super::{add_rows_in_order, grow, with_buffer, Epilogue, Origin, Output};
+use super::{add_rows_in_order, with_buffer, Epilogue, Origin, Output};
 use crate::activation::relu;
 use crate::matrix::MatRef;
 use crate::simd::{BlockMut, Isa, Microkernel, PanelLayout, TileEpilogue, MAX_MR, MAX_NC, MAX_NR};
+use crate::AlignedBuf;
 use std::cell::RefCell;
 
 /// Greatest depth of a block: its panel of A (`KC × MR` floats, 12.5 KiB) stays in
@@ -17,9 +18,9 @@ const KC: usize = 400;
 
 thread_local! {
     /// The panel of A a task packs, on each worker thread.
-    static A_PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static A_PANEL: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
     /// A task's block of B (`KC × nc`), packed by the task before it reads it.
-    static B_BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static B_BLOCK: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
 }
 
 /// Gives every thread of the current rayon pool its A panel and block of B at
@@ -27,10 +28,10 @@ thread_local! {
 pub fn reserve_packing_buffers() {
     rayon::broadcast(|_| {
         A_PANEL.with(|panel| {
-            grow(&mut panel.borrow_mut(), KC * MAX_MR);
+            panel.borrow_mut().grow(KC * MAX_MR);
         });
         B_BLOCK.with(|block| {
-            grow(&mut block.borrow_mut(), KC * MAX_NC);
+            block.borrow_mut().grow(KC * MAX_NC);
         })
     });
 }
@@ -99,7 +100,7 @@ pub(super) fn gemm_block(
                     let kc = depth.min(k - pc);
                     let b_panels = match b_panels {
                         BPanels::PerTask(b) => {
-                            let data = grow(b_block, kc * strips * nr);
+                            let data = b_block.grow(kc * strips * nr);
                             pack_b(b.cols_range(jc, nc), pc, kc, nr, data);
                             BPanels::Block { data, jc }
                         }
@@ -123,7 +124,7 @@ pub(super) fn gemm_block(
                             let start = ir * a.row_stride() + pc;
                             (&a.data()[start..], a.row_stride(), PanelLayout::Rows)
                         } else {
-                            let a_packed = grow(a_panel, kc * mr);
+                            let a_packed = a_panel.grow(kc * mr);
                             pack_a(a, ir, rows, pc, kc, mr, a_packed);
                             (&*a_packed, mr, PanelLayout::Columns)
                         };

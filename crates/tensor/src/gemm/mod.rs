@@ -52,14 +52,6 @@ fn with_buffer<T: Default, R>(
     })
 }
 
-/// The first `len` elements of `buf`, growing it when it is shorter.
-fn grow(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    &mut buf[..len]
-}
-
 /// What happens to each tile of C once its products are summed.
 #[derive(Clone, Copy, Debug)]
 pub enum Epilogue<'a> {

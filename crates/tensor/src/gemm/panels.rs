@@ -2,10 +2,11 @@
 //! packed by each task a cache block at a time.
 
 use super::pack::pack_b;
-use super::{depth_block, grow, with_buffer};
+use super::{depth_block, with_buffer};
 use crate::matrix::MatRef;
 use crate::parallel::for_each_chunk;
 use crate::simd::Microkernel;
+use crate::AlignedBuf;
 use std::cell::RefCell;
 
 /// Floats of a B that every task reads below which a kernel that reads B in place
@@ -20,7 +21,7 @@ const PARALLEL_PACKING: usize = 32 * 1024;
 thread_local! {
     /// All of B packed as strips, by the calling thread, read by every task
     /// (grown on a thread's first GEMM of a size, then reused).
-    static PACKED_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACKED_B: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
 }
 
 /// Runs `f` with B's strips for tasks each reading `task_cols` of its columns:
@@ -49,10 +50,10 @@ pub(super) fn with_b_panels<R>(
     if !shared {
         return f(BPanels::PerTask(b));
     }
-    let run = |packed: &mut Vec<f32>| {
+    let run = |packed: &mut AlignedBuf| {
         let depth = depth_block(k);
         let block_len = depth * n.next_multiple_of(nr);
-        let packed = grow(packed, k * n.next_multiple_of(nr));
+        let packed = packed.grow(k * n.next_multiple_of(nr));
         // Each thread a group of strips of each depth block (two groups a thread).
         let group = match packed.len() >= PARALLEL_PACKING {
             true => n.div_ceil(nr).div_ceil(2 * rayon::current_num_threads()),

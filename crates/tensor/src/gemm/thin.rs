@@ -3,9 +3,10 @@
 
 use super::block::{gemm_block, store_tile, Tile};
 use super::panels::with_b_panels;
-use super::{for_each_block, grow, with_buffer, Epilogue, Origin, Output, Split};
+use super::{for_each_block, with_buffer, Epilogue, Origin, Output, Split};
 use crate::matrix::{MatMut, MatRef};
 use crate::simd::{thin_dots, BlockMut, Isa, MAX_MR, MAX_NR, MAX_THIN_N, THIN_STEP};
+use crate::AlignedBuf;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,7 +26,7 @@ const BLOCK_ROWS: usize = 32;
 thread_local! {
     /// Bᵀ of a thin GEMM, on each thread that computes rows of it, and the number
     /// of the GEMM it was built for (see [`THIN_GEMMS`]).
-    static THIN_BT: RefCell<(u64, Vec<f32>)> = const { RefCell::new((0, Vec::new())) };
+    static THIN_BT: RefCell<(u64, AlignedBuf)> = const { RefCell::new((0, AlignedBuf::new())) };
 }
 
 /// Numbers the thin GEMMs, so that a thread computing several blocks of one
@@ -35,7 +36,11 @@ static THIN_GEMMS: AtomicU64 = AtomicU64::new(0);
 /// Runs `f` with this thread's Bᵀ for thin GEMM number `gemm`, first built by
 /// `build` unless this thread has built it already (a new buffer, numbered 0,
 /// never has).
-fn with_thin_bt<R>(gemm: u64, build: impl FnOnce(&mut Vec<f32>), f: impl FnOnce(&[f32]) -> R) -> R {
+fn with_thin_bt<R>(
+    gemm: u64,
+    build: impl FnOnce(&mut AlignedBuf),
+    f: impl FnOnce(&[f32]) -> R,
+) -> R {
     with_buffer(&THIN_BT, |(built_for, bt)| {
         if *built_for != gemm {
             build(bt);
@@ -60,8 +65,8 @@ pub(super) fn gemm_thin_n(
 ) {
     let (k, n) = (a.cols(), b.cols());
     let width = n.next_multiple_of(THIN_STEP);
-    let build = |bt: &mut Vec<f32>| {
-        let bt = grow(bt, width * k);
+    let build = |bt: &mut AlignedBuf| {
+        let bt = bt.grow(width * k);
         // Each column of B to its row of Bᵀ; the padding rows are zero.
         let (columns, padding) = bt.split_at_mut(n * k);
         padding.fill(0.0);
