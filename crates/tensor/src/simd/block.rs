@@ -114,7 +114,9 @@ impl<'a> BlockMut<'a> {
 }
 
 /// A tile of C that a microkernel stores into: `rows × cols` elements from `ptr`,
-/// rows `row_stride` apart, all inside one task's block.
+/// rows `row_stride` apart, all inside one task's block. Only the x86 kernels store
+/// tiles themselves, hence read it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct TileMut<'a> {
     ptr: *mut f32,
     pub rows: usize,
@@ -132,6 +134,7 @@ impl TileMut<'_> {
     }
 
     /// Row `i` of the tile: its `cols` elements.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
         assert!(i < self.rows, "row {i} is outside the tile");
         // SAFETY: the tile lies inside its block (checked by `BlockMut::tile_mut`),

@@ -18,6 +18,7 @@ pub const MAX_NC: usize = 512;
 ///
 /// # Safety
 /// The element lies inside the allocation `a` points into (`assert_panels_fit`).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) unsafe fn a_at<const ROWS: bool>(a: *const f32, lda: usize, i: usize, p: usize) -> f32 {
     // SAFETY: the caller's contract.
@@ -59,6 +60,7 @@ fn portable_4x16<const ROWS: bool>(
 /// when `ROWS`, else `kc` columns of `mr`) and `kc` rows of `nr` floats of B,
 /// `ldb` apart, lie inside `a` and `b`: the bounds the unsafe loads of the
 /// kernels rely on.
+#[cfg(target_arch = "x86_64")]
 pub(super) fn assert_panels_fit<const ROWS: bool>(
     kc: usize,
     a: &[f32],
@@ -161,7 +163,8 @@ tile_kernel!(avx2_kernel, __m256, "avx2,fma", 64 * 1024, false);
 /// thin output computed transposed, a handful of samples) gets tiles that divide
 /// `m` rather than 8 or 6 rows partly padding: exactly `m` rows tall on AVX-512;
 /// on AVX2, whose 16 registers hold at most 6 rows of accumulators, the tallest
-/// that divides `m` (5 for 10), where one does.
+/// that divides `m` (5 for 10), where one does. The portable kernel has one height.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub(super) fn for_rows(isa: Isa, m: usize) -> Microkernel {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2Fma {

@@ -12,6 +12,7 @@ use std::arch::x86_64::{__m256, __m512};
 
 /// Vectors summed per pass over the entries: eight FMA chains in flight hide the
 /// FMA latency, and B's rows are read once per eight vectors of output.
+#[cfg(target_arch = "x86_64")]
 const CHAINS: usize = 8;
 
 /// What becomes of a row's sums before they are stored.
