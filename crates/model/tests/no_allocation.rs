@@ -5,7 +5,7 @@ use kerno_model::{
     Sequential, Verbosity,
 };
 use kerno_tensor::Tensor;
-use kerno_testkit::alloc::{allocations, TrackingAllocator};
+use kerno_testkit::alloc::{allocations, count_this_thread, TrackingAllocator};
 
 #[global_allocator]
 static GLOBAL: TrackingAllocator = TrackingAllocator;
@@ -63,11 +63,21 @@ impl Callback for Snapshot {
 
 #[test]
 fn training_steps_allocate_nothing() {
+    // The model runs on this pool alone: its threads are the ones counted.
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
+        .start_handler(|_| count_this_thread())
         .build()
         .unwrap();
     pool.install(|| {
+        let before = allocations();
+        drop(std::hint::black_box(vec![0u8; 64]));
+        assert_eq!(
+            allocations(),
+            before + 1,
+            "the pool's allocations are counted"
+        );
+
         // train_on_batch, after the first call has built the workspace.
         let (x, y) = data(128, true);
         let mut m = notebook_model();

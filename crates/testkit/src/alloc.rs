@@ -1,6 +1,6 @@
-//! A global allocator that counts allocations and measures, per thread, the most
-//! bytes a piece of code held at once. Install it in a test binary with
-//! `#[global_allocator] static A: TrackingAllocator = TrackingAllocator;`.
+//! A global allocator that counts the allocations of chosen threads and measures,
+//! per thread, the most bytes a piece of code held at once. Install it in a test
+//! binary with `#[global_allocator] static A: TrackingAllocator = TrackingAllocator;`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -12,8 +12,16 @@ static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     // Constant-initialised and without destructors, so reading them never allocates.
+    static COUNTED: Cell<bool> = const { Cell::new(false) };
     static LIVE: Cell<isize> = const { Cell::new(0) };
     static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+/// Adds an allocation to [`allocations`] when this thread is counted.
+fn count() {
+    if COUNTED.try_with(Cell::get).unwrap_or(false) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn record(delta: isize) {
@@ -28,7 +36,7 @@ fn record(delta: isize) {
 // bookkeeping around it neither allocates nor touches the memory.
 unsafe impl GlobalAlloc for TrackingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         record(layout.size() as isize);
         // SAFETY: the caller's contract for `alloc` is the system allocator's.
         unsafe { System.alloc(layout) }
@@ -41,14 +49,23 @@ unsafe impl GlobalAlloc for TrackingAllocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         record(new_size as isize - layout.size() as isize);
         // SAFETY: as for `dealloc`, and `new_size` is the caller's valid request.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
 
-/// Allocations (and reallocations) so far, on every thread.
+/// Counts this thread's allocations in [`allocations`] from now on: the threads
+/// of the pool under test (`ThreadPoolBuilder::start_handler`), and not the test
+/// harness's own, which allocate when they please (libtest's notice of a test
+/// running over 60 s, under an emulator).
+pub fn count_this_thread() {
+    COUNTED.with(|counted| counted.set(true));
+}
+
+/// Allocations (and reallocations) so far on the threads that called
+/// [`count_this_thread`].
 pub fn allocations() -> usize {
     ALLOCATIONS.load(Ordering::Relaxed)
 }
