@@ -9,6 +9,7 @@ pub(crate) mod elementwise;
 mod microkernel;
 mod peak;
 mod sparse;
+mod subnormals;
 mod thin;
 #[cfg(target_arch = "x86_64")]
 mod tiles;
@@ -18,56 +19,8 @@ pub(crate) use compress::{is_exact_divisor, keep_nonzero_bytes, keep_nonzeros, K
 pub use microkernel::{MAX_MR, MAX_NC, MAX_NR};
 pub use peak::fma_peak_gflops;
 pub(crate) use sparse::{sparse_row_product, RowFinish};
+pub(crate) use subnormals::flush_subnormals;
 pub(crate) use thin::{has_thin_loop, thin_dots, MAX_THIN_N, THIN_STEP};
-
-/// Runs `f` with subnormal floats flushed to zero (x86's FTZ and DAZ, aarch64's
-/// FZ), as TensorFlow runs its CPU kernels: a subnormal operand costs x86's FMA
-/// units ~100×, and softmax gradients of confident predictions are full of them.
-pub(crate) fn flush_subnormals<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        /// Restores the saved control word, also when `f` panics.
-        struct Restore(u32);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                // SAFETY: ldmxcsr loads a control word read earlier by stmxcsr on this thread.
-                unsafe {
-                    std::arch::asm!("ldmxcsr [{}]", in(reg) &self.0, options(nostack, readonly))
-                };
-            }
-        }
-        const FTZ_DAZ: u32 = 0x8040;
-        let mut saved: u32 = 0;
-        // SAFETY: stmxcsr writes the 4-byte control word into `saved`, a live u32.
-        unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &mut saved, options(nostack)) };
-        let _restore = Restore(saved);
-        let flushing = saved | FTZ_DAZ;
-        // SAFETY: only the FTZ and DAZ bits differ from the thread's current control word.
-        unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &flushing, options(nostack, readonly)) };
-        f()
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        /// Restores the saved control register, also when `f` panics.
-        struct Restore(u64);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                // SAFETY: writes back the value read from FPCR earlier on this thread.
-                unsafe { std::arch::asm!("msr fpcr, {}", in(reg) self.0, options(nostack)) };
-            }
-        }
-        const FZ: u64 = 1 << 24;
-        let saved: u64;
-        // SAFETY: mrs only reads the floating-point control register.
-        unsafe { std::arch::asm!("mrs {}, fpcr", out(reg) saved, options(nostack, nomem)) };
-        let _restore = Restore(saved);
-        // SAFETY: only the FZ bit differs from the thread's current control register.
-        unsafe { std::arch::asm!("msr fpcr, {}", in(reg) saved | FZ, options(nostack)) };
-        f()
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    f()
-}
 
 /// Asks the CPU to start loading every cache line of `data` into L1: for copies
 /// that read rows far apart (packing the weights, gathering a batch), whose next
@@ -226,24 +179,4 @@ pub(crate) enum TileEpilogue<'a> {
     Bias(&'a [f32]),
     BiasRelu(&'a [f32]),
     ReluMask { mask: &'a [f32], row_stride: usize },
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::hint::black_box;
-
-    #[test]
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    fn subnormal_results_are_zero_inside_flush_subnormals_alone() {
-        let half_the_smallest_normal = || black_box(f32::MIN_POSITIVE) * black_box(0.5);
-        assert!(half_the_smallest_normal().is_subnormal());
-        // The product passed through black_box inside, so that it is computed there.
-        let flushed = flush_subnormals(|| black_box(half_the_smallest_normal()));
-        assert_eq!(flushed, 0.0);
-        assert!(
-            half_the_smallest_normal().is_subnormal(),
-            "the control register is restored"
-        );
-    }
 }
