@@ -46,7 +46,10 @@ pub(crate) struct Workspace {
 
 impl Workspace {
     pub fn new(layers: &[DenseLayer], input_dim: usize, capacity: usize) -> Self {
-        kerno_tensor::reserve_packing_buffers();
+        // The deepest GEMM of a step: a layer's inputs (forward), its units (the
+        // gradient below), or the batch (the weight gradients).
+        let deepest = layers.iter().map(|l| l.inputs.max(l.units)).max();
+        kerno_tensor::reserve_packing_buffers(deepest.unwrap_or(0).max(capacity));
         let outputs_dim = layers.last().map_or(input_dim, |l| l.units);
         let per_layer = |n: fn(&DenseLayer) -> usize| {
             layers

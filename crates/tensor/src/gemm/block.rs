@@ -23,16 +23,13 @@ thread_local! {
     static B_BLOCK: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
 }
 
-/// Gives every thread of the current rayon pool its A panel and block of B at
-/// their largest sizes now, so that no later GEMM allocates on a worker thread.
-pub fn reserve_packing_buffers() {
-    rayon::broadcast(|_| {
-        A_PANEL.with(|panel| {
-            panel.borrow_mut().grow(KC * MAX_MR);
-        });
-        B_BLOCK.with(|block| {
-            block.borrow_mut().grow(KC * MAX_NC);
-        })
+/// Gives this thread its A panel and block of B at their largest sizes.
+pub(super) fn reserve_block_buffers() {
+    A_PANEL.with(|panel| {
+        panel.borrow_mut().grow(KC * MAX_MR);
+    });
+    B_BLOCK.with(|block| {
+        block.borrow_mut().grow(KC * MAX_NC);
     });
 }
 

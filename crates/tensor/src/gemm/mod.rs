@@ -18,8 +18,6 @@ mod pack;
 mod panels;
 mod thin;
 
-pub use block::reserve_packing_buffers;
-
 use crate::matrix::{MatMut, MatRef};
 use crate::parallel::{for_each_chunk, for_each_chunk_in_order, ByCols, ByRows};
 use crate::profile::{self, Level, Work};
@@ -39,6 +37,18 @@ use thin::{gemm_thin_n, gemm_thin_n_transposed};
 const PARALLEL_FLOPS: usize = 1_000_000;
 /// Columns of C from which each thread takes a block of columns rather than rows.
 const MIN_TASK_COLS: usize = 128;
+
+/// Gives every thread of the current rayon pool its packing buffers at their
+/// largest sizes for GEMMs of depth (`A`'s columns) at most `max_depth`: a thread
+/// that rayon first gives blocks of such a GEMM later then allocates nothing. (B
+/// packed once for all tasks grows on the calling thread, at its first GEMM of a
+/// size.)
+pub fn reserve_packing_buffers(max_depth: usize) {
+    rayon::broadcast(|_| {
+        block::reserve_block_buffers();
+        thin::reserve_thin_buffer(max_depth);
+    });
+}
 
 /// Runs `f` with this thread's buffer `key`, or with a new one when the buffer is
 /// held further up this thread's stack (a GEMM run here while another waits).

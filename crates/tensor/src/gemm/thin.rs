@@ -33,6 +33,20 @@ thread_local! {
 /// builds its Bᵀ once.
 static THIN_GEMMS: AtomicU64 = AtomicU64::new(0);
 
+/// Gives this thread a Bᵀ large enough for any thin GEMM of depth at most `depth`.
+pub(super) fn reserve_thin_buffer(depth: usize) {
+    THIN_BT.with(|cell| {
+        let (built_for, bt) = &mut *cell.borrow_mut();
+        bt.grow(bt_len(MAX_THIN_N, depth));
+        *built_for = 0;
+    });
+}
+
+/// Floats of Bᵀ for `n` columns of B of depth `k` (padded to whole steps).
+fn bt_len(n: usize, k: usize) -> usize {
+    n.next_multiple_of(THIN_STEP) * k
+}
+
 /// Runs `f` with this thread's Bᵀ for thin GEMM number `gemm`, first built by
 /// `build` unless this thread has built it already (a new buffer, numbered 0,
 /// never has).
@@ -66,7 +80,7 @@ pub(super) fn gemm_thin_n(
     let (k, n) = (a.cols(), b.cols());
     let width = n.next_multiple_of(THIN_STEP);
     let build = |bt: &mut AlignedBuf| {
-        let bt = bt.grow(width * k);
+        let bt = bt.grow(bt_len(n, k));
         // Each column of B to its row of Bᵀ; the padding rows are zero.
         let (columns, padding) = bt.split_at_mut(n * k);
         padding.fill(0.0);
