@@ -5,7 +5,9 @@ use super::block::{gemm_block, store_tile, Tile};
 use super::panels::with_b_panels;
 use super::{for_each_block, with_buffer, Epilogue, Origin, Output, Split};
 use crate::matrix::{MatMut, MatRef};
-use crate::simd::{thin_dots, BlockMut, Isa, MAX_MR, MAX_NR, MAX_THIN_N, THIN_STEP};
+use crate::simd::{
+    thin_dots, transpose_thin, BlockMut, Isa, MAX_MR, MAX_NR, MAX_THIN_N, THIN_STEP,
+};
 use crate::AlignedBuf;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,8 +19,6 @@ const _: () = assert!(
     THIN_T_ROWS.is_multiple_of(MAX_NR),
     "a task's columns of Cᵀ are whole strips"
 );
-/// Rows of B transposed at a time for the thin path's Bᵀ.
-const THIN_TRANSPOSE_ROWS: usize = 8;
 /// Rows of C per parallel task of the thin path. (Any partition of C's rows gives
 /// the same bits: each output's sum depends only on the depth blocks, fixed by `k`.)
 const BLOCK_ROWS: usize = 32;
@@ -85,26 +85,7 @@ pub(super) fn gemm_thin_n(
         let (columns, padding) = bt.split_at_mut(n * k);
         padding.fill(0.0);
         if b.col_stride() == 1 {
-            // Rows of B a few at a time, transposed through a tile on the stack, so
-            // that each row of Bᵀ takes them in one store: one float at a time to
-            // rows 2 KiB apart took a third of fwd2's time on 2 threads (Zen 3).
-            let mut tile = [[0.0f32; THIN_TRANSPOSE_ROWS]; MAX_THIN_N];
-            for first in (0..k).step_by(THIN_TRANSPOSE_ROWS) {
-                let rows = THIN_TRANSPOSE_ROWS.min(k - first);
-                for (q, p) in (first..first + rows).enumerate() {
-                    let row = &b.data()[p * b.row_stride()..][..n];
-                    for (column, &v) in tile.iter_mut().zip(row) {
-                        column[q] = v;
-                    }
-                }
-                for (column, bt_row) in tile.iter().zip(columns.chunks_exact_mut(k)) {
-                    // A whole tile's row in a copy of constant length, inlined.
-                    match rows {
-                        THIN_TRANSPOSE_ROWS => bt_row[first..][..rows].copy_from_slice(column),
-                        _ => bt_row[first..][..rows].copy_from_slice(&column[..rows]),
-                    }
-                }
-            }
+            transpose_thin(isa, b.data(), b.row_stride(), k, n, columns);
         } else {
             for (j, bt_row) in columns.chunks_exact_mut(k.max(1)).enumerate() {
                 let column = &b.data()[j * b.col_stride()..];

@@ -20,7 +20,7 @@ pub use microkernel::{MAX_MR, MAX_NC, MAX_NR};
 pub use peak::fma_peak_gflops;
 pub(crate) use sparse::{sparse_row_product, RowFinish};
 pub(crate) use subnormals::flush_subnormals;
-pub(crate) use thin::{has_thin_loop, thin_dots, MAX_THIN_N, THIN_STEP};
+pub(crate) use thin::{has_thin_loop, thin_dots, transpose_thin, MAX_THIN_N, THIN_STEP};
 
 /// Asks the CPU to start loading every cache line of `data` into L1: for copies
 /// that read rows far apart (packing the weights, gathering a batch), whose next
