@@ -33,7 +33,9 @@ thread_local! {
 /// builds its Bᵀ once.
 static THIN_GEMMS: AtomicU64 = AtomicU64::new(0);
 
-/// Gives this thread a Bᵀ large enough for any thin GEMM of depth at most `depth`.
+/// Gives this thread a Bᵀ large enough for any thin GEMM of depth at most `depth`,
+/// built for none: this may run between two blocks of a GEMM of another model on
+/// the same pool, and a grown buffer holds zeros.
 pub(super) fn reserve_thin_buffer(depth: usize) {
     THIN_BT.with(|cell| {
         let (built_for, bt) = &mut *cell.borrow_mut();
@@ -78,9 +80,9 @@ pub(super) fn gemm_thin_n(
     epilogue: Epilogue<'_>,
 ) {
     let (k, n) = (a.cols(), b.cols());
-    let width = n.next_multiple_of(THIN_STEP);
+    let (width, len) = (n.next_multiple_of(THIN_STEP), bt_len(n, k));
     let build = |bt: &mut AlignedBuf| {
-        let bt = bt.grow(bt_len(n, k));
+        let bt = bt.grow(len);
         // Each column of B to its row of Bᵀ; the padding rows are zero.
         let (columns, padding) = bt.split_at_mut(n * k);
         padding.fill(0.0);
@@ -107,7 +109,7 @@ pub(super) fn gemm_thin_n(
         split,
         |origin, mut c_block, _| {
             with_thin_bt(gemm, build, |bt| {
-                let bt = &bt[..width * k];
+                let bt = &bt[..len];
                 let row_of_a = |r: usize| {
                     let start = (origin.row + r) * a.row_stride();
                     &a.data()[start..start + k]
