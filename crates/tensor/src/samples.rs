@@ -193,7 +193,7 @@ mod tests {
         sparse.build_columns();
         assert_eq!(sparse.nonzeros(), expected.nonzeros());
         assert!((0..indices.len()).all(|i| sparse.row(i) == expected.row(i)));
-        assert!((0..6).all(|j| sparse.col(j) == expected.col(j)));
+        assert!((0..6).all(|j| sparse.col(j).eq(expected.col(j))));
 
         let tensor = samples.to_tensor();
         assert_eq!(

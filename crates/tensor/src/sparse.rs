@@ -1,18 +1,22 @@
 //! Products with a matrix that is mostly zeros, by its nonzeros alone: four fifths
 //! of MNIST's pixels are 0, so the first layer's two GEMMs (`X·W₁` and `Xᵀ·dH`)
-//! need a fifth of their multiply-adds. Each output is summed in the order of the
-//! dense GEMM's tiles (the same blocks of depth, each a chain of FMAs from zero),
-//! so the results are its bits wherever it takes its tiles (outputs over 12 wide;
-//! its dot-product path for thinner ones sums otherwise), zeros being skipped where
-//! the tiles add `0·b`: only the sign of a zero sum, or a zero times an infinite
-//! `b`, can differ.
+//! need a fifth of their multiply-adds. The products take the sparse matrix's
+//! lines (rows for `X·W₁`, columns for `Xᵀ·dH`) in groups of [`GROUP`], each group
+//! by the union of its lines' nonzeros, so that a row of B loaded feeds the group's
+//! lines at once: on MNIST that is twice the multiply-adds of the nonzeros alone
+//! but half to a third of the loads of B, which bound them.
+//! Each output is summed in the order of the dense GEMM's tiles (the same blocks of
+//! depth, each a chain of FMAs from zero), so the results are its bits wherever it
+//! takes its tiles (outputs over 12 wide; its dot-product path for thinner ones
+//! sums otherwise), zeros being skipped where the tiles add `0·b`: only the sign of
+//! a zero sum, or a zero times an infinite `b`, can differ.
 
 use crate::gemm::{depth_block, is_parallel, Epilogue};
 use crate::matrix::{MatMut, MatRef};
 use crate::parallel::{for_each_chunk, for_each_chunk_in_order, ByCols, ByRows};
 use crate::simd::{
-    flush_subnormals, is_exact_divisor, keep_nonzero_bytes, keep_nonzeros, sparse_row_product,
-    BlockMut, Isa, RowFinish, KEEP_SLACK,
+    flush_subnormals, is_exact_divisor, keep_nonzero_bytes, keep_nonzeros, sparse_group_product,
+    BlockMut, GroupEntries, Isa, RowFinish, GROUP, KEEP_SLACK,
 };
 
 /// Density (nonzeros over all entries) up to which the sparse products, their
@@ -23,11 +27,12 @@ pub const SPARSE_DENSITY_LIMIT: f64 = 0.3;
 /// Columns of C per task of [`sparse_gemm`]: B's block of them stays in L2 while
 /// every row of A reads it (its rows shared out too when threads outnumber blocks).
 const TASK_COLS: usize = 128;
-/// Rows of C per task of [`sparse_t_gemm`].
-const TASK_ROWS: usize = 16;
+/// Rows of C per task of [`sparse_t_gemm`]: whole groups.
+const TASK_ROWS: usize = 4 * GROUP;
 
-/// A matrix's nonzeros, by rows and by columns, each list in order: built from a
-/// dense matrix by [`compress`](Self::compress), its buffers reused from call to call.
+/// A matrix's nonzeros, by rows, and by groups of rows and of columns as the
+/// products read them: built from a dense matrix by [`compress`](Self::compress),
+/// its buffers reused from call to call.
 #[derive(Clone, Debug, Default)]
 pub struct SparseRows {
     rows: usize,
@@ -39,12 +44,21 @@ pub struct SparseRows {
     row_starts: Vec<usize>,
     row_cols: Vec<u32>,
     row_values: Vec<f32>,
-    /// Column `j`'s entries, as the rows' (its blocks of depth by [`depth_blocks`] of `rows`).
-    col_starts: Vec<usize>,
-    col_rows: Vec<u32>,
-    col_values: Vec<f32>,
-    /// Where the next entry of each column's block goes, while building.
+    /// The rows in groups of [`GROUP`], by blocks of depth of `cols`: what
+    /// [`sparse_gemm`] reads.
+    row_groups: Groups,
+    /// The columns in groups of [`GROUP`], by blocks of depth of `rows`: what
+    /// [`sparse_t_gemm`] reads, built by [`build_columns`](Self::build_columns).
+    col_groups: Groups,
+    /// Whether each column has a nonzero, found with the column groups.
+    col_nonempty: Vec<bool>,
+    /// Where the next entry of each column group's block goes, while building.
     col_ends: Vec<usize>,
+    /// Flags (bytes) of the columns where a group of rows has a nonzero, while
+    /// building the row groups.
+    flagged: Vec<u8>,
+    /// A flagged column's entry in its group, while building the row groups.
+    entry_of: Vec<u32>,
     /// A row of a matrix whose rows are not contiguous, while compressing.
     strided_row: Vec<f32>,
 }
@@ -62,17 +76,20 @@ impl SparseRows {
     fn reserve(&mut self, rows: usize, cols: usize, entries: usize) {
         // Slack for the whole vectors that compression stores past its last nonzero.
         let slots = entries + KEEP_SLACK;
-        let grow = |v: &mut Vec<u32>| v.resize(slots.max(v.len()), 0);
-        grow(&mut self.row_cols);
-        grow(&mut self.col_rows);
+        self.row_cols.resize(slots.max(self.row_cols.len()), 0);
         self.row_values
             .resize(slots.max(self.row_values.len()), 0.0);
-        self.col_values
-            .resize(slots.max(self.col_values.len()), 0.0);
         let (row_blocks, col_blocks) = (depth_blocks(cols), depth_blocks(rows));
         self.row_starts.reserve(rows * row_blocks + 1);
-        self.col_starts.reserve(cols * col_blocks + 1);
-        self.col_ends.reserve(cols * col_blocks);
+        // A group's entries are at most its lines' nonzeros.
+        self.row_groups
+            .reserve(rows.div_ceil(GROUP) * row_blocks, entries);
+        self.col_groups
+            .reserve(cols.div_ceil(GROUP) * col_blocks, entries);
+        self.col_ends.reserve(cols.div_ceil(GROUP) * col_blocks);
+        self.col_nonempty.reserve(cols);
+        self.flagged.reserve(cols.next_multiple_of(8));
+        self.entry_of.reserve(cols);
         self.strided_row.reserve(cols);
     }
 
@@ -208,7 +225,7 @@ impl SparseRows {
             "a sparse matrix has at most u32::MAX rows and columns"
         );
         (self.rows, self.cols) = (rows, cols);
-        self.col_starts.clear();
+        self.col_groups.starts.clear();
         let depth = depth_block(cols);
         self.row_starts.clear();
         self.row_starts.push(0);
@@ -226,69 +243,134 @@ impl SparseRows {
                 return false;
             }
         }
+        self.build_row_groups();
         true
     }
 
-    /// The entries by columns, from those by rows (what
+    /// The row groups, from the rows: the columns where a group's rows have
+    /// nonzeros are flagged, gathered in order as its entries (each flagged column
+    /// given its entry's number), then each row's values stored at their columns'
+    /// entries, the others 0.
+    fn build_row_groups(&mut self) {
+        let (rows, cols, entries) = (self.rows, self.cols, self.nonzeros());
+        let (blocks, depth) = (depth_blocks(cols), depth_block(cols));
+        let groups = &mut self.row_groups;
+        groups.make_room(entries);
+        groups.starts.clear();
+        groups.starts.push(0);
+        self.flagged.clear();
+        self.flagged.resize(cols.next_multiple_of(8), 0);
+        self.entry_of.resize(cols.max(self.entry_of.len()), 0);
+        let (flagged, entry_of) = (&mut self.flagged[..], &mut self.entry_of[..]);
+        let (row_cols, row_values) = (&self.row_cols[..], &self.row_values[..]);
+        let row = |i: usize| self.row_starts[i * blocks]..self.row_starts[(i + 1) * blocks];
+        let mut end = 0;
+        for first_row in (0..rows).step_by(GROUP) {
+            let group_rows = first_row..rows.min(first_row + GROUP);
+            for i in group_rows.clone() {
+                for &j in &row_cols[row(i)] {
+                    flagged[j as usize] = 1;
+                }
+            }
+            let first = end;
+            // Eight flags a word, a flag the lowest bit of its byte.
+            for (w, word) in flagged.chunks_exact_mut(8).enumerate() {
+                let mut flags = u64::from_le_bytes(word.try_into().unwrap());
+                if flags != 0 {
+                    word.fill(0);
+                }
+                while flags != 0 {
+                    let j = 8 * w + flags.trailing_zeros() as usize / 8;
+                    groups.index[end] = j as u32;
+                    entry_of[j] = (end - first) as u32;
+                    end += 1;
+                    flags &= flags - 1;
+                }
+            }
+            let values = &mut groups.values[GROUP * first..GROUP * end];
+            values.fill(0.0);
+            for (r, i) in group_rows.enumerate() {
+                for (&j, &v) in row_cols[row(i)].iter().zip(&row_values[row(i)]) {
+                    values[GROUP * entry_of[j as usize] as usize + r] = v;
+                }
+            }
+            let index = &groups.index[first..end];
+            for pc in (depth..cols).step_by(depth) {
+                let before = index.partition_point(|&j| (j as usize) < pc);
+                groups.starts.push(first + before);
+            }
+            groups.starts.push(end);
+        }
+    }
+
+    /// The column groups, from the rows (what
     /// [`compress_if_sparse`](Self::compress_if_sparse) adds to
     /// [`compress_rows_if_sparse`](Self::compress_rows_if_sparse)), unless they
-    /// are built: a counting sort by column and block of depth, which keeps each
-    /// column's rows in order.
+    /// are built: a counting sort by group of columns and block of depth, which
+    /// keeps each group's rows in order. A row's nonzeros in one group are
+    /// neighbours in the row, one entry of the group.
     pub fn build_columns(&mut self) {
         if self.has_columns() {
             return;
         }
-        match depth_blocks(self.rows) {
-            // One block (batches up to 400 rows): the bucket is the column alone.
-            1 => self.sort_into_columns(1, |j, _| j as usize),
-            blocks => self.sort_into_columns(blocks, |j, block| j as usize * blocks + block),
-        }
-    }
-
-    /// [`build_columns`](Self::build_columns) with `bucket(column, block of the row)`
-    /// for each column's `blocks` blocks of depth.
-    fn sort_into_columns(&mut self, blocks: usize, bucket: impl Fn(u32, usize) -> usize) {
-        let (entries, row_blocks) = (self.nonzeros(), depth_blocks(self.cols));
-        let (depth, buckets) = (depth_block(self.rows), self.cols * blocks);
+        let (rows, cols) = (self.rows, self.cols);
+        let (row_blocks, blocks, depth) =
+            (depth_blocks(cols), depth_blocks(rows), depth_block(rows));
+        let buckets = cols.div_ceil(GROUP) * blocks;
+        let bucket = |j: u32, block: usize| j as usize / GROUP * blocks + block;
         // Plain slices (the Vecs resliced below too): through `self` each store
         // would make the compiler reload every buffer's address and length.
         let Self {
-            rows,
             row_starts,
-            col_starts,
+            col_groups: groups,
+            col_nonempty,
             col_ends,
             ..
         } = self;
-        let (row_cols, row_values) = (&self.row_cols[..entries], &self.row_values[..entries]);
-        let (col_rows, col_values) = (
-            &mut self.col_rows[..entries],
-            &mut self.col_values[..entries],
-        );
         let row = |i: usize| row_starts[i * row_blocks]..row_starts[(i + 1) * row_blocks];
-        col_starts.clear();
-        col_starts.resize(buckets + 1, 0);
-        let col_starts = &mut col_starts[..];
-        for i in 0..*rows {
-            let block = i / depth;
+        let row_cols = &self.row_cols[..];
+        let row_values = &self.row_values[..];
+        // Entries of each bucket, at `bucket + 1`.
+        groups.starts.clear();
+        groups.starts.resize(buckets + 1, 0);
+        col_nonempty.clear();
+        col_nonempty.resize(cols, false);
+        let (starts, nonempty) = (&mut groups.starts[..], &mut col_nonempty[..]);
+        for i in 0..rows {
+            let (block, mut last) = (i / depth, usize::MAX);
             for &j in &row_cols[row(i)] {
-                col_starts[bucket(j, block) + 1] += 1;
+                nonempty[j as usize] = true;
+                let at = bucket(j, block);
+                // Without a branch: which entries start a bucket is a coin toss
+                // (as a branch, this pass took twice as long).
+                starts[at + 1] += usize::from(at != last);
+                last = at;
             }
         }
         for at in 0..buckets {
-            col_starts[at + 1] += col_starts[at];
+            starts[at + 1] += starts[at];
         }
+        let entries = starts[buckets];
+        groups.make_room(entries);
+        let index = &mut groups.index[..];
+        let values = &mut groups.values[..GROUP * entries];
+        values.fill(0.0);
         col_ends.clear();
-        col_ends.extend_from_slice(&col_starts[..buckets]);
-        let col_ends = &mut col_ends[..];
-        for i in 0..*rows {
-            let block = i / depth;
+        col_ends.extend_from_slice(&groups.starts[..buckets]);
+        let ends = &mut col_ends[..];
+        for i in 0..rows {
+            let (block, mut last, mut slot) = (i / depth, usize::MAX, 0);
             for (&j, &v) in row_cols[row(i)].iter().zip(&row_values[row(i)]) {
-                // The count bumped before the stores: bumped after them, it was
-                // reloaded from memory (compressing an MNIST batch: 125 -> 73 µs).
-                let slot = col_ends[bucket(j, block)];
-                col_ends[bucket(j, block)] = slot + 1;
-                col_rows[slot] = i as u32;
-                col_values[slot] = v;
+                let at = bucket(j, block);
+                if at != last {
+                    // The count bumped before the stores: bumped after them, it was
+                    // reloaded from memory (compressing an MNIST batch: 125 -> 73 µs).
+                    slot = ends[at];
+                    ends[at] = slot + 1;
+                    index[slot] = i as u32;
+                    last = at;
+                }
+                values[GROUP * slot + j as usize % GROUP] = v;
             }
         }
     }
@@ -313,16 +395,21 @@ impl SparseRows {
 
     /// Row `i`'s nonzeros: their column indices, in order, and values.
     pub fn row(&self, i: usize) -> (&[u32], &[f32]) {
-        self.row_blocks(i).whole()
+        let blocks = depth_blocks(self.cols);
+        let range = self.row_starts[i * blocks]..self.row_starts[(i + 1) * blocks];
+        (&self.row_cols[range.clone()], &self.row_values[range])
     }
 
     /// Column `j`'s nonzeros: their row indices, in order, and values.
     ///
     /// # Panics
     /// When the columns were not built ([`compress_rows_if_sparse`](Self::compress_rows_if_sparse)).
-    pub fn col(&self, j: usize) -> (&[u32], &[f32]) {
+    pub fn col(&self, j: usize) -> impl Iterator<Item = (u32, f32)> + '_ {
         self.assert_has_columns();
-        self.col_blocks(j).whole()
+        let entries = self.col_groups.whole(j / GROUP, depth_blocks(self.rows));
+        let rows = entries.index.iter().copied().zip(entries.row(j % GROUP));
+        // A group's entry holds 0 for its columns without a nonzero there.
+        rows.filter(|&(_, v)| v != 0.0)
     }
 
     /// Whether each column has no nonzero, in order of the columns.
@@ -331,14 +418,14 @@ impl SparseRows {
     /// As [`col`](Self::col).
     pub fn empty_columns(&self) -> impl Iterator<Item = bool> + '_ {
         self.assert_has_columns();
-        let blocks = depth_blocks(self.rows);
-        let starts = &self.col_starts;
-        (0..self.cols).map(move |j| starts[j * blocks] == starts[(j + 1) * blocks])
+        self.col_nonempty[..self.cols]
+            .iter()
+            .map(|&nonempty| !nonempty)
     }
 
     /// Whether the entries by columns are this matrix's.
     pub fn has_columns(&self) -> bool {
-        self.col_starts.len() == self.cols * depth_blocks(self.rows) + 1
+        self.col_groups.starts.len() == self.cols.div_ceil(GROUP) * depth_blocks(self.rows) + 1
     }
 
     /// Panics, naming the cause, unless the columns were built.
@@ -348,18 +435,6 @@ impl SparseRows {
             "the columns of this matrix were not built"
         );
     }
-
-    /// Row `i`'s nonzeros by blocks of depth.
-    fn row_blocks(&self, i: usize) -> Blocks<'_> {
-        let entries = (&self.row_cols[..], &self.row_values[..]);
-        Blocks::nth(&self.row_starts, i, depth_blocks(self.cols), entries)
-    }
-
-    /// Column `j`'s nonzeros by blocks of depth.
-    fn col_blocks(&self, j: usize) -> Blocks<'_> {
-        let entries = (&self.col_rows[..], &self.col_values[..]);
-        Blocks::nth(&self.col_starts, j, depth_blocks(self.rows), entries)
-    }
 }
 
 /// Blocks of depth of a product with a sparse operand whose inner dimension is
@@ -368,64 +443,81 @@ fn depth_blocks(k: usize) -> usize {
     k.div_ceil(depth_block(k)).max(1)
 }
 
-/// One row's (or column's) nonzeros, split by blocks of depth.
-#[derive(Clone, Copy)]
-struct Blocks<'a> {
-    /// Where each block starts in `index` and `value`, then where the last ends.
-    starts: &'a [usize],
-    index: &'a [u32],
-    value: &'a [f32],
+/// A sparse matrix's lines (rows or columns) in groups of [`GROUP`]: each group's
+/// entries, the union of its lines' nonzeros' positions in order, split by blocks
+/// of depth, and each line's value at every entry.
+#[derive(Clone, Debug, Default)]
+struct Groups {
+    /// Group `g`'s entries in block `b` of `B` are `starts[g·B + b]..starts[g·B + b + 1]`.
+    starts: Vec<usize>,
+    /// The entries' positions in the lines.
+    index: Vec<u32>,
+    /// Entry `e`'s values, one for each line of its group: line `r`'s at `GROUP·e + r`.
+    values: Vec<f32>,
 }
 
-impl<'a> Blocks<'a> {
-    /// Line `i`'s `blocks` blocks, of lines whose blocks start at `starts`.
-    fn nth(starts: &'a [usize], i: usize, blocks: usize, entries: (&'a [u32], &'a [f32])) -> Self {
-        let starts = &starts[i * blocks..=(i + 1) * blocks];
-        let (index, value) = entries;
-        Self {
-            starts,
-            index,
-            value,
+impl Groups {
+    /// Room for `starts` of `buckets` blocks of groups and for `entries` entries.
+    fn reserve(&mut self, buckets: usize, entries: usize) {
+        self.starts.reserve(buckets + 1);
+        self.make_room(entries);
+    }
+
+    /// Buffers that hold `entries` entries (they only grow).
+    fn make_room(&mut self, entries: usize) {
+        self.index.resize(entries.max(self.index.len()), 0);
+        let values = (GROUP * entries).max(self.values.len());
+        self.values.resize(values, 0.0);
+    }
+
+    /// The entries `range`.
+    fn entries(&self, range: std::ops::Range<usize>) -> GroupEntries<'_> {
+        GroupEntries {
+            values: &self.values[GROUP * range.start..GROUP * range.end],
+            index: &self.index[range],
         }
     }
 
-    fn count(&self) -> usize {
-        self.starts.len() - 1
+    /// Group `g`'s entries in its block of depth `block`, of `blocks`.
+    fn block(&self, g: usize, blocks: usize, block: usize) -> GroupEntries<'_> {
+        self.entries(self.starts[g * blocks + block]..self.starts[g * blocks + block + 1])
     }
 
-    fn block(&self, b: usize) -> (&'a [u32], &'a [f32]) {
-        let range = self.starts[b]..self.starts[b + 1];
-        (&self.index[range.clone()], &self.value[range])
+    /// Group `g`'s entries in all its `blocks` blocks of depth.
+    fn whole(&self, g: usize, blocks: usize) -> GroupEntries<'_> {
+        self.entries(self.starts[g * blocks]..self.starts[(g + 1) * blocks])
     }
 
-    fn whole(&self) -> (&'a [u32], &'a [f32]) {
-        let range = self.starts[0]..self.starts[self.count()];
-        (&self.index[range.clone()], &self.value[range])
-    }
-}
-
-/// One row of a product with a sparse matrix: the row's entries (column
-/// indices, in order, and values, by blocks of depth) times the rows of B they
-/// name, each block summed as the dense kernels sum it (also one without
-/// entries), then the bias and relu of `epilogue` after the last block.
-fn row_by_depth_blocks(
-    isa: Isa,
-    entries: Blocks<'_>,
-    b: &[f32],
-    ldb: usize,
-    out: &mut [f32],
-    (bias, relu): (Option<&[f32]>, bool),
-) {
-    let blocks = entries.count();
-    for block in 0..blocks {
-        let last = block + 1 == blocks;
-        let finish = RowFinish {
-            accumulate: block > 0,
-            bias: bias.filter(|_| last),
-            relu: relu && last,
-        };
-        let (index, value) = entries.block(block);
-        sparse_row_product(isa, index, value, b, ldb, out, finish);
+    /// Rows `first_row..` (the first of a group) of the product of these groups'
+    /// lines with B into `c`, a group at a time, each by its `blocks` blocks of
+    /// depth summed as the dense kernels sum them (also one without entries),
+    /// then the bias and relu of `epilogue` after the last block.
+    fn product_rows(
+        &self,
+        isa: Isa,
+        (first_row, blocks): (usize, usize),
+        (b, ldb): (&[f32], usize),
+        c: &mut BlockMut<'_>,
+        (bias, relu): (Option<&[f32]>, bool),
+    ) {
+        debug_assert_eq!(first_row % GROUP, 0, "a task starts a group");
+        let cols = c.cols();
+        flush_subnormals(|| {
+            for r in (0..c.rows()).step_by(GROUP) {
+                let mut tile = c.tile_mut(r, 0, GROUP.min(c.rows() - r), cols);
+                let g = (first_row + r) / GROUP;
+                for block in 0..blocks {
+                    let last = block + 1 == blocks;
+                    let finish = RowFinish {
+                        accumulate: block > 0,
+                        bias: bias.filter(|_| last),
+                        relu: relu && last,
+                    };
+                    let entries = self.block(g, blocks, block);
+                    sparse_group_product(isa, entries, b, ldb, &mut tile, finish);
+                }
+            }
+        })
     }
 }
 
@@ -478,16 +570,13 @@ pub fn sparse_gemm_with(
     }
     let ldb = b.row_stride();
     // Rows `first_row..` of C's block of columns from `first_col`.
+    let blocks = depth_blocks(k);
     let task = |first_row: usize, first_col: usize, mut block: BlockMut<'_>| {
-        let cols = block.cols();
-        let b_cols = &b.data()[first_col..];
+        let b_cols = (&b.data()[first_col..], ldb);
         let epilogue = (bias.map(|bias| &bias[first_col..]), relu);
-        flush_subnormals(|| {
-            for r in 0..block.rows() {
-                let (entries, out) = (a.row_blocks(first_row + r), &mut block.row_mut(r)[..cols]);
-                row_by_depth_blocks(isa, entries, b_cols, ldb, out, epilogue);
-            }
-        })
+        let rows = (first_row, blocks);
+        a.row_groups
+            .product_rows(isa, rows, b_cols, &mut block, epilogue)
     };
     let c = ByCols(BlockMut::new(c));
     if !is_parallel(2 * a.nonzeros() * n) {
@@ -497,13 +586,13 @@ pub fn sparse_gemm_with(
     // Fewer blocks of columns than threads (512 outputs on more than 4 cores):
     // each block's rows are shared out too, so that every core has work. (Work in
     // parallel has columns and rows: neither count is 0 here.)
-    let groups = rayon::current_num_threads().div_ceil(n.div_ceil(TASK_COLS));
-    let group_rows = m.div_ceil(groups);
-    let work = |t: usize, ByCols(block)| match groups {
+    let shares = rayon::current_num_threads().div_ceil(n.div_ceil(TASK_COLS));
+    let share_rows = m.div_ceil(shares).next_multiple_of(GROUP);
+    let work = |t: usize, ByCols(block)| match shares {
         1 => task(0, t * TASK_COLS, block),
         _ => {
-            let rows = |g: usize, ByRows(rows)| task(g * group_rows, t * TASK_COLS, rows);
-            for_each_chunk(ByRows(block), group_rows, &rows)
+            let rows = |s: usize, ByRows(rows)| task(s * share_rows, t * TASK_COLS, rows);
+            for_each_chunk(ByRows(block), share_rows, &rows)
         }
     };
     for_each_chunk(c, TASK_COLS, &work)
@@ -529,13 +618,11 @@ pub fn sparse_t_gemm_with(isa: Isa, a: &SparseRows, b: MatRef<'_>, c: MatMut<'_>
     assert_product_shapes("Aᵀ", (m, k), b, &c);
     assert!(a.has_columns(), "the columns of A were not built");
     let ldb = b.row_stride();
+    let rows = |first_row: usize| (first_row, depth_blocks(k));
     let task = |first_row: usize, mut block: BlockMut<'_>| {
-        flush_subnormals(|| {
-            for r in 0..block.rows() {
-                let (entries, out) = (a.col_blocks(first_row + r), &mut block.row_mut(r)[..n]);
-                row_by_depth_blocks(isa, entries, b.data(), ldb, out, (None, false));
-            }
-        })
+        let (b, epilogue) = ((b.data(), ldb), (None, false));
+        a.col_groups
+            .product_rows(isa, rows(first_row), b, &mut block, epilogue)
     };
     let work = |t: usize, ByRows(block)| task(t * TASK_ROWS, block);
     let c = ByRows(BlockMut::new(c));

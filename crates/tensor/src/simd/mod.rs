@@ -18,7 +18,7 @@ pub(crate) use block::{BlockMut, TileMut};
 pub(crate) use compress::{is_exact_divisor, keep_nonzero_bytes, keep_nonzeros, KEEP_SLACK};
 pub use microkernel::{MAX_MR, MAX_NC, MAX_NR};
 pub use peak::fma_peak_gflops;
-pub(crate) use sparse::{sparse_row_product, RowFinish};
+pub(crate) use sparse::{sparse_group_product, GroupEntries, RowFinish, GROUP};
 pub(crate) use subnormals::flush_subnormals;
 pub(crate) use thin::{has_thin_loop, thin_dots, transpose_thin, MAX_THIN_N, THIN_STEP};
 
