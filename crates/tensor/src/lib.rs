@@ -26,7 +26,7 @@ pub use gemm::{
     gemm, gemm_column_sums, gemm_column_sums_with, gemm_with, reserve_packing_buffers, Epilogue,
 };
 pub use matrix::{MatMut, MatRef};
-pub use parallel::with_workers_awake;
+pub use parallel::{join_awake, with_workers_awake};
 pub use samples::{Samples, ScaledBytes};
 pub use simd::{fma_peak_gflops, Isa};
 pub use sparse::{sparse_gemm, sparse_t_gemm, SparseRows};

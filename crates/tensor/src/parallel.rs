@@ -208,6 +208,33 @@ fn split_halves<C: Chunks>(
     );
 }
 
+/// `rayon::join(a, b)`, except that the calling thread, once `a` is done, spins
+/// (running any pending work, `b` too if no other thread took it) until `b` is
+/// done, rather than falling asleep and being woken tens of microseconds after
+/// `b` ends (a training step's two joins lost 18 and 28 µs so, Zen 5).
+pub fn join_awake<RA: Send, RB: Send>(
+    a: impl FnOnce() -> RA + Send,
+    b: impl FnOnce() -> RB + Send,
+) -> (RA, RB) {
+    let b_done = AtomicBool::new(false);
+    rayon::join(
+        || {
+            let _occupied = Occupied::enter();
+            let a = a();
+            while !b_done.load(Ordering::Acquire) {
+                rayon::yield_now();
+            }
+            a
+        },
+        || {
+            let _occupied = Occupied::enter();
+            // Set also when `b` panics, so that the other side stops waiting.
+            let _done = StopOnDrop(&b_done);
+            b()
+        },
+    )
+}
+
 /// Stops the spinning threads when `body` ends, also by a panic, so the scope can end.
 struct StopOnDrop<'a>(&'a AtomicBool);
 
@@ -227,6 +254,28 @@ mod tests {
             .num_threads(threads)
             .build()
             .unwrap()
+    }
+
+    /// Both halves run and return, on one thread or two, and a panic in either
+    /// reaches the caller instead of leaving the other half waiting.
+    #[test]
+    fn join_awake_returns_both_halves_and_their_panics() {
+        for threads in [1, 2] {
+            let pool = pool(threads);
+            let (a, b) = pool.install(|| join_awake(|| parallel_sum(1000), || parallel_sum(10)));
+            assert_eq!((a, b), (499_500, 45));
+            for a_panics in [false, true] {
+                let joined = pool.install(|| {
+                    std::panic::catch_unwind(|| {
+                        join_awake(
+                            || assert!(!a_panics, "a failed"),
+                            || assert!(a_panics, "b failed"),
+                        )
+                    })
+                });
+                assert!(joined.is_err(), "{threads} threads, a panics: {a_panics}");
+            }
+        }
     }
 
     /// `0 + 1 + … + (n - 1)`, summed over the pool in chunks.
