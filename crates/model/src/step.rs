@@ -18,10 +18,11 @@ fn gemm_work(name: &'static str, m: usize, k: usize, n: usize) -> Work {
     Work::kernel(name).flops(2 * (m * k * n) as u64)
 }
 
-/// A product of a sparse input's `nonzeros` with `n` columns as profiled work:
-/// the operations done, `2·nonzeros·n`, not the dense GEMM's.
-fn sparse_work(name: &'static str, nonzeros: usize, n: usize) -> Work {
-    Work::kernel(name).flops(2 * (nonzeros * n) as u64)
+/// A product with a sparse input as profiled work: the operations its kernel
+/// runs, `2·multiply_adds` (the zeros inside its groups included), not the
+/// dense GEMM's.
+fn sparse_work(name: &'static str, multiply_adds: usize) -> Work {
+    Work::kernel(name).flops(2 * multiply_adds as u64)
 }
 
 /// Loads the samples `indices` of `x` into `input`: when `skip_zeros` and they
@@ -131,7 +132,8 @@ pub(crate) fn forward(
         let out_mat = MatMut::row_major(out, rows, layer.units);
         if sparse {
             let _span = profile::span(|| {
-                sparse_work(name, ws.input.sparse.nonzeros(), layer.units).layer(l)
+                let multiply_adds = ws.input.sparse.product_multiply_adds(layer.units);
+                sparse_work(name, multiply_adds).layer(l)
             });
             sparse_gemm(&ws.input.sparse, kernel, out_mat, epilogue);
         } else {
@@ -253,12 +255,8 @@ pub(crate) fn backward(
         if l == 0 && ws.input.is_sparse {
             build_input_columns(&mut ws.input.sparse);
             let _span = profile::span(|| {
-                sparse_work(
-                    "sparse weight-gradient GEMM",
-                    ws.input.sparse.nonzeros(),
-                    layer.units,
-                )
-                .layer(l)
+                let multiply_adds = ws.input.sparse.t_product_multiply_adds(layer.units);
+                sparse_work("sparse weight-gradient GEMM", multiply_adds).layer(l)
             });
             sparse_t_gemm(&ws.input.sparse, dz_mat, dkernel);
         } else {

@@ -87,11 +87,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // (that work at the FMA peak) and `fraction_of_peak` are defined on, as a
     // model-FLOP utilization is.
     let model_flops = model.train_flops_per_sample() as f64;
-    // What the kernels executed: the first layer's two products (forward and
-    // weight gradient) without the zeros. Each sample is in one batch an epoch, so
-    // this is exact when every batch is under the model's limit, as MNIST's are
-    // (0.18-0.20 nonzero); a dataset near the limit, some batches dense, would be
-    // counted low.
+    // The work left once the zeros are skipped: the first layer's two products
+    // (forward and weight gradient) by the nonzeros alone. Each sample is in one
+    // batch an epoch, so this is exact when every batch is under the model's
+    // limit, as MNIST's are (0.18-0.20 nonzero); a dataset near the limit, some
+    // batches dense, would be counted low. The grouped sparse products multiply
+    // some zeros too (those inside a group's union), which `kerno profile` counts.
     let skipped = match (skips_zeros, model.layers().first()) {
         (true, Some(first)) => {
             4.0 * (first.inputs() * first.units()) as f64 * (1.0 - input_density)
@@ -141,7 +142,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
         if skips_zeros {
             println!(
-                "input {:.0}% nonzero, its zeros skipped: the kernels executed {executed:.1} GFLOP/s ({:.2} of the peak)",
+                "input {:.0}% nonzero, its zeros skipped: the nonzeros' operations ran at {executed:.1} GFLOP/s ({:.2} of the peak)",
                 100.0 * input_density,
                 executed / peak_all
             );

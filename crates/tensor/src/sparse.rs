@@ -408,6 +408,23 @@ impl SparseRows {
         self.row_starts.last().copied().unwrap_or(0)
     }
 
+    /// The multiply-adds of [`sparse_gemm`] with a B of `n` columns: each row
+    /// group's entries times its rows, the zeros inside the group's union of
+    /// columns included (about twice the nonzeros on MNIST).
+    pub fn product_multiply_adds(&self, n: usize) -> usize {
+        GROUP * self.row_groups.starts.last().copied().unwrap_or(0) * n
+    }
+
+    /// The multiply-adds of [`sparse_t_gemm`] with a B of `n` columns, as
+    /// [`product_multiply_adds`](Self::product_multiply_adds) counts them.
+    ///
+    /// # Panics
+    /// As [`col`](Self::col).
+    pub fn t_product_multiply_adds(&self, n: usize) -> usize {
+        self.assert_has_columns();
+        GROUP * self.col_groups.starts.last().copied().unwrap_or(0) * n
+    }
+
     /// Nonzeros over all entries (0 for an empty matrix).
     pub fn density(&self) -> f64 {
         self.nonzeros() as f64 / (self.rows * self.cols).max(1) as f64

@@ -376,3 +376,23 @@ fn empty_columns_look_at_every_block_of_rows() {
         assert_eq!(empty, [true, false, false, false], "{isa:?}");
     }
 }
+
+/// The products' multiply-adds, as `kerno profile` counts them: four rows (or
+/// columns) a group, over the union of the group's nonzeros.
+#[test]
+fn multiply_adds_count_each_group_s_union_for_its_four_lines() {
+    #[rustfmt::skip]
+    let a = [
+        1.0, 0.0, 0.0, 0.0, 0.0,
+        0.0, 2.0, 0.0, 0.0, 0.0,
+        0.0, 0.0, 0.0, 0.0, 0.0,
+        0.0, 3.0, 0.0, 0.0, 0.0,
+        4.0, 0.0, 0.0, 0.0, 5.0,
+    ];
+    let mut sparse = SparseRows::default();
+    sparse.compress(MatRef::row_major(&a, 5, 5));
+    // Rows 0-3: columns 0 and 1; row 4: columns 0 and 4.
+    assert_eq!(sparse.product_multiply_adds(7), 4 * (2 + 2) * 7);
+    // Columns 0-3: rows 0, 1, 3 and 4; column 4: row 4.
+    assert_eq!(sparse.t_product_multiply_adds(7), 4 * (4 + 1) * 7);
+}
