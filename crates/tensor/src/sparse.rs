@@ -22,7 +22,9 @@ use crate::simd::{
 /// Density (nonzeros over all entries) up to which the sparse products, their
 /// compression included, beat the dense GEMMs: on MNIST-like batches of 128 they
 /// broke even near 0.31 on one thread and 0.36 on two on Zen 3 (AVX2), near 0.30
-/// on two threads and between 0.31 and 0.40 on one on an AVX-512 Xeon.
+/// on two threads and between 0.31 and 0.40 on one on an AVX-512 Xeon. (Measured
+/// with the per-row products that the groups replaced, which were slower at
+/// MNIST's density: not measured again since.)
 pub const SPARSE_DENSITY_LIMIT: f64 = 0.3;
 /// Columns of C per task of [`sparse_gemm`]: B's block of them stays in L2 while
 /// every row of A reads it (its rows shared out too when threads outnumber blocks).
