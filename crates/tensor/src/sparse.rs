@@ -1,7 +1,7 @@
-//! Products with a matrix that is mostly zeros, by its nonzeros alone: four fifths
+//! Products with a matrix that is mostly zeros, most of its zeros skipped: four fifths
 //! of MNIST's pixels are 0, so the first layer's two GEMMs (`X·W₁` and `Xᵀ·dH`)
 //! need a fifth of their multiply-adds. The products take the sparse matrix's
-//! lines (rows for `X·W₁`, columns for `Xᵀ·dH`) in groups of [`GROUP`], each group
+//! lines (rows for `X·W₁`, columns for `Xᵀ·dH`) in groups of four, each group
 //! by the union of its lines' nonzeros, so that a row of B loaded feeds the group's
 //! lines at once: on MNIST that is twice the multiply-adds of the nonzeros alone
 //! but half to a third of the loads of B, which bound them.
