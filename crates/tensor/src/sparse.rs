@@ -22,9 +22,12 @@ use crate::simd::{
 /// Density (nonzeros over all entries) up to which the sparse products, their
 /// compression included, beat the dense GEMMs: on MNIST-like batches of 128 they
 /// broke even near 0.31 on one thread and 0.36 on two on Zen 3 (AVX2), near 0.30
-/// on two threads and between 0.31 and 0.40 on one on an AVX-512 Xeon. (Measured
-/// with the per-row products that the groups replaced, which were slower at
-/// MNIST's density: not measured again since.)
+/// on two threads and between 0.31 and 0.40 on one on an AVX-512 Xeon, with the
+/// per-row products that the groups replaced. With the groups, on Zen 5 (AVX-512;
+/// real MNIST batches of 128, their strokes widened to raise the density, the
+/// compression timed in full though a training step hides most of it), near 0.39
+/// on two threads and 0.54 on one. The limit stays at the AVX2 machines' figures,
+/// which were not measured again.
 pub const SPARSE_DENSITY_LIMIT: f64 = 0.3;
 /// Columns of C per task of [`sparse_gemm`]: B's block of them stays in L2 while
 /// every row of A reads it (its rows shared out too when threads outnumber blocks).
