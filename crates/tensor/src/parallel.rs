@@ -192,19 +192,9 @@ fn split_halves<C: Chunks>(
     let half = chunks / 2;
     let mid = (half * len).min(data.len());
     let (left, right) = data.split_at(mid);
-    let right_done = AtomicBool::new(false);
-    rayon::join(
-        || {
-            split_halves(left, first, half, len, work);
-            // If no other thread took the right half, `yield_now` runs it here.
-            while !right_done.load(Ordering::Acquire) {
-                rayon::yield_now();
-            }
-        },
-        || {
-            split_halves(right, first + half, chunks - half, len, work);
-            right_done.store(true, Ordering::Release);
-        },
+    join_awake(
+        || split_halves(left, first, half, len, work),
+        || split_halves(right, first + half, chunks - half, len, work),
     );
 }
 
