@@ -260,7 +260,10 @@ impl SparseRows {
     /// The row groups, from the rows: the columns where a group's rows have
     /// nonzeros are flagged, gathered in order as its entries (each flagged column
     /// given its entry's number), then each row's values stored at their columns'
-    /// entries, the others 0.
+    /// entries, the others 0. (Flag bytes, not the bit words of
+    /// [`build_columns`](Self::build_columns): filling words in a register from
+    /// four rows in turn took 37 µs against 33 on an MNIST batch, a branch
+    /// mispredicted at each change of word.)
     fn build_row_groups(&mut self) {
         let (rows, cols, entries) = (self.rows, self.cols, self.nonzeros());
         let (blocks, depth) = (depth_blocks(cols), depth_block(cols));
