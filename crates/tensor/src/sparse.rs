@@ -89,11 +89,10 @@ impl SparseRows {
             .resize(slots.max(self.row_values.len()), 0.0);
         let (row_blocks, col_blocks) = (depth_blocks(cols), depth_blocks(rows));
         self.row_starts.reserve(rows * row_blocks + 1);
-        // A group's entries are at most its lines' nonzeros.
+        // A group's entries are at most its lines' nonzeros. (The column groups
+        // are sized when first built: a batch only run forward needs none.)
         self.row_groups
             .reserve(rows.div_ceil(GROUP) * row_blocks, entries);
-        self.col_groups
-            .reserve(cols.div_ceil(GROUP) * col_blocks, entries);
         self.col_ends.reserve(cols.div_ceil(GROUP) * col_blocks);
         self.col_nonempty.reserve(cols);
         self.row_group_bits
@@ -380,7 +379,9 @@ impl SparseRows {
             starts[at + 1] += starts[at];
         }
         let entries = starts[buckets];
-        groups.make_room(entries);
+        // Room for as many entries as the rows have room for, so that no later
+        // matrix of the same reservation grows them.
+        groups.make_room(entries.max(self.row_cols.len()));
         let index = &mut groups.index[..];
         let values = &mut groups.values[..GROUP * entries];
         values.fill(0.0);
