@@ -34,6 +34,18 @@ impl EpochOrder {
         }
     }
 
+    /// Orders each batch of `batch_size` (as [`batches`](Self::batches) splits
+    /// them) by the samples' `keys`, then by index: every batch keeps its samples,
+    /// and those of one key come together. Allocates nothing.
+    ///
+    /// # Panics
+    /// When an index has no key.
+    pub fn group_batches_by(&mut self, batch_size: usize, keys: &[u32]) {
+        for batch in self.indices.chunks_mut(batch_size.max(1)) {
+            batch.sort_unstable_by_key(|&i| (keys[i], i));
+        }
+    }
+
     pub fn indices(&self) -> &[usize] {
         &self.indices
     }
@@ -69,5 +81,23 @@ mod tests {
             b.batches(32).map(|c| c.len()).collect::<Vec<_>>(),
             vec![32, 32, 32, 4]
         );
+    }
+
+    #[test]
+    fn grouped_batches_keep_their_samples_in_order_of_key() {
+        let keys: Vec<u32> = (0..100).map(|i| (i * 7 % 3) as u32).collect();
+        let mut order = EpochOrder::new(100, 7);
+        order.arrange(2, true);
+        let shuffled = order.indices().to_vec();
+        order.group_batches_by(32, &keys);
+        for (grouped, before) in order.batches(32).zip(shuffled.chunks(32)) {
+            let mut same = before.to_vec();
+            same.sort_unstable();
+            let mut samples = grouped.to_vec();
+            samples.sort_unstable();
+            assert_eq!(samples, same, "a batch keeps its samples");
+            let sort_keys: Vec<_> = grouped.iter().map(|&i| (keys[i], i)).collect();
+            assert!(sort_keys.windows(2).all(|w| w[0] < w[1]), "{sort_keys:?}");
+        }
     }
 }

@@ -77,6 +77,25 @@ impl<'a> TargetTable<'a> {
         }
     }
 
+    /// The class of each of the first `rows` samples: its class index, or for
+    /// dense targets the output where its target is greatest (a one-hot row's
+    /// class; for other targets only a key that groups alike samples).
+    pub fn classes(&self, rows: usize) -> Vec<u32> {
+        match self {
+            TargetTable::Classes(c) => c[..rows].to_vec(),
+            TargetTable::Dense(t) => (0..rows)
+                .map(|i| {
+                    let row = t.row(i);
+                    let greatest = (0..row.len()).reduce(|a, b| match row[b] > row[a] {
+                        true => b,
+                        false => a,
+                    });
+                    greatest.unwrap_or(0) as u32
+                })
+                .collect(),
+        }
+    }
+
     /// Asks the CPU to start loading the targets of `indices`, soon to be gathered.
     pub fn prefetch(&self, indices: &[usize]) {
         if let TargetTable::Dense(y) = self {
@@ -90,5 +109,22 @@ impl<'a> TargetTable<'a> {
             TargetTable::Dense(t) => Targets::Dense(&y[..rows * t.row_len()]),
             TargetTable::Classes(_) => Targets::Classes(&classes[..rows]),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sample's class is its class index, or its one-hot row's hot output.
+    #[test]
+    fn classes_of_class_indices_and_of_one_hot_rows() {
+        let indices = Tensor::from_vec(&[4], vec![2.0, 0.0, 1.0, 2.0]).unwrap();
+        let sparse = TargetTable::new(Loss::SparseCategoricalCrossentropy, &indices, 4, 3);
+        assert_eq!(sparse.unwrap().classes(3), vec![2, 0, 1]);
+        let one_hot = [0., 0., 1., 1., 0., 0., 0., 1., 0., 0., 0., 1.];
+        let one_hot = Tensor::from_vec(&[4, 3], one_hot.to_vec()).unwrap();
+        let dense = TargetTable::new(Loss::CategoricalCrossentropy, &one_hot, 4, 3);
+        assert_eq!(dense.unwrap().classes(4), vec![2, 0, 1, 2]);
     }
 }
