@@ -15,7 +15,10 @@ mod thin;
 mod tiles;
 
 pub(crate) use block::{BlockMut, TileMut};
-pub(crate) use compress::{is_exact_divisor, keep_nonzero_bytes, keep_nonzeros, KEEP_SLACK};
+pub(crate) use compress::{
+    for_each_set_bit, is_exact_divisor, keep_nonzero_bytes, keep_nonzeros, set_bit_positions, Kept,
+    KEEP_SLACK,
+};
 pub use microkernel::{MAX_MR, MAX_NC, MAX_NR};
 pub use peak::fma_peak_gflops;
 pub(crate) use sparse::{sparse_group_product, GroupEntries, RowFinish, GROUP};
