@@ -698,3 +698,25 @@ pub fn sparse_t_gemm_with(isa: Isa, a: &SparseRows, b: MatRef<'_>, c: MatMut<'_>
         false => for_each_chunk_in_order(c, TASK_ROWS, work),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Each of a word's 16 groups of four bits gives one bit, set when any of its
+    /// four is: on sparse and dense random words, and single bits.
+    #[test]
+    fn any_of_each_four_finds_the_groups_with_a_bit_set() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let singles = (0..64).map(|b| 1u64 << b);
+        let random = (0..200).map(|t| {
+            let density = [0.05, 0.3, 0.9][t % 3];
+            (0..64).fold(0u64, |w, b| w | u64::from(rng.gen_bool(density)) << b)
+        });
+        for word in singles.chain(random).chain([0, u64::MAX]) {
+            let expected = (0..16).fold(0, |g, k| g | u64::from(word >> (4 * k) & 0xf != 0) << k);
+            assert_eq!(any_of_each_four(word), expected, "{word:#x}");
+        }
+    }
+}
