@@ -65,8 +65,8 @@ pub struct SparseRows {
     /// building the column groups.
     row_group_bits: Vec<u64>,
     /// Each row's nonzeros as bits (bit `j % 8` of byte `j / 8` for column `j`),
-    /// [`bit_row_bytes`] of `cols` a row: what the compression found, from which
-    /// the row groups are built.
+    /// [`bit_words`] of `cols` a row, as bytes: what the compression found, from
+    /// which both kinds of groups are built.
     row_bits: Vec<u8>,
     /// The columns where a group of rows has a nonzero, as bits, while building
     /// the row groups.
@@ -100,12 +100,12 @@ impl SparseRows {
         self.row_groups
             .reserve(rows.div_ceil(GROUP) * row_blocks, entries);
         self.col_ends.reserve(cols.div_ceil(GROUP) * col_blocks);
-        self.col_nonempty.reserve(bit_row_bytes(cols) / 8);
+        self.col_nonempty.reserve(bit_words(cols));
         self.row_group_bits
             .reserve(rows * cols.div_ceil(GROUP).div_ceil(64));
-        self.row_bits.reserve(rows * bit_row_bytes(cols));
-        self.group_bits.reserve(bit_row_bytes(cols) / 8);
-        self.entry_of.reserve(bit_row_bytes(cols) * 8);
+        self.row_bits.reserve(rows * 8 * bit_words(cols));
+        self.group_bits.reserve(bit_words(cols));
+        self.entry_of.reserve(64 * bit_words(cols));
         self.strided_row.reserve(cols);
     }
 
@@ -246,12 +246,13 @@ impl SparseRows {
         let depth = depth_block(cols);
         self.row_starts.clear();
         self.row_starts.push(0);
-        let bit_row = bit_row_bytes(cols);
-        // Zeros past each row's bits, which the compression does not write.
-        self.row_bits.clear();
+        let bit_row = 8 * bit_words(cols);
         self.row_bits.resize(rows * bit_row, 0);
         let mut end = 0;
         for (i, bits) in self.row_bits.chunks_exact_mut(bit_row).enumerate() {
+            // The compression writes the row's bits; the rest of its words are 0.
+            let (bits, padding) = bits.split_at_mut(cols.div_ceil(8));
+            padding.fill(0);
             let (positions, values) = (&mut self.row_cols[end..], &mut self.row_values[end..]);
             let kept = keep_row(
                 i,
@@ -286,25 +287,25 @@ impl SparseRows {
     fn build_row_groups(&mut self, isa: Isa) {
         let (rows, cols, entries) = (self.rows, self.cols, self.nonzeros());
         let (blocks, depth) = (depth_blocks(cols), depth_block(cols));
-        let bit_row = bit_row_bytes(cols);
+        let words = bit_words(cols);
         let groups = &mut self.row_groups;
         groups.make_room(entries);
         groups.starts.clear();
         groups.starts.push(0);
-        self.group_bits.resize(bit_row / 8, 0);
-        self.entry_of.resize(8 * bit_row, 0);
+        self.group_bits.resize(words, 0);
+        self.entry_of.resize(64 * words, 0);
         let (group_bits, entry_of) = (&mut self.group_bits[..], &mut self.entry_of[..]);
         let (row_cols, row_values) = (&self.row_cols[..], &self.row_values[..]);
         let row = |i: usize| self.row_starts[i * blocks]..self.row_starts[(i + 1) * blocks];
-        let word = |i: usize, w: usize| {
-            let at = i * bit_row + 8 * w;
-            u64::from_le_bytes(self.row_bits[at..at + 8].try_into().unwrap())
-        };
+        let mut row_bits = self.row_bits.chunks_exact(8 * words);
         let mut end = 0;
         for first_row in (0..rows).step_by(GROUP) {
             let group_rows = first_row..rows.min(first_row + GROUP);
-            for (w, bits) in group_bits.iter_mut().enumerate() {
-                *bits = group_rows.clone().fold(0, |union, i| union | word(i, w));
+            group_bits.fill(0);
+            for bits in row_bits.by_ref().take(group_rows.len()) {
+                for (union, word) in group_bits.iter_mut().zip(as_words(bits)) {
+                    *union |= word;
+                }
             }
             let first = end;
             end += set_bit_positions(isa, group_bits, &mut groups.index[first..], entry_of);
@@ -355,16 +356,14 @@ impl SparseRows {
         } = self;
         let row = |i: usize| row_starts[i * row_blocks]..row_starts[(i + 1) * row_blocks];
         let (row_cols, row_values) = (&self.row_cols[..], &self.row_values[..]);
-        let bit_row = bit_row_bytes(cols);
         row_group_bits.clear();
         row_group_bits.resize(rows * words, 0);
         col_nonempty.clear();
-        col_nonempty.resize(bit_row / 8, 0);
+        col_nonempty.resize(bit_words(cols), 0);
         let (bits, nonempty) = (&mut row_group_bits[..], &mut col_nonempty[..]);
-        let row_bits = self.row_bits.chunks_exact(bit_row);
+        let row_bits = self.row_bits.chunks_exact(8 * bit_words(cols));
         for (group_bits, row_bits) in bits.chunks_exact_mut(words).zip(row_bits) {
-            for (w, word) in row_bits.chunks_exact(8).enumerate() {
-                let word = u64::from_le_bytes(word.try_into().unwrap());
+            for (w, word) in as_words(row_bits).enumerate() {
                 nonempty[w] |= word;
                 // A word's 64 columns are 16 groups, a quarter of a word of groups.
                 group_bits[w / 4] |= any_of_each_four(word) << (16 * (w % 4));
@@ -498,10 +497,17 @@ fn any_of_each_four(word: u64) -> u64 {
     (x | x >> 24) & 0xffff
 }
 
-/// Bytes of a row's bits in [`SparseRows`]: a bit a column, in whole words (one
-/// at least, so that a row without columns still has its place).
-fn bit_row_bytes(cols: usize) -> usize {
-    8 * cols.div_ceil(64).max(1)
+/// Words of a row's bits in [`SparseRows`]: a bit a column (one word at least,
+/// so that a row without columns still has its place).
+fn bit_words(cols: usize) -> usize {
+    cols.div_ceil(64).max(1)
+}
+
+/// The words of bits stored as `bytes` (little-endian, whole words).
+fn as_words(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    bytes
+        .chunks_exact(8)
+        .map(|word| u64::from_le_bytes(word.try_into().expect("whole words")))
 }
 
 /// Blocks of depth of a product with a sparse operand whose inner dimension is
