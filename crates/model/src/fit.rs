@@ -198,10 +198,8 @@ impl Sequential {
         let with_accuracy = self.compiled()?.metrics.contains(&Metric::Accuracy);
         let steps = train_rows.div_ceil(options.batch_size);
         let mut order = EpochOrder::new(train_rows, self.seed ^ SHUFFLE_SEED_SALT);
-        let classes = match options.shuffle {
-            true => targets.classes(train_rows),
-            false => Vec::new(),
-        };
+        // Unshuffled batches keep the order they were given in.
+        let classes = options.shuffle.then(|| targets.classes(train_rows));
         let mut progress = Progress::new(options.verbosity, options.epochs, steps);
         let mut history = History::default();
         if options.start.step > steps || options.start.samples > train_rows {
@@ -220,9 +218,9 @@ impl Sequential {
             // gradient are the same, and digits of a class share their strokes, so
             // that the sparse first layer's groups of four samples have 10% fewer
             // nonzeros between them on MNIST (its forward product is as much
-            // faster). Unshuffled batches keep the order they were given in.
-            if options.shuffle {
-                order.group_batches_by(options.batch_size, &classes);
+            // faster).
+            if let Some(classes) = &classes {
+                order.group_batches_by(options.batch_size, classes);
             }
             progress.epoch_begin(epoch);
             let mut done = if epoch == options.start.epoch {

@@ -77,21 +77,16 @@ impl<'a> TargetTable<'a> {
         }
     }
 
-    /// The class of each of the first `rows` samples: its class index, or for
-    /// dense targets the output where its target is greatest (a one-hot row's
-    /// class; for other targets only a key that groups alike samples).
+    /// The class of each of the first `rows` samples, as the accuracy reads it:
+    /// its class index, or for dense targets the output where its target is
+    /// greatest (a one-hot row's class; for other targets only a key that groups
+    /// alike samples).
     pub fn classes(&self, rows: usize) -> Vec<u32> {
         match self {
             TargetTable::Classes(c) => c[..rows].to_vec(),
-            TargetTable::Dense(t) => (0..rows)
-                .map(|i| {
-                    let row = t.row(i);
-                    let greatest = (0..row.len()).reduce(|a, b| match row[b] > row[a] {
-                        true => b,
-                        false => a,
-                    });
-                    greatest.unwrap_or(0) as u32
-                })
+            TargetTable::Dense(t) => t.argmax_rows()[..rows]
+                .iter()
+                .map(|&class| class as u32)
                 .collect(),
         }
     }
