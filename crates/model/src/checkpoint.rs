@@ -113,6 +113,10 @@ impl Checkpoint {
         if settings.batch_size == 0 || !(0.0..1.0).contains(&settings.validation_split) {
             return Err(bad(format!("impossible run settings {settings:?}")));
         }
+        // Keras counts iterations in an int64.
+        if state.iterations > i64::MAX as u64 {
+            return Err(bad(format!("{} iterations", state.iterations)));
+        }
         if state.progress.epoch > settings.epochs {
             return Err(bad(format!(
                 "it is at epoch {} of a {}-epoch run",

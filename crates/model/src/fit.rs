@@ -202,12 +202,13 @@ impl Sequential {
         let classes = options.shuffle.then(|| targets.classes(train_rows));
         let mut progress = Progress::new(options.verbosity, options.epochs, steps);
         let mut history = History::default();
-        if options.start.step > steps || options.start.samples > train_rows {
+        let start = &options.start;
+        if start.step > steps || start.samples > train_rows || start.correct > start.samples {
             return Err(ModelError::invalid(
                 "resume point",
                 format!(
-                    "step {} ({} samples) of an epoch of {steps} steps",
-                    options.start.step, options.start.samples
+                    "step {} ({} samples, {} right) of an epoch of {steps} steps",
+                    start.step, start.samples, start.correct
                 ),
             ));
         }

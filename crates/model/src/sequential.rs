@@ -76,6 +76,15 @@ impl Sequential {
         }
     }
 
+    /// A model of layers already built (read from a file), with `seed` for its shuffling.
+    pub(crate) fn from_layers(input_dim: usize, seed: u64, layers: Vec<DenseLayer>) -> Self {
+        Self {
+            layers,
+            seed,
+            ..Self::new(input_dim)
+        }
+    }
+
     /// Whether the first layer's products take only the nonzeros of a batch that
     /// is mostly zeros (MNIST's pixels: four fifths are 0), in a fraction of the
     /// time and with the same bits for a first layer of more than 12 units (see

@@ -2,7 +2,7 @@
 
 use crate::checkpoint::TrainingState;
 use crate::error::ModelError;
-use crate::layer::Dense;
+use crate::layer::DenseLayer;
 use crate::sequential::Sequential;
 use kerno_tensor::Activation;
 use kerno_tensor::AlignedBuf;
@@ -17,6 +17,10 @@ const FORMAT: &str = "kerno.sequential";
 const VERSION: u32 = 1;
 /// The largest model file kerno reads.
 const MAX_FILE_BYTES: u64 = 4 << 30;
+/// The most parameters a model file may describe: what the largest file holds as f32.
+pub const MAX_PARAMS: usize = (MAX_FILE_BYTES / 4) as usize;
+/// The most layers a model file may describe.
+pub const MAX_LAYERS: usize = 10_000;
 
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
 struct Architecture {
@@ -139,6 +143,7 @@ impl Sequential {
         let path = path.as_ref();
         let bytes = read_file(path)?;
         let (arch, tensors) = parse(path, &bytes)?;
+        plan_layers(path, &arch)?;
         let mine = self.architecture();
         let shape = |a: &Architecture| {
             let layers: Vec<String> = a
@@ -236,58 +241,139 @@ fn parse<'b>(path: &Path, bytes: &'b [u8]) -> Result<(Architecture, SafeTensors<
     Ok((arch, tensors))
 }
 
-/// Builds the model a file describes and fills its weights.
+/// Builds the model a file describes from the weights it holds. Every size the
+/// architecture claims is computed with checked arithmetic and matched against
+/// the file's tensors (names, dtypes, shapes, byte lengths) before any layer is
+/// built: a few hundred bytes of metadata cannot make kerno allocate more than
+/// the file holds.
 pub(crate) fn parse_model<'b>(
     path: &Path,
     bytes: &'b [u8],
 ) -> Result<(Sequential, Option<TrainingState>, SafeTensors<'b>), ModelError> {
     let (arch, tensors) = parse(path, bytes)?;
-    let mut model = Sequential::new(arch.input_dim).with_seed(arch.seed);
-    for spec in &arch.layers {
-        let activation: Activation = spec
-            .activation
-            .parse()
-            .map_err(|e| bad(path, format!("{e}")))?;
-        if spec.units == 0 {
-            return Err(bad(path, format!("layer '{}' has 0 units", spec.name)));
-        }
-        model.push(Dense::new(spec.units, activation).named(spec.name.clone()));
+    let plan = plan_layers(path, &arch)?;
+    let params: usize = plan.iter().map(|(l, _)| l.params).sum();
+    if params > bytes.len() / 4 {
+        return Err(bad(
+            path,
+            format!(
+                "the architecture claims {params} parameters, more than its {} bytes can hold",
+                bytes.len()
+            ),
+        ));
     }
-    fill_weights(&mut model, path, &tensors)?;
+    for (layer, shapes) in &plan {
+        for (suffix, shape) in shapes {
+            check_tensor(path, &tensors, &format!("{}/{suffix}", layer.name), shape)?;
+        }
+    }
+    let mut layers = Vec::with_capacity(plan.len());
+    for (layer, shapes) in plan {
+        let [kernel, bias] = [0, 1].map(|i| {
+            let (suffix, shape) = &shapes[i];
+            tensor(path, &tensors, &format!("{}/{suffix}", layer.name), shape)
+        });
+        let (name, inputs, activation) = (layer.name, layer.inputs, layer.activation);
+        let (kernel, bias) = (kernel?.into(), bias?.into());
+        layers.push(DenseLayer {
+            name,
+            inputs,
+            units: layer.units,
+            activation,
+            kernel,
+            bias,
+        });
+    }
+    let model = Sequential::from_layers(arch.input_dim, arch.seed, layers);
     Ok((model, arch.training, tensors))
 }
 
-fn fill_weights(
-    model: &mut Sequential,
-    path: &Path,
-    tensors: &SafeTensors<'_>,
-) -> Result<(), ModelError> {
-    for layer in &mut model.layers {
-        layer.kernel = tensor(
-            path,
-            tensors,
-            &format!("{}/kernel", layer.name),
-            &[layer.inputs, layer.units],
-        )?
-        .into();
-        layer.bias = tensor(
-            path,
-            tensors,
-            &format!("{}/bias", layer.name),
-            &[layer.units],
-        )?
-        .into();
-    }
-    Ok(())
+/// A layer a file describes, its sizes checked, its weights not yet read.
+struct PlannedLayer {
+    name: String,
+    inputs: usize,
+    units: usize,
+    activation: Activation,
+    params: usize,
 }
 
-/// The named tensor as f32 values, checked for dtype and shape.
-pub(crate) fn tensor(
+/// The layers an architecture describes, each with the shapes of the parameter
+/// tensors it needs (named by their suffix after `<layer>/`), in layer order.
+type LayerPlan = Vec<(PlannedLayer, Vec<(&'static str, Vec<usize>)>)>;
+
+/// Checks an architecture on its own: known activations, unique non-empty names,
+/// sizes of at least 1, and a parameter count, summed with checked arithmetic,
+/// within [`MAX_PARAMS`].
+fn plan_layers(path: &Path, arch: &Architecture) -> Result<LayerPlan, ModelError> {
+    let mut plan: LayerPlan = Vec::with_capacity(arch.layers.len().min(MAX_LAYERS));
+    if arch.layers.len() > MAX_LAYERS {
+        return Err(bad(
+            path,
+            format!(
+                "{} layers, more than the {MAX_LAYERS} a model may have",
+                arch.layers.len()
+            ),
+        ));
+    }
+    let mut names = std::collections::HashSet::with_capacity(arch.layers.len());
+    let (mut inputs, mut params) = (arch.input_dim, 0usize);
+    for spec in &arch.layers {
+        if spec.name.is_empty() || !names.insert(spec.name.as_str()) {
+            return Err(bad(
+                path,
+                format!("layer name '{}' is empty or used twice", spec.name),
+            ));
+        }
+        let activation: Activation = spec
+            .activation
+            .parse()
+            .map_err(|e| bad(path, format!("layer '{}': {e}", spec.name)))?;
+        if spec.units == 0 {
+            return Err(bad(path, format!("layer '{}' has 0 units", spec.name)));
+        }
+        let too_many = || {
+            bad(
+                path,
+                format!(
+                    "layer '{}' ({inputs} inputs, {} units) takes the model past \
+                     {MAX_PARAMS} parameters, more than any model file holds",
+                    spec.name, spec.units
+                ),
+            )
+        };
+        let layer_params = inputs
+            .checked_mul(spec.units)
+            .and_then(|kernel| kernel.checked_add(spec.units))
+            .ok_or_else(too_many)?;
+        params = params
+            .checked_add(layer_params)
+            .filter(|&p| p <= MAX_PARAMS)
+            .ok_or_else(too_many)?;
+        let shapes = vec![
+            ("kernel", vec![inputs, spec.units]),
+            ("bias", vec![spec.units]),
+        ];
+        let layer = PlannedLayer {
+            name: spec.name.clone(),
+            inputs,
+            units: spec.units,
+            activation,
+            params: layer_params,
+        };
+        plan.push((layer, shapes));
+        inputs = spec.units;
+    }
+    Ok(plan)
+}
+
+/// Checks that the file holds the named tensor as F32 values of `shape`, its
+/// bytes exactly those the shape needs, without reading them.
+fn check_tensor(
     path: &Path,
     tensors: &SafeTensors<'_>,
     name: &str,
     shape: &[usize],
-) -> Result<Vec<f32>, ModelError> {
+) -> Result<(), ModelError> {
     let view = tensors
         .tensor(name)
         .map_err(|_| bad(path, format!("no tensor '{name}'")))?;
@@ -306,6 +392,33 @@ pub(crate) fn tensor(
             ),
         ));
     }
+    let bytes = shape
+        .iter()
+        .try_fold(4usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n == view.data().len());
+    if bytes.is_none() {
+        return Err(bad(
+            path,
+            format!(
+                "tensor '{name}' holds {} bytes, not the 4 × {shape:?} its shape needs",
+                view.data().len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The named tensor as f32 values, checked for dtype, shape and length.
+pub(crate) fn tensor(
+    path: &Path,
+    tensors: &SafeTensors<'_>,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>, ModelError> {
+    check_tensor(path, tensors, name, shape)?;
+    let view = tensors
+        .tensor(name)
+        .map_err(|_| bad(path, format!("no tensor '{name}'")))?;
     Ok(view
         .data()
         .chunks_exact(4)

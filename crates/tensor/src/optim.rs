@@ -114,7 +114,8 @@ pub fn sgd_step(
 /// The step size of Adam's update number `step` (1-based):
 /// `lr·√(1−β₂ᵗ)/(1−β₁ᵗ)`.
 pub fn adam_step_size(lr: f32, beta_1: f32, beta_2: f32, step: u64) -> f32 {
-    let t = step as i32;
+    // βᵗ is 0 in f32 long before t leaves i32's range.
+    let t = step.min(i32::MAX as u64) as i32;
     lr * (1.0 - beta_2.powi(t)).sqrt() / (1.0 - beta_1.powi(t))
 }
 
