@@ -4,7 +4,7 @@
 //! allocation limit, and with the target's own checks passed.
 
 use crate::alloc;
-use crate::mutate::Mutator;
+use crate::mutate::{Mutator, StructuredMutation};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -33,6 +33,8 @@ pub struct Campaign {
     pub seed: u64,
     /// The most bytes one case may hold at once.
     pub allocation_limit: usize,
+    /// A case running longer than this is a failure.
+    pub time_limit: Duration,
     /// A case running longer than this is a hang: the input is saved and the process aborts.
     pub hang_limit: Duration,
     pub max_input_len: usize,
@@ -40,22 +42,32 @@ pub struct Campaign {
     pub regressions: Option<PathBuf>,
     /// Where failing inputs are written, to be added to the regression corpus.
     pub failures: PathBuf,
+    /// A mutation that knows the targets' format, used for half the cases.
+    pub structured: Option<StructuredMutation>,
 }
 
 impl Campaign {
     /// A run of `cases` cases (`KERNO_FUZZ_CASES` overrides it, `KERNO_FUZZ_SEED` the
-    /// seed), with a 64 MiB allocation limit and a 20 s hang limit.
+    /// seed), with a 64 MiB allocation limit, a 1 s time limit and a 20 s hang limit.
     pub fn new(name: &str, cases: usize, failures: impl Into<PathBuf>) -> Self {
         Self {
             name: name.to_string(),
             cases: from_env("KERNO_FUZZ_CASES").unwrap_or(cases),
             seed: from_env("KERNO_FUZZ_SEED").unwrap_or(1),
             allocation_limit: 64 << 20,
+            time_limit: Duration::from_secs(1),
             hang_limit: Duration::from_secs(20),
             max_input_len: 1 << 16,
             regressions: None,
             failures: failures.into(),
+            structured: None,
         }
+    }
+
+    /// Makes half the generated cases with `mutation` (see [`Mutator::with_structured`]).
+    pub fn structured(mut self, mutation: StructuredMutation) -> Self {
+        self.structured = Some(mutation);
+        self
     }
 
     pub fn regressions(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -76,6 +88,9 @@ impl Campaign {
             self.run_case(&watchdog, &label, &input, &target, &mut report);
         }
         let mut mutator = Mutator::new(ChaCha8Rng::seed_from_u64(self.seed), self.max_input_len);
+        if let Some(mutation) = self.structured {
+            mutator = mutator.with_structured(mutation);
+        }
         for case in 0..self.cases {
             let input = mutator.next_input(seeds);
             report.cases += 1;
@@ -133,6 +148,11 @@ impl Campaign {
             Ok(Err(broken)) => Some(broken),
             Ok(Ok(_)) if peak > self.allocation_limit => Some(format!(
                 "held {peak} bytes at once for a {}-byte input",
+                input.len()
+            )),
+            Ok(Ok(_)) if elapsed > self.time_limit => Some(format!(
+                "took {:.2} s for a {}-byte input",
+                elapsed.as_secs_f64(),
                 input.len()
             )),
             Ok(Ok(Outcome::Accepted)) => {

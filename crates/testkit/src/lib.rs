@@ -4,6 +4,7 @@
 //! coverage-guided fuzzers in `fuzz/` run.
 
 pub mod alloc;
+pub mod architecture;
 pub mod campaign;
 pub mod files;
 pub mod mutate;

@@ -33,21 +33,47 @@ const NUMBERS: [&str; 8] = [
 /// Characters that change the structure of JSON and Python literals.
 const STRUCTURE: &[u8] = b"\"'{}[](),:\\ \n\x00";
 
+/// A mutation that knows a format: it edits the structure of a valid input and
+/// keeps what frames it (lengths, checksums) consistent; `None` when the input
+/// is not of its format.
+pub type StructuredMutation = fn(&mut ChaCha8Rng, &[u8]) -> Option<Vec<u8>>;
+
 /// Makes inputs from seeds, reproducibly from its generator.
 pub struct Mutator {
     rng: ChaCha8Rng,
     max_len: usize,
+    structured: Option<StructuredMutation>,
 }
 
 impl Mutator {
     pub fn new(rng: ChaCha8Rng, max_len: usize) -> Self {
-        Self { rng, max_len }
+        Self {
+            rng,
+            max_len,
+            structured: None,
+        }
+    }
+
+    /// Makes half of the inputs with `mutation` (a fifth of those with a byte
+    /// mutation on top), the other half as [`Mutator::next_input`] says.
+    pub fn with_structured(mut self, mutation: StructuredMutation) -> Self {
+        self.structured = Some(mutation);
+        self
     }
 
     /// One input: mostly a seed with one to four mutations stacked on it; now and
     /// then random bytes, alone or behind a seed's first bytes (its magic).
     pub fn next_input(&mut self, seeds: &[Vec<u8>]) -> Vec<u8> {
         let seed = seeds.choose(&mut self.rng).cloned().unwrap_or_default();
+        if let Some(mutation) = self.structured.filter(|_| self.rng.gen()) {
+            if let Some(mut input) = mutation(&mut self.rng, &seed) {
+                if self.rng.gen_range(0..5) == 0 {
+                    self.mutate(&mut input);
+                }
+                input.truncate(self.max_len);
+                return input;
+            }
+        }
         let mut input = match self.rng.gen_range(0..20) {
             0 => self.random_bytes(),
             1 => {

@@ -4,20 +4,27 @@
 
 use kerno_testkit::alloc::TrackingAllocator;
 use kerno_testkit::campaign::{Campaign, Verdict};
-use kerno_testkit::targets;
+use kerno_testkit::{architecture, targets};
 use std::path::PathBuf;
 
 #[global_allocator]
 static ALLOCATOR: TrackingAllocator = TrackingAllocator;
 
 fn fuzz(name: &str, cases: usize, seeds: &[Vec<u8>], target: impl Fn(&[u8]) -> Verdict) {
+    run(campaign(name, cases), seeds, target);
+}
+
+fn campaign(name: &str, cases: usize) -> Campaign {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let campaign = Campaign::new(
+    Campaign::new(
         name,
         cases,
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-failures"),
     )
-    .regressions(root.join("fuzz/regressions").join(name));
+    .regressions(root.join("fuzz/regressions").join(name))
+}
+
+fn run(campaign: Campaign, seeds: &[Vec<u8>], target: impl Fn(&[u8]) -> Verdict) {
     let report = campaign.run(seeds, target);
     println!("{report}");
     assert!(report.failures.is_empty(), "{report}");
@@ -69,11 +76,12 @@ fn npz_datasets() {
     });
 }
 
+/// Half the cases edit the architecture in the metadata (see
+/// `kerno_testkit::architecture`), so that they reach the checks past the header.
 #[test]
 fn model_files() {
-    fuzz(
-        "model_file",
-        100_000,
+    run(
+        campaign("model_file", 100_000).structured(architecture::mutate_file),
         &targets::model_file_seeds(),
         targets::model_file,
     );
@@ -81,9 +89,8 @@ fn model_files() {
 
 #[test]
 fn checkpoints() {
-    fuzz(
-        "checkpoint",
-        100_000,
+    run(
+        campaign("checkpoint", 100_000).structured(architecture::mutate_file),
         &targets::checkpoint_seeds(),
         targets::checkpoint,
     );
