@@ -146,10 +146,19 @@ impl Sequential {
         let (loss, outputs) = (compiled.loss, self.output_dim());
         let n = x.len();
         let train_rows = (n as f64 * (1.0 - options.validation_split)).floor() as usize;
-        if train_rows == 0 {
+        if n == 0 {
+            return Err(ModelError::invalid("training data", "it holds no samples"));
+        }
+        // Keras' split: an empty side is an error, not a run without validation.
+        let split = options.validation_split;
+        if train_rows == 0 || (split > 0.0 && train_rows == n) {
             return Err(ModelError::invalid(
-                "training data",
-                format!("{n} samples leave none to train on"),
+                "validation split",
+                format!(
+                    "{n} samples are too few to split into training and validation sets \
+                     with validation_split={split}: {train_rows} would train, {} validate",
+                    n - train_rows
+                ),
             ));
         }
         let targets = TargetTable::new(loss, y, n, outputs)?;

@@ -21,6 +21,13 @@ impl Sequential {
     ) -> Result<Evaluation, ModelError> {
         check_batch_size(batch_size)?;
         self.check_inputs(x)?;
+        if x.is_empty() {
+            // As Keras: a mean over no samples is no result.
+            return Err(ModelError::invalid(
+                "data",
+                "it holds no samples to evaluate",
+            ));
+        }
         let loss = self.compiled()?.loss;
         let targets = TargetTable::new(loss, y, x.len(), self.output_dim())?;
         let indices: Vec<usize> = (0..x.len()).collect();

@@ -29,6 +29,22 @@ impl Targets<'_> {
     }
 }
 
+/// Whether the output row `row` is right, as Keras' `accuracy` chooses its
+/// metric: for one output, binary accuracy (the target equals whether the
+/// output is above 0.5); for more, the output's arg-max is the target class.
+fn is_right(output: &[f32], targets: Targets<'_>, row: usize) -> bool {
+    match output {
+        [probability] => {
+            let predicted = (*probability > 0.5) as u8 as f32;
+            match targets {
+                Targets::Dense(t) => t[row] == predicted,
+                Targets::Classes(c) => c[row] as f32 == predicted,
+            }
+        }
+        _ => argmax(output) == targets.class(row, output.len()),
+    }
+}
+
 /// Sums over a batch: the loss of every sample and how many were classified right.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LossStats {
@@ -94,7 +110,9 @@ pub fn softmax_xent_fwd_bwd(
                 .sum(),
         };
         stats.loss_sum += loss as f64;
-        stats.correct += (argmax(z) == targets.class(row, classes)) as usize;
+        // A softmax over one output is 1 whatever its logit.
+        let output = if classes == 1 { &[1.0][..] } else { z };
+        stats.correct += is_right(output, targets, row) as usize;
         if let Some((g, scale, sums)) = grad.as_mut() {
             let g = &mut g[row * classes..(row + 1) * classes];
             // A loop per kind of target, which the compiler vectorises (the target
@@ -209,11 +227,13 @@ pub fn mean_squared_error(
     loss_sum
 }
 
-/// How many rows of `outputs` have their arg-max at the target class.
+/// How many rows of `outputs` are right, as Keras' `accuracy` counts them: the
+/// arg-max at the target class, or for a single output, binary accuracy with
+/// the threshold 0.5.
 pub fn count_correct(outputs: &[f32], targets: Targets<'_>, classes: usize) -> usize {
     outputs
         .chunks_exact(classes)
         .enumerate()
-        .filter(|(row, o)| argmax(o) == targets.class(*row, classes))
+        .filter(|&(row, o)| is_right(o, targets, row))
         .count()
 }

@@ -160,15 +160,16 @@ impl Tensor {
     }
 }
 
-/// Index of the largest value (the first on ties; NaN never wins).
+/// Index of the largest value: the first on ties; NaN never wins, wherever it
+/// stands (0 when every value is NaN, or there are none).
 pub fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
+    let mut best: Option<(usize, f32)> = None;
     for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
+        if !v.is_nan() && best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
         }
     }
-    best
+    best.map_or(0, |(i, _)| i)
 }
 
 #[cfg(test)]
@@ -188,6 +189,19 @@ mod tests {
         let flat = t.clone().reshape(&[4, 49]).unwrap();
         assert_eq!(flat.shape(), &[4, 49]);
         assert!(t.reshape(&[4, 50]).is_err());
+    }
+
+    #[test]
+    fn nan_never_wins_an_argmax() {
+        let nan = f32::NAN;
+        assert_eq!(argmax(&[nan, 1.0, 2.0]), 2);
+        assert_eq!(argmax(&[nan, -5.0, -7.0]), 1);
+        assert_eq!(argmax(&[3.0, nan, 2.0]), 0);
+        assert_eq!(argmax(&[1.0, 2.0, nan]), 1);
+        assert_eq!(argmax(&[nan, f32::NEG_INFINITY]), 1);
+        assert_eq!(argmax(&[nan, nan]), 0);
+        let t = Tensor::from_vec(&[2, 3], vec![nan, 0.0, 1.0, 4.0, nan, nan]).unwrap();
+        assert_eq!(t.argmax_rows(), vec![2, 0]);
     }
 
     #[test]
