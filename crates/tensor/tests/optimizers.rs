@@ -211,3 +211,39 @@ fn rmsprop_refuses_zero_rows_that_do_not_divide_the_tensor() {
         KERAS_RMSPROP,
     );
 }
+
+/// Keras 3 divides by `√(v + ε)`, ε inside the root. Where `v` is small next to
+/// ε (gradients of 1e-4: v = 1e-9 after one step) that step is ten times
+/// smaller than `lr·g/(√v + ε)` would make it, so a tolerance of 1e-5 tells the
+/// two apart on every instruction set and after several steps.
+#[test]
+fn rmsprop_keeps_epsilon_inside_the_square_root() {
+    let g = [1e-4f32, -3e-4, 2e-5, 1e-4, 5e-5, -1e-4, 7e-5, 1e-4, 3e-4];
+    for isa in Isa::available() {
+        // Weights from 0, so that f32 holds their moves to full precision.
+        let (mut w, mut v) = (vec![0.0f32; g.len()], vec![0.0f32; g.len()]);
+        let (mut inside, mut outside) = (vec![0.0f64; g.len()], vec![0.0f64; g.len()]);
+        let mut v64 = vec![0.0f64; g.len()];
+        for _ in 0..3 {
+            optim::rmsprop_step_with(isa, &mut w, &g, &mut v, None, KERAS_RMSPROP);
+            for i in 0..g.len() {
+                let g = g[i] as f64;
+                v64[i] = 0.9 * v64[i] + 0.1 * g * g;
+                inside[i] -= 0.001 * g / (v64[i] + 1e-7).sqrt();
+                outside[i] -= 0.001 * g / (v64[i].sqrt() + 1e-7);
+            }
+        }
+        for i in 0..g.len() {
+            let (got, want) = (w[i] as f64, inside[i]);
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs(),
+                "{isa:?} {i}: moved {got:e}, Keras moves {want:e}"
+            );
+            let wrong = outside[i];
+            assert!(
+                (got - wrong).abs() > 0.5 * wrong.abs(),
+                "{isa:?} {i}: ε outside the root would move it {wrong:e}"
+            );
+        }
+    }
+}
