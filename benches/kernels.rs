@@ -292,13 +292,28 @@ fn rmsprop(c: &mut Criterion) {
     group.throughput(Throughput::Bytes((k * n * 4 * 4) as u64));
     group.bench_function("784x512", |b| {
         iter_in_pool(b, || {
-            optim::rmsprop_step_with(Isa::detected(), &mut w, &g, &mut v, None, p)
+            black_box(optim::rmsprop_step_with(
+                Isa::detected(),
+                &mut w,
+                &g,
+                &mut v,
+                None,
+                p,
+            ));
         })
     });
     let skipped = format!("784x512, {zero_rows} rows of zeros skipped");
     group.bench_function(skipped, |b| {
         iter_in_pool(b, || {
-            optim::rmsprop_step_with(Isa::detected(), &mut w, &g, &mut v, Some(&is_zero), p)
+            let zero_rows = Some(&is_zero[..]);
+            black_box(optim::rmsprop_step_with(
+                Isa::detected(),
+                &mut w,
+                &g,
+                &mut v,
+                zero_rows,
+                p,
+            ));
         })
     });
     group.finish();

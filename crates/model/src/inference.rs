@@ -88,7 +88,8 @@ impl Sequential {
         let mut ws = self.take_workspace(batch_size.min(x.len()));
         for batch in indices.chunks(batch_size.min(ws.capacity)) {
             let rows = batch.len();
-            step::load_input(x, batch, &mut ws.input, ws.skip_input_zeros);
+            let sparse_allowed = ws.sparse_input_allowed();
+            step::load_input(x, batch, &mut ws.input, sparse_allowed);
             let (last_activation, all) = (true, 0..self.layers.len());
             step::forward(
                 &self.layers,

@@ -139,6 +139,11 @@ impl Optimizer {
         }
     }
 
+    /// The state buffers of the first layer's kernel, the first in `state`.
+    pub(crate) fn first_kernel_slots<'s>(&self, state: &'s OptimizerState) -> &'s [AlignedBuf] {
+        &state.slots[..self.slots().min(state.slots.len())]
+    }
+
     pub(crate) fn new_state(&self, layers: &[DenseLayer]) -> OptimizerState {
         let sizes = layers.iter().flat_map(|l| [l.kernel.len(), l.bias.len()]);
         let slots = sizes
@@ -151,13 +156,16 @@ impl Optimizer {
         }
     }
 
-    /// Applies one update to every parameter from the gradients in `ws`.
+    /// Applies one update to every parameter from the gradients in `ws`; returns
+    /// whether every value it wrote into the first layer's kernel and its state is
+    /// finite (the rows it skipped keep what they held).
     pub(crate) fn apply(
         &self,
         state: &mut OptimizerState,
         layers: &mut [DenseLayer],
         ws: &Workspace,
-    ) {
+    ) -> bool {
+        let mut first_kernel_finite = true;
         state.iterations += 1;
         let per_param = self.slots();
         let mut slots = state.slots.chunks_exact_mut(per_param.max(1));
@@ -183,16 +191,20 @@ impl Optimizer {
                 (&mut layer.kernel, &ws.dkernels[l], zero_rows),
                 (&mut layer.bias, &ws.dbiases[l], None),
             ];
-            for (w, g, zero_rows) in params {
+            for (i, (w, g, zero_rows)) in params.into_iter().enumerate() {
                 let slot = if per_param > 0 { slots.next() } else { None };
-                self.step(w, g, zero_rows, slot, state.iterations);
+                let finite = self.step(w, g, zero_rows, slot, state.iterations);
+                if l == 0 && i == 0 {
+                    first_kernel_finite = finite;
+                }
             }
         }
+        first_kernel_finite
     }
 
     /// One update of `w`, whose gradient is `g`, zeros in `zero_rows` if given
     /// (only RMSprop takes the shortcut; the others' updates there are not just
-    /// their state's decay).
+    /// their state's decay); whether every value it wrote is finite.
     fn step(
         &self,
         w: &mut [f32],
@@ -200,7 +212,7 @@ impl Optimizer {
         zero_rows: Option<&[bool]>,
         slot: Option<&mut [AlignedBuf]>,
         iteration: u64,
-    ) {
+    ) -> bool {
         match (*self, slot) {
             (
                 Optimizer::RmsProp {

@@ -9,7 +9,7 @@ use crate::targets::TargetTable;
 use crate::workspace::Workspace;
 use kerno_tensor::loss::LossStats;
 use kerno_tensor::profile::{self, Level, Work};
-use kerno_tensor::{join_awake, Samples, Tensor};
+use kerno_tensor::{all_finite, join_awake, Samples, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::ops::Range;
@@ -270,10 +270,24 @@ impl Sequential {
             _ => Workspace::new(&self.layers, self.input_dim, rows.max(1)),
         };
         ws.skip_input_zeros = self.skip_input_zeros;
+        ws.first_layer_finite = self.first_layer_finite();
         // A batch loaded ahead belongs to the run that loaded it (its samples'
         // indices may name others in another dataset).
         ws.input.loaded_ahead.clear();
         ws
+    }
+
+    /// Whether the first layer's kernel and its optimizer state (when compiled)
+    /// hold only finite values: a pass over them.
+    fn first_layer_finite(&self) -> bool {
+        let Some(first) = self.layers.first() else {
+            return true;
+        };
+        let slots = self
+            .compiled
+            .as_ref()
+            .map_or(&[][..], |c| c.optimizer.first_kernel_slots(&c.state));
+        all_finite(&first.kernel) && slots.iter().all(|s| all_finite(s))
     }
 
     /// One optimizer step on the samples `indices` (loaded by the step before when
@@ -297,9 +311,12 @@ impl Sequential {
             .compiled
             .as_mut()
             .expect("fit checks that the model is compiled");
-        // A batch loaded ahead comes with its targets.
-        if ws.input.loaded_ahead != indices {
-            step::load_input(x, indices, &mut ws.input, ws.skip_input_zeros);
+        // A batch loaded ahead comes with its targets; loaded as its nonzeros
+        // before the update made the first layer non-finite, it is loaded again.
+        let stale = ws.input.is_sparse && !ws.first_layer_finite;
+        if ws.input.loaded_ahead != indices || stale {
+            let sparse_allowed = ws.sparse_input_allowed();
+            step::load_input(x, indices, &mut ws.input, sparse_allowed);
             gather_targets(targets, indices, &mut ws.y, &mut ws.classes);
         }
         let (layers, input_dim, loss) = (&self.layers[..], self.input_dim, compiled.loss);
@@ -357,9 +374,10 @@ impl Sequential {
             ws.zero_inputs.extend(ws.input.sparse.empty_columns());
         }
         let Some(next) = next else {
-            compiled
-                .optimizer
-                .apply(&mut compiled.state, &mut self.layers, ws);
+            ws.first_layer_finite &=
+                compiled
+                    .optimizer
+                    .apply(&mut compiled.state, &mut self.layers, ws);
             return stats;
         };
         // The next batch and its targets are loaded into the buffers of this one
@@ -375,8 +393,8 @@ impl Sequential {
         }
         let mut input = std::mem::take(&mut ws.input);
         let (mut y, mut classes) = (std::mem::take(&mut ws.y), std::mem::take(&mut ws.classes));
-        let skip_zeros = ws.skip_input_zeros;
-        join_awake(
+        let skip_zeros = ws.sparse_input_allowed();
+        let (finite, ()) = join_awake(
             || {
                 compiled
                     .optimizer
@@ -388,6 +406,7 @@ impl Sequential {
             },
         );
         (ws.input, ws.y, ws.classes) = (input, y, classes);
+        ws.first_layer_finite &= finite;
         ws.input.loaded_ahead.extend_from_slice(next);
         stats
     }
@@ -405,7 +424,8 @@ pub(crate) fn run_batch(
     indices: &[usize],
     train: bool,
 ) -> LossStats {
-    step::load_input(x, indices, &mut ws.input, ws.skip_input_zeros);
+    let sparse_allowed = ws.sparse_input_allowed();
+    step::load_input(x, indices, &mut ws.input, sparse_allowed);
     gather_targets(targets, indices, &mut ws.y, &mut ws.classes);
     let all = 0..layers.len();
     forward_and_loss(

@@ -8,8 +8,8 @@ use kerno_tensor::loss::{self, LogitsGradient, LossStats, Targets};
 use kerno_tensor::profile::{self, Work};
 use kerno_tensor::sparse::SPARSE_DENSITY_LIMIT;
 use kerno_tensor::{
-    gemm, gemm_column_sums, sparse_gemm, sparse_t_gemm, Activation, Epilogue, MatMut, MatRef,
-    Samples, SparseRows,
+    all_finite, gemm, gemm_column_sums, sparse_gemm, sparse_t_gemm, Activation, Epilogue, MatMut,
+    MatRef, Samples, SparseRows,
 };
 use std::ops::Range;
 
@@ -241,13 +241,30 @@ pub(crate) fn backward(
         } else {
             layers[l - 1].units
         };
+        let (lower, upper) = ws.grads.split_at_mut(l);
+        let dz = &upper[0][..rows * layer.units];
+        if !bias_grad_done {
+            let _span = profile::span(|| {
+                Work::kernel("bias gradient (column sums)")
+                    .layer(l)
+                    .flops(dz.len() as u64)
+                    .bytes(4 * (dz.len() + layer.units) as u64)
+            });
+            column_sums(dz, &mut ws.dbiases[l]);
+        }
+        // A NaN or infinity in `dz` reaches every row of the dense product's
+        // weight gradient (`0 · NaN` is NaN) but only the nonzeros' rows of the
+        // sparse one; `dz`'s column sums, the bias gradient, show it. Such a
+        // batch takes the dense product, so that both paths agree.
+        if l == 0 && ws.input.is_sparse && !all_finite(&ws.dbiases[0]) {
+            ws.input.sparse.write_dense(&mut ws.input.x);
+            ws.input.is_sparse = false;
+        }
         let input = if l == 0 {
             &ws.input.x[..]
         } else {
             &ws.outputs[l - 1][..]
         };
-        let (lower, upper) = ws.grads.split_at_mut(l);
-        let dz = &upper[0][..rows * layer.units];
         let (dz_mat, dkernel) = (
             MatRef::row_major(dz, rows, layer.units),
             MatMut::row_major(&mut ws.dkernels[l], inputs, layer.units),
@@ -267,15 +284,6 @@ pub(crate) fn backward(
             });
             let input = MatRef::row_major(&input[..rows * inputs], rows, inputs).t();
             gemm(input, dz_mat, dkernel, false, Epilogue::None);
-        }
-        if !bias_grad_done {
-            let _span = profile::span(|| {
-                Work::kernel("bias gradient (column sums)")
-                    .layer(l)
-                    .flops(dz.len() as u64)
-                    .bytes(4 * (dz.len() + layer.units) as u64)
-            });
-            column_sums(dz, &mut ws.dbiases[l]);
         }
         if l == 0 {
             break;

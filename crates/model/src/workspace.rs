@@ -29,6 +29,11 @@ pub(crate) struct Workspace {
     pub zero_inputs: Vec<bool>,
     /// Whether a sparse batch may take the sparse products (the model's setting).
     pub skip_input_zeros: bool,
+    /// Whether the first layer's kernel and its optimizer state hold only finite
+    /// values. The sparse products skip the zeros of a batch, which is exact only
+    /// then: `0 · NaN` and `0 · ∞` are NaN, and RMSprop's update of a row of zero
+    /// gradients is its velocity's decay alone only when the velocity is finite.
+    pub first_layer_finite: bool,
     /// Dense targets of the batch, `capacity × outputs`.
     pub y: AlignedBuf,
     /// Class targets of the batch.
@@ -68,6 +73,7 @@ impl Workspace {
             },
             zero_inputs: Vec::with_capacity(input_dim),
             skip_input_zeros: true,
+            first_layer_finite: true,
             y: AlignedBuf::zeros(capacity * outputs_dim),
             classes: vec![0; capacity],
             outputs: layers
@@ -82,6 +88,11 @@ impl Workspace {
             dbiases: per_layer(|l| l.bias.len()),
             sequence: (0..capacity).collect(),
         }
+    }
+
+    /// Whether a batch may be loaded as its nonzeros for the sparse products.
+    pub fn sparse_input_allowed(&self) -> bool {
+        self.skip_input_zeros && self.first_layer_finite
     }
 
     /// Whether this workspace fits `layers` with batches of `rows`.

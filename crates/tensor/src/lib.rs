@@ -30,4 +30,4 @@ pub use parallel::{join_awake, with_workers_awake};
 pub use samples::{Samples, ScaledBytes};
 pub use simd::{fma_peak_gflops, Isa};
 pub use sparse::{sparse_gemm, sparse_t_gemm, SparseRows};
-pub use tensor::{ShapeError, Tensor};
+pub use tensor::{all_finite, all_finite_with, ShapeError, Tensor};

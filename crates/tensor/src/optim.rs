@@ -2,6 +2,7 @@
 
 use crate::parallel::for_each_chunk;
 use crate::simd::{elementwise, Isa};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Parameters per parallel task of an update. Every element is updated on its own,
 /// so the split never changes a result.
@@ -16,8 +17,16 @@ pub struct RmsProp {
 }
 
 /// RMSprop: `v ← ρv + (1−ρ)g²; w ← w − lr·g/√(v+ε)` (Keras 3, ε inside the root),
-/// vectorised for this machine and spread over the threads.
-pub fn rmsprop_step(w: &mut [f32], g: &[f32], v: &mut [f32], lr: f32, rho: f32, epsilon: f32) {
+/// vectorised for this machine and spread over the threads. Returns whether every
+/// weight it wrote is finite.
+pub fn rmsprop_step(
+    w: &mut [f32],
+    g: &[f32],
+    v: &mut [f32],
+    lr: f32,
+    rho: f32,
+    epsilon: f32,
+) -> bool {
     let p = RmsProp { lr, rho, epsilon };
     rmsprop_step_with(Isa::detected(), w, g, v, None, p)
 }
@@ -29,6 +38,9 @@ pub fn rmsprop_step(w: &mut [f32], g: &[f32], v: &mut [f32], lr: f32, rho: f32, 
 /// alone, the full update's bits (`ρv + 0`, and `w − 0/√(v+ε)` is `w`), without
 /// its square root and division, which bound its speed.
 ///
+/// Returns whether every weight it wrote is finite. (A NaN velocity makes its
+/// weight NaN; an infinite one leaves it unchanged, as a decayed one does.)
+///
 /// # Panics
 /// When `isa` is not supported by this CPU, the slices differ in length, or they
 /// do not split into `zero_rows.len()` rows.
@@ -39,7 +51,7 @@ pub fn rmsprop_step_with(
     v: &mut [f32],
     zero_rows: Option<&[bool]>,
     p: RmsProp,
-) {
+) -> bool {
     assert!(
         w.len() == g.len() && w.len() == v.len(),
         "rmsprop: {} weights, {} gradients, {} velocities",
@@ -47,13 +59,18 @@ pub fn rmsprop_step_with(
         g.len(),
         v.len()
     );
+    let finite = AtomicBool::new(true);
+    let update = |w: &mut [f32], g: &[f32], v: &mut [f32]| {
+        if !elementwise::rmsprop(isa, w, g, v, p) {
+            finite.store(false, Ordering::Relaxed);
+        }
+    };
     let Some(zero_rows) = zero_rows else {
         if w.len() <= CHUNK {
             return elementwise::rmsprop(isa, w, g, v, p);
         }
-        return for_each_chunk((w, (g, v)), CHUNK, &|_, (w, (g, v))| {
-            elementwise::rmsprop(isa, w, g, v, p)
-        });
+        for_each_chunk((w, (g, v)), CHUNK, &|_, (w, (g, v))| update(w, g, v));
+        return finite.into_inner();
     };
     let width = w.len() / zero_rows.len().max(1);
     assert!(
@@ -76,18 +93,18 @@ pub fn rmsprop_step_with(
             let run = r * width..end * width;
             match zero {
                 true => elementwise::scale(isa, &mut v[run], p.rho),
-                false => {
-                    elementwise::rmsprop(isa, &mut w[run.clone()], &g[run.clone()], &mut v[run], p)
-                }
+                false => update(&mut w[run.clone()], &g[run.clone()], &mut v[run]),
             }
             r = end;
         }
     };
     for_each_chunk((w, (g, v)), rows_per_task * width, &task);
+    finite.into_inner()
 }
 
 /// SGD. Without momentum `w ← w − lr·g`; with it `m ← μm − lr·g`, then
-/// `w ← w + m` or, Nesterov, `w ← w + μm − lr·g`.
+/// `w ← w + m` or, Nesterov, `w ← w + μm − lr·g`. Returns whether every value
+/// it wrote is finite.
 pub fn sgd_step(
     w: &mut [f32],
     g: &[f32],
@@ -95,9 +112,13 @@ pub fn sgd_step(
     lr: f32,
     momentum: f32,
     nesterov: bool,
-) {
+) -> bool {
+    let mut finite = true;
     match momentum_buf {
-        None => w.iter_mut().zip(g).for_each(|(w, &g)| *w -= lr * g),
+        None => w.iter_mut().zip(g).for_each(|(w, &g)| {
+            *w -= lr * g;
+            finite &= w.is_finite();
+        }),
         Some(m) => {
             for ((w, &g), m) in w.iter_mut().zip(g).zip(m.iter_mut()) {
                 *m = -g * lr + *m * momentum;
@@ -106,9 +127,11 @@ pub fn sgd_step(
                 } else {
                     *m
                 };
+                finite &= w.is_finite() && m.is_finite();
             }
         }
     }
+    finite
 }
 
 /// The step size of Adam's update number `step` (1-based):
@@ -120,7 +143,7 @@ pub fn adam_step_size(lr: f32, beta_1: f32, beta_2: f32, step: u64) -> f32 {
 }
 
 /// Adam: `m ← m + (g−m)(1−β₁); v ← v + (g²−v)(1−β₂); w ← w − α·m/(√v+ε)`
-/// with `alpha` from [`adam_step_size`].
+/// with `alpha` from [`adam_step_size`]. Returns whether every value it wrote is finite.
 #[allow(clippy::too_many_arguments)]
 pub fn adam_step(
     w: &mut [f32],
@@ -131,10 +154,13 @@ pub fn adam_step(
     beta_1: f32,
     beta_2: f32,
     epsilon: f32,
-) {
+) -> bool {
+    let mut finite = true;
     for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
         *m += (g - *m) * (1.0 - beta_1);
         *v += (g * g - *v) * (1.0 - beta_2);
         *w -= alpha * *m / (v.sqrt() + epsilon);
+        finite &= w.is_finite() && m.is_finite() && v.is_finite();
     }
+    finite
 }

@@ -441,6 +441,22 @@ impl SparseRows {
         self.nonzeros() as f64 / (self.rows * self.cols).max(1) as f64
     }
 
+    /// Writes the matrix's values into `out`, `rows × cols` row-major, zeros
+    /// included: the dense batch again, for the dense products.
+    ///
+    /// # Panics
+    /// When `out` holds fewer than `rows × cols` values.
+    pub fn write_dense(&self, out: &mut [f32]) {
+        let out = &mut out[..self.rows * self.cols];
+        out.fill(0.0);
+        for (i, row) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
+            let (cols, values) = self.row(i);
+            for (&j, &v) in cols.iter().zip(values) {
+                row[j as usize] = v;
+            }
+        }
+    }
+
     /// Row `i`'s nonzeros: their column indices, in order, and values.
     pub fn row(&self, i: usize) -> (&[u32], &[f32]) {
         let blocks = depth_blocks(self.cols);

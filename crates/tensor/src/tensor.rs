@@ -1,6 +1,7 @@
 //! An owned, row-major f32 tensor.
 
 use crate::matrix::{MatMut, MatRef};
+use crate::simd::{elementwise, Isa};
 use std::ops::Range;
 
 /// A shape that does not fit the data or the operation asked of it.
@@ -160,6 +161,19 @@ impl Tensor {
     }
 }
 
+/// Whether no value is NaN or infinite (vectorised for this machine).
+pub fn all_finite(values: &[f32]) -> bool {
+    all_finite_with(Isa::detected(), values)
+}
+
+/// [`all_finite`] with a chosen instruction set (tests force each one).
+///
+/// # Panics
+/// When `isa` is not supported by this CPU.
+pub fn all_finite_with(isa: Isa, values: &[f32]) -> bool {
+    elementwise::all_finite(isa, values)
+}
+
 /// Index of the largest value: the first on ties; NaN never wins, wherever it
 /// stands (0 when every value is NaN, or there are none).
 pub fn argmax(values: &[f32]) -> usize {
@@ -189,6 +203,27 @@ mod tests {
         let flat = t.clone().reshape(&[4, 49]).unwrap();
         assert_eq!(flat.shape(), &[4, 49]);
         assert!(t.reshape(&[4, 50]).is_err());
+    }
+
+    #[test]
+    fn all_finite_finds_nan_and_infinity_anywhere_on_every_isa() {
+        for isa in Isa::available() {
+            for len in [0, 1, 7, 16, 33, 100] {
+                let mut values: Vec<f32> = (0..len).map(|i| i as f32 - 50.0).collect();
+                values.iter_mut().for_each(|v| *v *= f32::MAX / 64.0);
+                assert!(all_finite_with(isa, &values), "{isa:?} {len}");
+                for at in 0..len {
+                    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                        let kept = std::mem::replace(&mut values[at], bad);
+                        assert!(
+                            !all_finite_with(isa, &values),
+                            "{isa:?} {len}: {bad} at {at}"
+                        );
+                        values[at] = kept;
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -10,16 +10,20 @@ use crate::optim::RmsProp;
 /// AVX2 and FMA, and for the build's baseline, run with the one `isa` names.
 macro_rules! per_instruction_set {
     ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
+        per_instruction_set! { $(#[$doc])* $name($($arg: $ty),*) -> () => $body }
+    };
+    ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty => $body:ident) => {
         $(#[$doc])*
-        pub(crate) fn $name(isa: Isa, $($arg: $ty),*) {
+        #[allow(clippy::unused_unit)] // `-> ()` for the loops that return nothing.
+        pub(crate) fn $name(isa: Isa, $($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f")]
-            fn avx512($($arg: $ty),*) {
+            fn avx512($($arg: $ty),*) -> $ret {
                 $body($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            fn avx2($($arg: $ty),*) {
+            fn avx2($($arg: $ty),*) -> $ret {
                 $body($($arg),*)
             }
             assert!(isa.is_supported(), "{} is not supported here", isa.name());
@@ -36,20 +40,47 @@ macro_rules! per_instruction_set {
     };
 }
 
+/// Whether `x` is neither NaN nor infinite, as a comparison the compiler keeps in
+/// vector lanes (`|x| < ∞` is false for NaN).
 #[inline(always)]
-fn rmsprop_body(w: &mut [f32], g: &[f32], v: &mut [f32], p: RmsProp) {
+fn finite(x: f32) -> bool {
+    x.abs() < f32::INFINITY
+}
+
+#[inline(always)]
+fn rmsprop_body(w: &mut [f32], g: &[f32], v: &mut [f32], p: RmsProp) -> bool {
+    // Or-ed as 0/1 rather than and-ed as bools, so that the loop stays one
+    // vector loop. A NaN velocity makes its weight NaN in the same update, and
+    // an infinite one leaves it as it was (`g/√∞` is 0), so the weights tell.
+    let mut not_finite = 0u32;
     for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
         *v = p.rho * *v + (1.0 - p.rho) * (g * g);
         *w -= (p.lr * g) / (*v + p.epsilon).sqrt();
+        not_finite |= !finite(*w) as u32;
     }
+    not_finite == 0
 }
 
 per_instruction_set! {
-    /// One RMSprop update of `w` with the loop built for `isa`.
+    /// One RMSprop update of `w` with the loop built for `isa`; whether every
+    /// weight it wrote is finite.
     ///
     /// # Panics
     /// When `isa` is not supported by this CPU.
-    rmsprop(w: &mut [f32], g: &[f32], v: &mut [f32], p: RmsProp) => rmsprop_body
+    rmsprop(w: &mut [f32], g: &[f32], v: &mut [f32], p: RmsProp) -> bool => rmsprop_body
+}
+
+#[inline(always)]
+fn all_finite_body(values: &[f32]) -> bool {
+    values.iter().fold(0u32, |acc, &x| acc | !finite(x) as u32) == 0
+}
+
+per_instruction_set! {
+    /// Whether no value is NaN or infinite, with the loop built for `isa`.
+    ///
+    /// # Panics
+    /// When `isa` is not supported by this CPU.
+    all_finite(values: &[f32]) -> bool => all_finite_body
 }
 
 #[inline(always)]
