@@ -26,8 +26,15 @@ pub enum Command {
     Bench(BenchArgs),
     /// Time every kernel of the training step: a table, JSON, or a Chrome trace.
     Profile(ProfileArgs),
-    /// Print the notebook model's summary table.
-    Summary,
+    /// Print a model's summary table: the notebook's, or a saved model's.
+    Summary(SummaryArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct SummaryArgs {
+    /// A saved model or checkpoint to describe (default: the notebook's model).
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -24,7 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Evaluate(args)) => args.threads,
         Some(Command::Bench(args)) => args.training.threads,
         Some(Command::Profile(args)) => args.training.threads,
-        Some(Command::Predict(_) | Command::Summary) => None,
+        Some(Command::Predict(_) | Command::Summary(_)) => None,
     };
     worker_pool(threads)?.install(|| match cli.command {
         None => train(TrainArgs::default()),
@@ -33,8 +33,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Predict(args)) => predict(args),
         Some(Command::Bench(args)) => crate::bench::run(args),
         Some(Command::Profile(args)) => crate::profile::run(args),
-        Some(Command::Summary) => {
-            print!("{}", notebook_model(28 * 28, 10, 1).summary());
+        Some(Command::Summary(args)) => {
+            let model = match &args.model {
+                Some(path) => Sequential::load(path)?,
+                None => notebook_model(28 * 28, 10, 1),
+            };
+            print!("{}", model.summary());
             Ok(())
         }
     })

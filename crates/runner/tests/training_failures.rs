@@ -201,3 +201,53 @@ fn ctrl_c_writes_a_checkpoint_from_which_the_run_continues_exactly() {
         "stopped in epoch {epoch}"
     );
 }
+
+/// Model files whose architecture claims more than they hold (the fuzz
+/// regressions: layers of 160 GB, sizes whose product or sum overflows, 400 MB
+/// of layers behind a file of 700 bytes): every command that reads a model
+/// refuses each with one line naming the file.
+#[test]
+fn model_files_that_claim_more_than_they_hold_are_one_line_errors() {
+    let data = dataset();
+    let regressions =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/model_file");
+    let mut files: Vec<_> = std::fs::read_dir(&regressions)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 4,
+        "the regressions are in {}",
+        regressions.display()
+    );
+    for file in &files {
+        let file = path_str(file);
+        let data = path_str(data.path());
+        let commands: [&[&str]; 5] = [
+            &["evaluate", "--model", file, "--data", data],
+            &["predict", "--model", file, "--data", data],
+            &["summary", "--model", file],
+            &[
+                "train",
+                "--init-weights",
+                file,
+                "--data",
+                data,
+                "--epochs",
+                "1",
+            ],
+            &["train", "--resume", file, "--data", data],
+        ];
+        for args in commands {
+            let out = kerno(args, &[]);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+            assert!(
+                err.starts_with("error: ") && err.contains(file),
+                "{args:?}: {err}"
+            );
+            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        }
+    }
+}
