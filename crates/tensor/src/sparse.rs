@@ -15,9 +15,8 @@ use crate::gemm::{depth_block, is_parallel, Epilogue};
 use crate::matrix::{MatMut, MatRef};
 use crate::parallel::{for_each_chunk, for_each_chunk_in_order, ByCols, ByRows};
 use crate::simd::{
-    flush_subnormals, for_each_set_bit, is_exact_divisor, keep_nonzero_bytes, keep_nonzeros,
-    set_bit_positions, sparse_group_product, BlockMut, GroupEntries, Isa, Kept, RowFinish, GROUP,
-    KEEP_SLACK,
+    for_each_set_bit, is_exact_divisor, keep_nonzero_bytes, keep_nonzeros, set_bit_positions,
+    sparse_group_product, BlockMut, GroupEntries, Isa, Kept, RowFinish, GROUP, KEEP_SLACK,
 };
 
 /// Density (nonzeros over all entries) up to which the sparse products, their
@@ -591,22 +590,20 @@ impl Groups {
     ) {
         debug_assert_eq!(first_row % GROUP, 0, "a task starts a group");
         let cols = c.cols();
-        flush_subnormals(|| {
-            for r in (0..c.rows()).step_by(GROUP) {
-                let mut tile = c.tile_mut(r, 0, GROUP.min(c.rows() - r), cols);
-                let g = (first_row + r) / GROUP;
-                for block in 0..blocks {
-                    let last = block + 1 == blocks;
-                    let finish = RowFinish {
-                        accumulate: block > 0,
-                        bias: bias.filter(|_| last),
-                        relu: relu && last,
-                    };
-                    let entries = self.block(g, blocks, block);
-                    sparse_group_product(isa, entries, b, ldb, &mut tile, finish);
-                }
+        for r in (0..c.rows()).step_by(GROUP) {
+            let mut tile = c.tile_mut(r, 0, GROUP.min(c.rows() - r), cols);
+            let g = (first_row + r) / GROUP;
+            for block in 0..blocks {
+                let last = block + 1 == blocks;
+                let finish = RowFinish {
+                    accumulate: block > 0,
+                    bias: bias.filter(|_| last),
+                    relu: relu && last,
+                };
+                let entries = self.block(g, blocks, block);
+                sparse_group_product(isa, entries, b, ldb, &mut tile, finish);
             }
-        })
+        }
     }
 }
 

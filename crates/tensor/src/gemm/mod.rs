@@ -21,9 +21,7 @@ mod thin;
 use crate::matrix::{MatMut, MatRef};
 use crate::parallel::{for_each_chunk, for_each_chunk_in_order, ByCols, ByRows};
 use crate::profile::{self, Level, Work};
-use crate::simd::{
-    elementwise, flush_subnormals, has_thin_loop, BlockMut, Isa, MAX_MR, MAX_THIN_N,
-};
+use crate::simd::{elementwise, has_thin_loop, BlockMut, Isa, MAX_MR, MAX_THIN_N};
 pub(crate) use block::depth_block;
 use block::gemm_block;
 use panels::{with_b_panels, SMALL_SHARED_B};
@@ -309,14 +307,13 @@ struct Origin {
     col: usize,
 }
 
-/// Runs `task` on a block of C, a product of depth `k`, under a profiling span and
-/// with subnormals flushed.
+/// Runs `task` on a block of C, a product of depth `k`, under a profiling span.
 fn run_task<'c>(block: BlockMut<'c>, k: usize, task: impl FnOnce(BlockMut<'c>)) {
     let _span = profile::span(|| {
         let flops = 2 * block.rows() * block.cols() * k;
         Work::new("GEMM block", Level::Task).flops(flops as u64)
     });
-    flush_subnormals(|| task(block));
+    task(block);
 }
 
 /// How C splits into the blocks of its tasks.

@@ -241,8 +241,7 @@ pub(crate) fn keep_nonzero_bytes(isa: Isa, bytes: &[u8], divisor: f32, kept: Kep
 }
 
 /// Whether `byte as f32 / divisor` is 0 for the byte 0 alone, and never a NaN or
-/// a subnormal (which the kernels flush to 0): a finite divisor between 1e-30 and
-/// 1e30 in magnitude.
+/// a subnormal: a finite divisor between 1e-30 and 1e30 in magnitude.
 pub(crate) fn is_exact_divisor(divisor: f32) -> bool {
     (1e-30..=1e30).contains(&divisor.abs())
 }

@@ -149,7 +149,7 @@ per_instruction_set! {
 /// `expf`: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, a polynomial in `r`, then
 /// `2ⁿ`), so that each set's compiler vectorises it and every set, the scalar
 /// tail included, gives the same bits. Within 2 ulp of the exact value; below
-/// f32's smallest normal (x < -87.34) it is 0, as the kernels flush subnormals;
+/// f32's smallest normal (x < -87.34) it is 0, never a subnormal;
 /// above f32's largest (x > 88.72) infinity; NaN stays NaN.
 #[inline(always)]
 fn exp(x: f32) -> f32 {

@@ -9,7 +9,6 @@ pub(crate) mod elementwise;
 mod microkernel;
 mod peak;
 mod sparse;
-mod subnormals;
 mod thin;
 #[cfg(target_arch = "x86_64")]
 mod tiles;
@@ -22,7 +21,6 @@ pub(crate) use compress::{
 pub use microkernel::{MAX_MR, MAX_NC, MAX_NR};
 pub use peak::fma_peak_gflops;
 pub(crate) use sparse::{sparse_group_product, GroupEntries, RowFinish, GROUP};
-pub(crate) use subnormals::flush_subnormals;
 pub(crate) use thin::{has_thin_loop, thin_dots, transpose_thin, MAX_THIN_N, THIN_STEP};
 
 /// Asks the CPU to start loading every cache line of `data` into L1: for copies
