@@ -5,6 +5,7 @@ use crate::dataset::{Dataset, Images, Split};
 use crate::error::{DataError, Malformation};
 use crate::idx::{self, IdxArray};
 use crate::npz;
+use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -35,6 +36,25 @@ impl DatasetKind {
 
     pub fn classes(self) -> usize {
         10
+    }
+
+    /// What each class is, by label.
+    pub fn class_names(self) -> [&'static str; 10] {
+        match self {
+            DatasetKind::Mnist => ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+            DatasetKind::FashionMnist => [
+                "T-shirt/top",
+                "Trouser",
+                "Pullover",
+                "Dress",
+                "Coat",
+                "Sandal",
+                "Shirt",
+                "Sneaker",
+                "Bag",
+                "Ankle boot",
+            ],
+        }
     }
 
     /// Folders and files to look in, in order, after an explicit folder.
@@ -96,29 +116,40 @@ pub fn cache_dir(kind: DatasetKind) -> Option<PathBuf> {
 ///
 /// With `explicit` (a folder, or an `.npz` file) only that place is read, and a
 /// missing file there is an error naming it. Otherwise the places in the crate
-/// docs are tried in order; MNIST is downloaded into the cache when the
-/// `download` feature is on and no copy is found.
+/// docs are tried in order, passing over any that holds another known dataset;
+/// the dataset is downloaded into the cache when the `download` feature is on
+/// and no copy is found. A named dataset is never replaced by another: an
+/// explicit place that holds another known dataset is an error.
 pub fn load(kind: DatasetKind, explicit: Option<&Path>) -> Result<Dataset, DataError> {
     if let Some(place) = explicit {
+        if let Some(found) = holds_another(kind, place)? {
+            return Err(DataError::WrongDataset {
+                path: place.to_path_buf(),
+                wanted: kind.name(),
+                found: found.name(),
+            });
+        }
         return load_place(kind, place);
     }
     let mut searched = Vec::new();
     for place in kind.candidates() {
         if holds_dataset(&place) {
-            return load_place(kind, &place);
+            // A folder named for no dataset (`KERNO_DATA` itself) may hold another one.
+            match holds_another(kind, &place)? {
+                Some(found) => searched.push(format!("{} (holds {found})", place.display())),
+                None => return load_place(kind, &place),
+            }
+        } else {
+            searched.push(place.display().to_string());
         }
-        searched.push(place.display().to_string());
     }
     let cache = cache_dir(kind);
     if let Some(cache) = &cache {
-        if holds_dataset(cache) || cfg!(feature = "download") && kind == DatasetKind::Mnist {
+        if holds_dataset(cache) || cfg!(feature = "download") {
             #[cfg(feature = "download")]
-            if kind == DatasetKind::Mnist {
-                crate::download::fetch_missing(
-                    &crate::download::MNIST_FILES,
-                    &crate::download::MNIST_MIRRORS,
-                    cache,
-                )?;
+            {
+                let (files, mirrors) = crate::download::remote(kind);
+                crate::download::fetch_missing(files, mirrors, cache)?;
             }
             return load_place(kind, cache);
         }
@@ -278,6 +309,40 @@ fn has_idx_files(dir: &Path) -> bool {
     IDX_FILES
         .iter()
         .any(|b| dir.join(b).is_file() || dir.join(format!("{b}.gz")).is_file())
+}
+
+/// SHA-256 of the 60,000 training labels of each dataset kerno knows by name: what
+/// tells them apart, since their files share names, shapes and formats.
+const TRAIN_LABELS_SHA256: [(DatasetKind, &str); 2] = [
+    (
+        DatasetKind::Mnist,
+        "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+    ),
+    (
+        DatasetKind::FashionMnist,
+        "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
+    ),
+];
+
+/// The known dataset other than `kind` that `place` holds, judged by its training
+/// labels alone (a few kilobytes); `None` for `kind` itself or a dataset of the
+/// user's own. A place without training labels is left to the full read to report.
+fn holds_another(kind: DatasetKind, place: &Path) -> Result<Option<DatasetKind>, DataError> {
+    let labels = if place.extension().is_some_and(|e| e == "npz") {
+        npz::read_members(place, &["y_train"])?.remove(0)
+    } else if let Ok(file) = find_idx_file(place, IDX_FILES[1]) {
+        idx::read_file(&file)?
+    } else if place.join("mnist.npz").is_file() {
+        npz::read_members(&place.join("mnist.npz"), &["y_train"])?.remove(0)
+    } else {
+        return Ok(None);
+    };
+    let digest = Sha256::digest(&labels.data);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(TRAIN_LABELS_SHA256
+        .iter()
+        .find(|(other, sha)| *other != kind && *sha == hex)
+        .map(|&(other, _)| other))
 }
 
 /// Whether a place holds (part of) a dataset: then it is read, and what is missing is an error.

@@ -1,8 +1,9 @@
-//! Fetching MNIST from its public mirrors: each file's content is checked against
+//! Fetching MNIST and Fashion-MNIST from their public mirrors: each file's content is checked against
 //! its known SHA-256 before it is written, and written atomically.
 
 use crate::error::DataError;
 use crate::write_atomically;
+use crate::DatasetKind;
 use crate::MAX_ARRAY_BYTES;
 use flate2::read::MultiGzDecoder;
 use sha2::{Digest, Sha256};
@@ -45,6 +46,40 @@ pub const MNIST_MIRRORS: [&str; 2] = [
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 ];
+
+/// Fashion-MNIST's four files with the SHA-256 of their uncompressed content.
+pub const FASHION_MNIST_FILES: [RemoteFile; 4] = [
+    RemoteFile {
+        name: "train-images-idx3-ubyte.gz",
+        sha256: "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    },
+    RemoteFile {
+        name: "train-labels-idx1-ubyte.gz",
+        sha256: "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    },
+    RemoteFile {
+        name: "t10k-images-idx3-ubyte.gz",
+        sha256: "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    },
+    RemoteFile {
+        name: "t10k-labels-idx1-ubyte.gz",
+        sha256: "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+];
+
+/// Public Fashion-MNIST mirrors (Keras' own first), tried in order.
+pub const FASHION_MNIST_MIRRORS: [&str; 2] = [
+    "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+];
+
+/// The files of `kind` and the mirrors that serve them.
+pub fn remote(kind: DatasetKind) -> (&'static [RemoteFile], &'static [&'static str]) {
+    match kind {
+        DatasetKind::Mnist => (&MNIST_FILES, &MNIST_MIRRORS),
+        DatasetKind::FashionMnist => (&FASHION_MNIST_FILES, &FASHION_MNIST_MIRRORS),
+    }
+}
 
 /// Downloads every file of `files` that `dest` lacks, trying each mirror in turn.
 /// A file is written (atomically) only once its content matches its SHA-256.

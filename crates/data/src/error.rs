@@ -108,6 +108,15 @@ pub enum DataError {
         searched: String,
         hint: String,
     },
+    #[error("{}: holds {found}, not {wanted} (their training labels tell them apart)", path.display())]
+    WrongDataset {
+        path: PathBuf,
+        wanted: &'static str,
+        found: &'static str,
+    },
+    /// A picture that is not one kerno can read as a digit.
+    #[error("{}: {problem}", path.display())]
+    Image { path: PathBuf, problem: String },
     #[error("{url}: {problem}")]
     Download { url: String, problem: String },
     #[error("{url}: SHA-256 of the content is {got}, expected {expected}; nothing was saved")]

@@ -7,6 +7,7 @@
 
 mod callbacks;
 mod checkpoint;
+mod csv_logger;
 mod error;
 mod fit;
 mod history;
@@ -24,6 +25,7 @@ mod workspace;
 
 pub use callbacks::{Callback, Control, EarlyStopping, ModelCheckpoint, TerminateOnNaN};
 pub use checkpoint::{Checkpoint, RunSettings, TrainingCheckpoint, TrainingProgress};
+pub use csv_logger::CsvLogger;
 pub use error::ModelError;
 pub use fit::FitOptions;
 pub use history::{EpochLogs, Evaluation, History};

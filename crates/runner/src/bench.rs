@@ -2,6 +2,7 @@
 
 use crate::cli::BenchArgs;
 use crate::commands::{check_writable, compiled_notebook_model, load_data, PIXEL_SCALE};
+use crate::output::Output;
 use crate::records;
 use anyhow::Result;
 use kerno_data::to_categorical;
@@ -50,13 +51,13 @@ pub(crate) fn peak_around<R>(isa: Isa, work: impl FnOnce() -> R) -> (Peak, R) {
     (peak, result)
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
+pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
     // Both files are checked before the minutes of measuring.
     let before = args.compare.as_deref().map(records::last).transpose()?;
     check_writable("--record", args.record.as_deref())?;
     let isa = Isa::detected();
     let threads = rayon::current_num_threads();
-    let data = load_data(&args.training.data)?;
+    let data = load_data(&args.training.data, Output::new(args.training.json, quiet))?;
     let mut model = compiled_notebook_model(&data, 1, Optimizer::rmsprop())?;
     model.skip_input_zeros(!args.training.dense_input);
     let x = data.train.images.scaled(PIXEL_SCALE);

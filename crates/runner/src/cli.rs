@@ -8,11 +8,22 @@ use std::path::PathBuf;
 /// Train, evaluate and predict with the Keras MNIST model, fast on a CPU.
 /// With no command, runs the notebook: MNIST, 5 epochs, batch 128, then the test accuracy.
 #[derive(Parser, Debug)]
-#[command(name = "kerno", version)]
+#[command(name = "kerno", version = VERSION)]
 pub struct Cli {
+    /// Print results only: no progress, no notes on stderr (errors still go there).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
+
+/// `kerno --version`: the crate version and the commit the binary was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("KERNO_GIT_COMMIT"),
+    ")"
+);
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -28,6 +39,8 @@ pub enum Command {
     Profile(ProfileArgs),
     /// Print a model's summary table: the notebook's, or a saved model's.
     Summary(SummaryArgs),
+    /// Draw loss and accuracy per epoch from a `train --log` CSV file.
+    Plot(PlotArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -63,6 +76,7 @@ pub struct TrainArgs {
     /// Epochs to train [default: 5, or with --resume the checkpoint's].
     #[arg(long, value_parser = at_least_one)]
     pub epochs: Option<usize>,
+    /// Samples per optimizer step.
     #[arg(long, default_value_t = 128, value_parser = at_least_one)]
     pub batch_size: usize,
     /// rmsprop, sgd or adam (Keras' defaults for each).
@@ -104,6 +118,14 @@ pub struct TrainArgs {
     /// stops with an error naming the epoch and step).
     #[arg(long)]
     pub no_terminate_on_nan: bool,
+    /// Write each epoch's logs to a CSV file as Keras' CSVLogger does (header
+    /// `epoch,accuracy,loss[,val_accuracy,val_loss]`, a row flushed per epoch);
+    /// with --resume the rows are appended.
+    #[arg(long, value_name = "FILE.csv")]
+    pub log: Option<PathBuf>,
+    /// Print one JSON object (history, test results, dataset) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl Default for TrainArgs {
@@ -126,6 +148,8 @@ impl Default for TrainArgs {
             checkpoint: None,
             resume: None,
             no_terminate_on_nan: false,
+            log: None,
+            json: false,
         }
     }
 }
@@ -135,12 +159,21 @@ pub struct EvaluateArgs {
     /// A model saved by `kerno train --save`.
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
+    /// Samples per forward pass.
     #[arg(long, default_value_t = 128, value_parser = at_least_one)]
     pub batch_size: usize,
+    /// Worker threads (default: all cores).
     #[arg(long, env = "KERNO_THREADS", value_parser = parse_threads)]
     pub threads: Option<usize>,
     #[command(flatten)]
     pub data: DataArgs,
+    /// Also draw the confusion matrix (PNG or SVG, by the extension) and print
+    /// per-class accuracy and the most confused pairs.
+    #[arg(long, value_name = "OUT.png|OUT.svg")]
+    pub confusion: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -148,21 +181,47 @@ pub struct PredictArgs {
     /// A model saved by `kerno train --save`.
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
+    /// Your own images (PNG, JPEG, BMP, GIF; any size, colour or grey, dark ink on
+    /// light or the reverse), prepared as MNIST's digits were. Without it, the
+    /// dataset's test images are predicted.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub image: Vec<PathBuf>,
+    /// Also print the next most likely classes, K in all.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = at_least_one)]
+    pub top: usize,
+    /// Write the 28×28 image the model saw for each --image to DIR (as PNG).
+    #[arg(long, value_name = "DIR", requires = "image")]
+    pub save_preprocessed: Option<PathBuf>,
     /// Index of the first test image.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "image")]
     pub start: usize,
     /// How many test images.
-    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 10, value_parser = at_least_one, conflicts_with = "image")]
     pub count: usize,
     #[command(flatten)]
     pub data: DataArgs,
+    /// Print one JSON object per image instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlotArgs {
+    /// A log written by `kerno train --log` (or Keras' CSVLogger).
+    #[arg(value_name = "FILE.csv")]
+    pub log: PathBuf,
+    /// The picture to write: PNG or SVG, by the extension.
+    #[arg(long, short, value_name = "OUT.png|OUT.svg")]
+    pub output: PathBuf,
 }
 
 /// What `bench` and `profile` share: the training they time.
 #[derive(Args, Debug, Clone)]
 pub struct TimedTraining {
+    /// Samples per optimizer step.
     #[arg(long, default_value_t = 128, value_parser = at_least_one)]
     pub batch_size: usize,
+    /// Worker threads (default: all cores).
     #[arg(long, env = "KERNO_THREADS", value_parser = parse_threads)]
     pub threads: Option<usize>,
     #[command(flatten)]
@@ -191,15 +250,21 @@ pub struct BenchArgs {
     pub compare: Option<PathBuf>,
 }
 
-/// clap's error as one line: its first paragraph, without the usage and hint after it.
+/// clap's error as one line: its first paragraph and its "did you mean" tips,
+/// without the usage after them.
 pub fn one_line(error: &clap::Error) -> String {
     let text = error.render().to_string();
-    let first: Vec<&str> = text
+    let mut line: Vec<&str> = text
         .lines()
         .take_while(|l| !l.trim().is_empty())
         .map(str::trim)
         .collect();
-    first.join(" ")
+    let tips = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("tip:"));
+    line.extend(tips);
+    line.join("; ")
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,13 +1,15 @@
 //! What each command does.
 
-use crate::cli::{Cli, Command, DataArgs, EvaluateArgs, PredictArgs, TrainArgs};
+use crate::cli::{Cli, Command, DataArgs, EvaluateArgs, TrainArgs};
 use crate::interrupt::{self, Interrupted};
+use crate::output::{dataset_json, Output};
 use anyhow::{Context, Result};
 use kerno_data::{to_categorical, Dataset, DatasetKind};
 use kerno_model::{
-    Activation, Callback, Dense, Loss, Metric, Optimizer, RunSettings, Sequential, TerminateOnNaN,
-    TrainingCheckpoint, TrainingProgress, Verbosity,
+    Activation, Callback, CsvLogger, Dense, Evaluation, History, Loss, Metric, Optimizer,
+    RunSettings, Sequential, TerminateOnNaN, TrainingCheckpoint, TrainingProgress,
 };
+use serde_json::json;
 use std::path::{Path, PathBuf};
 
 /// The notebook's `model.fit(..., epochs=5)`.
@@ -24,15 +26,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Evaluate(args)) => args.threads,
         Some(Command::Bench(args)) => args.training.threads,
         Some(Command::Profile(args)) => args.training.threads,
-        Some(Command::Predict(_) | Command::Summary(_)) => None,
+        Some(Command::Predict(_) | Command::Summary(_) | Command::Plot(_)) => None,
     };
+    let quiet = cli.quiet;
     worker_pool(threads)?.install(|| match cli.command {
-        None => train(TrainArgs::default()),
-        Some(Command::Train(args)) => train(args),
-        Some(Command::Evaluate(args)) => evaluate(args),
-        Some(Command::Predict(args)) => predict(args),
-        Some(Command::Bench(args)) => crate::bench::run(args),
-        Some(Command::Profile(args)) => crate::profile::run(args),
+        None => train(TrainArgs::default(), quiet),
+        Some(Command::Train(args)) => train(args, quiet),
+        Some(Command::Evaluate(args)) => evaluate(args, quiet),
+        Some(Command::Predict(args)) => crate::predict::run(args, quiet),
+        Some(Command::Bench(args)) => crate::bench::run(args, quiet),
+        Some(Command::Profile(args)) => crate::profile::run(args, quiet),
+        Some(Command::Plot(args)) => crate::plot::history(&args.log, &args.output),
         Some(Command::Summary(args)) => {
             let model = match &args.model {
                 Some(path) => Sequential::load(path)?,
@@ -88,15 +92,20 @@ pub(crate) fn compiled_notebook_model(
     Ok(model)
 }
 
-pub(crate) fn load_data(args: &DataArgs) -> Result<Dataset> {
-    Ok(kerno_data::load(args.dataset, args.data.as_deref())?)
+/// The dataset `args` name, said on stderr (see [`Output::dataset`]).
+pub(crate) fn load_data(args: &DataArgs, out: Output) -> Result<Dataset> {
+    let data = kerno_data::load(args.dataset, args.data.as_deref())?;
+    out.dataset(&data);
+    Ok(data)
 }
 
-fn train(args: TrainArgs) -> Result<()> {
+fn train(args: TrainArgs, quiet: bool) -> Result<()> {
+    let out = Output::new(args.json, quiet);
     let checkpoint = args.checkpoint.as_ref().or(args.resume.as_ref());
     check_writable("--save", args.save.as_deref())?;
     check_writable("--checkpoint", checkpoint.map(PathBuf::as_path))?;
-    let data = load_data(&args.data)?;
+    check_writable("--log", args.log.as_deref())?;
+    let data = load_data(&args.data, out)?;
     let (mut model, settings, start) = match &args.resume {
         Some(path) => {
             let ckpt = Sequential::load_checkpoint(path)?;
@@ -121,9 +130,11 @@ fn train(args: TrainArgs) -> Result<()> {
 
     let x_train = data.train.images.scaled(PIXEL_SCALE);
     let y_train = to_categorical(&data.train.labels, data.classes);
-    let options = settings.resume_options(start).verbosity(Verbosity::Auto);
+    let options = settings.resume_options(start).verbosity(out.verbosity());
     let mut stop_on_nan = TerminateOnNaN;
     let mut saver = checkpoint.map(|path| TrainingCheckpoint::new(path, settings));
+    // A resumed run continues its log.
+    let mut logger = (args.log.as_ref()).map(|p| CsvLogger::new(p).append(args.resume.is_some()));
     let mut stop_on_interrupt = interrupt::StopOnInterrupt;
     let mut callbacks: Vec<&mut dyn Callback> = vec![&mut stop_on_interrupt];
     if !args.no_terminate_on_nan {
@@ -131,6 +142,9 @@ fn train(args: TrainArgs) -> Result<()> {
     }
     if let Some(saver) = saver.as_mut() {
         callbacks.push(saver);
+    }
+    if let Some(logger) = logger.as_mut() {
+        callbacks.push(logger);
     }
     interrupt::install()?;
     let history = model.fit_with_callbacks(&x_train, &y_train, &options, &mut callbacks)?;
@@ -140,19 +154,49 @@ fn train(args: TrainArgs) -> Result<()> {
     let seconds = history.train_seconds();
     // A resumed first epoch counts the samples trained before the stop in its logs.
     let trained_now = history.samples().saturating_sub(start.samples);
+    let samples_per_s = trained_now as f64 / seconds.max(f64::MIN_POSITIVE);
+    if let Some(path) = &args.save {
+        model.save(path)?;
+    }
+    let test = test_results(&mut model, &data, settings.batch_size)?;
+    if out.json {
+        println!(
+            "{}",
+            json!({
+                "dataset": dataset_json(&data),
+                "history": history_json(&history),
+                "train_seconds": seconds,
+                "samples_per_s": samples_per_s,
+                "saved": args.save.as_ref().map(|p| p.display().to_string()),
+                "log": args.log.as_ref().map(|p| p.display().to_string()),
+                "test_loss": test.loss,
+                "test_accuracy": test.accuracy,
+            })
+        );
+        return Ok(());
+    }
     let epochs = match history.epochs.len() {
         1 => "1 epoch".to_string(),
         count => format!("{count} epochs"),
     };
-    println!(
-        "trained {epochs} in {seconds:.2} s ({:.0} samples/s)",
-        trained_now as f64 / seconds.max(f64::MIN_POSITIVE)
-    );
+    println!("trained {epochs} in {seconds:.2} s ({samples_per_s:.0} samples/s)");
     if let Some(path) = &args.save {
-        model.save(path)?;
         println!("saved {}", path.display());
     }
-    report_test(&mut model, &data, settings.batch_size)
+    print_test(&test);
+    Ok(())
+}
+
+/// Keras' `history.history`: each log's values, one per epoch.
+fn history_json(history: &History) -> serde_json::Value {
+    let mut logs = serde_json::Map::new();
+    for name in ["loss", "accuracy", "val_loss", "val_accuracy"] {
+        let values = history.metric(name);
+        if !values.is_empty() {
+            logs.insert(name.to_string(), json!(values));
+        }
+    }
+    logs.into()
 }
 
 /// A fresh notebook model for `args`, compiled.
@@ -202,24 +246,32 @@ fn interrupted(
     ))
     .into()
 }
-fn report_test(model: &mut Sequential, data: &Dataset, batch_size: usize) -> Result<()> {
+/// Loss and accuracy on the dataset's test split.
+fn test_results(model: &mut Sequential, data: &Dataset, batch_size: usize) -> Result<Evaluation> {
     let x_test = data.test.images.scaled(PIXEL_SCALE);
     let y_test = to_categorical(&data.test.labels, data.classes);
-    let result = model.evaluate(&x_test, &y_test, batch_size)?;
+    Ok(model.evaluate(&x_test, &y_test, batch_size)?)
+}
+
+/// The notebook's last line.
+fn print_test(result: &Evaluation) {
     println!(
         "test_loss: {:.4} test_acc: {:.4}",
         result.loss,
         result.accuracy.unwrap_or(f64::NAN)
     );
-    Ok(())
 }
 
 /// The saved model at `path` and the dataset, the model checked to fit its images
 /// and classes. The model is read first: a wrong path is then an error at once,
 /// not after MNIST is found (or downloaded).
-fn load_model_and_data(path: &Path, data: &DataArgs) -> Result<(Sequential, Dataset)> {
+pub(crate) fn load_model_and_data(
+    path: &Path,
+    data: &DataArgs,
+    out: Output,
+) -> Result<(Sequential, Dataset)> {
     let model = Sequential::load(path)?;
-    let data = load_data(data)?;
+    let data = load_data(data, out)?;
     check_fits(&model, path, &data)?;
     Ok((model, data))
 }
@@ -239,41 +291,49 @@ fn check_fits(model: &Sequential, path: &Path, data: &Dataset) -> Result<()> {
     Ok(())
 }
 
-fn evaluate(args: EvaluateArgs) -> Result<()> {
-    let (mut model, data) = load_model_and_data(&args.model, &args.data)?;
+fn evaluate(args: EvaluateArgs, quiet: bool) -> Result<()> {
+    let out = Output::new(args.json, quiet);
+    if let Some(path) = &args.confusion {
+        crate::plot::check_output(path, "--confusion")?;
+    }
+    let (mut model, data) = load_model_and_data(&args.model, &args.data, out)?;
     model.compile(
         Optimizer::rmsprop(),
         Loss::CategoricalCrossentropy,
         &[Metric::Accuracy],
     )?;
-    report_test(&mut model, &data, args.batch_size)
-}
-
-fn predict(args: PredictArgs) -> Result<()> {
-    let (mut model, data) = load_model_and_data(&args.model, &args.data)?;
-    let images = &data.test.images;
-    let end = args
-        .start
-        .checked_add(args.count)
-        .filter(|&e| e <= images.len());
-    let Some(end) = end else {
-        anyhow::bail!(
-            "--start {} --count {} goes past the {} test images",
-            args.start,
-            args.count,
-            images.len()
-        );
+    let test = test_results(&mut model, &data, args.batch_size)?;
+    let confusion = match &args.confusion {
+        Some(path) => {
+            let x_test = data.test.images.scaled(PIXEL_SCALE);
+            let predicted = model.predict(&x_test, args.batch_size)?.argmax_rows();
+            let matrix = crate::confusion::Confusion::new(
+                &data.test.labels,
+                &predicted,
+                args.data.dataset.class_names(),
+            );
+            crate::plot::confusion(&matrix, path)?;
+            Some(matrix)
+        }
+        None => None,
     };
-    let pixels = &images.pixels()[args.start * images.features()..end * images.features()];
-    let batch = kerno_tensor::ScaledBytes::new(pixels, images.features(), PIXEL_SCALE);
-    let probabilities = model.predict(&batch, 128)?;
-    for (offset, predicted) in probabilities.argmax_rows().into_iter().enumerate() {
-        let index = args.start + offset;
-        println!(
-            "image {index}: predicted {predicted} (p = {:.4}), label {}",
-            probabilities.row(offset)[predicted],
-            data.test.labels[index]
-        );
+    if out.json {
+        let mut result = json!({
+            "dataset": dataset_json(&data),
+            "model": args.model.display().to_string(),
+            "test_loss": test.loss,
+            "test_accuracy": test.accuracy,
+        });
+        if let (Some(matrix), Some(path)) = (&confusion, &args.confusion) {
+            result["confusion"] = matrix.to_json(path);
+        }
+        println!("{result}");
+        return Ok(());
+    }
+    print_test(&test);
+    if let (Some(matrix), Some(path)) = (&confusion, &args.confusion) {
+        print!("{}", matrix.report());
+        println!("confusion matrix drawn to {}", path.display());
     }
     Ok(())
 }

@@ -4,7 +4,11 @@
 mod bench;
 pub mod cli;
 mod commands;
+mod confusion;
 mod interrupt;
+mod output;
+mod plot;
+mod predict;
 mod profile;
 mod records;
 

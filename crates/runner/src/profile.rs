@@ -4,6 +4,7 @@
 use crate::bench::{peak_around, Peak};
 use crate::cli::ProfileArgs;
 use crate::commands::{check_writable, compiled_notebook_model, load_data, PIXEL_SCALE};
+use crate::output::Output;
 use anyhow::{Context, Result};
 use kerno_data::to_categorical;
 use kerno_model::{Callback, Control, FitOptions, ModelError, Optimizer, Sequential, Verbosity};
@@ -12,11 +13,11 @@ use kerno_tensor::Isa;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 
-pub fn run(args: ProfileArgs) -> Result<()> {
+pub fn run(args: ProfileArgs, quiet: bool) -> Result<()> {
     check_writable("--trace", args.trace.as_deref())?;
     let isa = Isa::detected();
     let threads = rayon::current_num_threads();
-    let data = load_data(&args.training.data)?;
+    let data = load_data(&args.training.data, Output::new(args.training.json, quiet))?;
     let mut model = compiled_notebook_model(&data, 1, Optimizer::rmsprop())?;
     model.skip_input_zeros(!args.training.dense_input);
     let x = data.train.images.scaled(PIXEL_SCALE);
