@@ -149,7 +149,15 @@ pub fn load(kind: DatasetKind, explicit: Option<&Path>) -> Result<Dataset, DataE
             #[cfg(feature = "download")]
             {
                 let (files, mirrors) = crate::download::remote(kind);
-                crate::download::fetch_missing(files, mirrors, cache)?;
+                if let Err(failure) = crate::download::fetch_missing(files, mirrors, cache) {
+                    // Where it looked matters as much as why the download failed.
+                    searched.push(cache.display().to_string());
+                    return Err(DataError::NotFound {
+                        dataset: kind.name().to_string(),
+                        searched: searched.join(", "),
+                        hint: format!("; then downloading failed: {failure}"),
+                    });
+                }
             }
             return load_place(kind, cache);
         }

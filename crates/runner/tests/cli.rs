@@ -133,7 +133,7 @@ fn train_save_evaluate_predict_on_a_generated_dataset() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).starts_with("image 4: predicted 0 (p = "),
+        stdout(&out).starts_with("image 4: 0 (p="),
         "{}",
         stdout(&out)
     );
