@@ -94,6 +94,11 @@ pub struct Dataset {
 
 /// One-hot rows for class labels, as Keras' `to_categorical`.
 ///
+/// ```
+/// let y = kerno_data::to_categorical(&[2, 0], 3);
+/// assert_eq!(y.data(), &[0., 0., 1., 1., 0., 0.]);
+/// ```
+///
 /// # Panics
 /// When a label is not below `classes` (datasets from this crate are checked on load).
 pub fn to_categorical(labels: &[u8], classes: usize) -> Tensor {

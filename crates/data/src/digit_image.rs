@@ -36,10 +36,23 @@ const MIN_CONTRAST: f32 = 40.0;
 /// Reads an image file (PNG, JPEG, BMP or GIF) and prepares it as an MNIST digit:
 /// [`DIGIT_SIDE`]² bytes, row by row.
 ///
-/// ```no_run
-/// let pixels = kerno_data::read_digit(std::path::Path::new("my-seven.png"))?;
+/// ```
+/// // A photo-like picture: a dark bar on light paper, off-centre.
+/// let mut page = image::GrayImage::from_pixel(300, 200, image::Luma([230]));
+/// for y in 40..160 {
+///     for x in 200..215 {
+///         page.put_pixel(x, y, image::Luma([20]));
+///     }
+/// }
+/// let path = std::env::temp_dir().join(format!("kerno-doc-{}.png", std::process::id()));
+/// page.save(&path)?;
+/// let pixels = kerno_data::read_digit(&path)?;
 /// assert_eq!(pixels.len(), 28 * 28);
-/// # Ok::<(), kerno_data::DataError>(())
+/// // Light ink on black, the bar 20 pixels tall in the middle, as MNIST's ones.
+/// assert_eq!(pixels[0], 0);
+/// assert_eq!(pixels[14 * 28 + 14], 255);
+/// # std::fs::remove_file(&path)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn read_digit(path: &Path) -> Result<Vec<u8>, DataError> {
     let bad = |problem: String| DataError::Image {

@@ -112,7 +112,17 @@ pub fn cache_dir(kind: DatasetKind) -> Option<PathBuf> {
     Some(base.join("kerno").join(kind.name()))
 }
 
-/// Finds and reads `kind`.
+/// Finds and reads `kind`, as `keras.datasets.mnist.load_data()`.
+///
+/// ```
+/// use kerno_data::{load, DatasetKind};
+/// use std::path::Path;
+/// // An explicit folder is read alone; what it lacks is an error naming it.
+/// let error = load(DatasetKind::Mnist, Some(Path::new("no-such-folder"))).unwrap_err();
+/// assert!(error.to_string().contains("no-such-folder"));
+/// // Without one, the usual places (and `KERNO_DATA`) are searched:
+/// // let mnist = load(DatasetKind::Mnist, None)?;
+/// ```
 ///
 /// With `explicit` (a folder, or an `.npz` file) only that place is read, and a
 /// missing file there is an error naming it. Otherwise the places in the crate

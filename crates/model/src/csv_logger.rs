@@ -16,11 +16,24 @@ const COLUMNS: [&str; 4] = ["accuracy", "loss", "val_accuracy", "val_loss"];
 /// training runs. Like Keras, the file is replaced unless `append` is set, and an
 /// appended file gets no second header.
 ///
-/// ```no_run
-/// use kerno_model::{Callback, CsvLogger};
-/// let mut log = CsvLogger::new("training.csv");
-/// let mut callbacks: Vec<&mut dyn Callback> = vec![&mut log];
-/// // model.fit_with_callbacks(&x, &y, &options, &mut callbacks)?;
+/// ```
+/// use kerno_model::*;
+/// use kerno_tensor::Tensor;
+/// let x = Tensor::from_vec(&[4, 2], vec![0., 0., 0., 1., 1., 0., 1., 1.])?;
+/// let y = Tensor::from_vec(&[4, 2], vec![1., 0., 0., 1., 0., 1., 1., 0.])?;
+/// let mut model = Sequential::new(2)
+///     .add(Dense::new(8, Activation::Relu))
+///     .add(Dense::new(2, Activation::Softmax));
+/// model.compile(Optimizer::adam(), Loss::CategoricalCrossentropy, &[Metric::Accuracy])?;
+/// let path = std::env::temp_dir().join(format!("kerno-doc-{}.csv", std::process::id()));
+/// let mut log = CsvLogger::new(&path);
+/// let options = FitOptions::new().epochs(3).verbosity(Verbosity::Silent);
+/// model.fit_with_callbacks(&x, &y, &options, &mut [&mut log])?;
+/// let csv = std::fs::read_to_string(&path)?;
+/// assert_eq!(csv.lines().next(), Some("epoch,accuracy,loss"));
+/// assert_eq!(csv.lines().count(), 4);
+/// # std::fs::remove_file(&path)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
 pub struct CsvLogger {

@@ -123,6 +123,25 @@ struct Validation<'a> {
 
 impl Sequential {
     /// Trains the model, as Keras' `fit`.
+    ///
+    /// ```
+    /// # use kerno_model::*;
+    /// # use kerno_tensor::Tensor;
+    /// // 64 samples of 16 features; the label is which quarter of them is lit.
+    /// let (n, classes) = (64, 4);
+    /// let x: Vec<f32> = (0..n * 16).map(|i| ((i % 16) / 4 == (i / 16) % 4) as u8 as f32).collect();
+    /// let y: Vec<f32> = (0..n * classes).map(|i| ((i % 4) == (i / 4) % 4) as u8 as f32).collect();
+    /// let (x, y) = (Tensor::from_vec(&[n, 16], x)?, Tensor::from_vec(&[n, classes], y)?);
+    /// let mut model = Sequential::new(16)
+    ///     .add(Dense::new(32, Activation::Relu))
+    ///     .add(Dense::new(classes, Activation::Softmax));
+    /// model.compile(Optimizer::rmsprop(), Loss::CategoricalCrossentropy, &[Metric::Accuracy])?;
+    /// let options = FitOptions::new().epochs(20).batch_size(16).verbosity(Verbosity::Silent);
+    /// let history = model.fit(&x, &y, &options)?;
+    /// let loss = history.metric("loss");
+    /// assert!(loss[19] < loss[0]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn fit(
         &mut self,
         x: &dyn Samples,
@@ -133,6 +152,26 @@ impl Sequential {
     }
 
     /// [`Sequential::fit`] with callbacks, called after each step and epoch.
+    ///
+    /// ```
+    /// # use kerno_model::*;
+    /// # use kerno_tensor::Tensor;
+    /// // 64 samples of 16 features; the label is which quarter of them is lit.
+    /// let (n, classes) = (64, 4);
+    /// let x: Vec<f32> = (0..n * 16).map(|i| ((i % 16) / 4 == (i / 16) % 4) as u8 as f32).collect();
+    /// let y: Vec<f32> = (0..n * classes).map(|i| ((i % 4) == (i / 4) % 4) as u8 as f32).collect();
+    /// let (x, y) = (Tensor::from_vec(&[n, 16], x)?, Tensor::from_vec(&[n, classes], y)?);
+    /// let mut model = Sequential::new(16)
+    ///     .add(Dense::new(32, Activation::Relu))
+    ///     .add(Dense::new(classes, Activation::Softmax));
+    /// model.compile(Optimizer::rmsprop(), Loss::CategoricalCrossentropy, &[Metric::Accuracy])?;
+    /// // Stops once the training loss has not improved for 2 epochs.
+    /// let mut stop = EarlyStopping::new("loss", 2);
+    /// let options = FitOptions::new().epochs(500).batch_size(64).verbosity(Verbosity::Silent);
+    /// let history = model.fit_with_callbacks(&x, &y, &options, &mut [&mut stop])?;
+    /// assert_eq!(history.epochs.len() < 500, stop.stopped_epoch.is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn fit_with_callbacks(
         &mut self,
         x: &dyn Samples,

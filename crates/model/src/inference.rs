@@ -13,6 +13,24 @@ use kerno_tensor::{Samples, Tensor};
 impl Sequential {
     /// The mean loss (and accuracy, when compiled with it) over `x` and `y`, in
     /// batches of `batch_size` (Keras' default is 32; the result does not depend on it).
+    ///
+    /// ```
+    /// # use kerno_model::*;
+    /// # use kerno_tensor::Tensor;
+    /// // 64 samples of 16 features; the label is which quarter of them is lit.
+    /// let (n, classes) = (64, 4);
+    /// let x: Vec<f32> = (0..n * 16).map(|i| ((i % 16) / 4 == (i / 16) % 4) as u8 as f32).collect();
+    /// let y: Vec<f32> = (0..n * classes).map(|i| ((i % 4) == (i / 4) % 4) as u8 as f32).collect();
+    /// let (x, y) = (Tensor::from_vec(&[n, 16], x)?, Tensor::from_vec(&[n, classes], y)?);
+    /// let mut model = Sequential::new(16)
+    ///     .add(Dense::new(32, Activation::Relu))
+    ///     .add(Dense::new(classes, Activation::Softmax));
+    /// model.compile(Optimizer::rmsprop(), Loss::CategoricalCrossentropy, &[Metric::Accuracy])?;
+    /// model.fit(&x, &y, &FitOptions::new().epochs(30).verbosity(Verbosity::Silent))?;
+    /// let result = model.evaluate(&x, &y, 32)?;
+    /// assert!(result.accuracy.unwrap() > 0.9, "{result:?}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn evaluate(
         &mut self,
         x: &dyn Samples,
@@ -76,6 +94,21 @@ impl Sequential {
 
     /// The model's outputs for every sample of `x` (probabilities after a softmax),
     /// computed in batches of `batch_size`. Needs no `compile`.
+    ///
+    /// ```
+    /// use kerno_model::{Activation, Dense, Sequential};
+    /// use kerno_tensor::Tensor;
+    /// let mut model = Sequential::new(3)
+    ///     .add(Dense::new(8, Activation::Relu))
+    ///     .add(Dense::new(2, Activation::Softmax));
+    /// let x = Tensor::from_vec(&[2, 3], vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0])?;
+    /// let probabilities = model.predict(&x, 32)?;
+    /// assert_eq!(probabilities.shape(), &[2, 2]);
+    /// assert!((probabilities.row(0).iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    /// let classes = probabilities.argmax_rows();
+    /// assert!(classes.iter().all(|&c| c < 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn predict(&mut self, x: &dyn Samples, batch_size: usize) -> Result<Tensor, ModelError> {
         check_batch_size(batch_size)?;
         self.check_inputs(x)?;

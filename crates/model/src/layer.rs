@@ -13,6 +13,14 @@ pub struct Dense {
 }
 
 impl Dense {
+    /// `layers.Dense(units, activation=...)`: Glorot-uniform kernel, zero bias.
+    ///
+    /// ```
+    /// use kerno_model::{Activation, Dense, Sequential};
+    /// let model = Sequential::new(784).add(Dense::new(512, Activation::Relu).named("hidden"));
+    /// assert_eq!(model.layers()[0].name(), "hidden");
+    /// assert_eq!(model.param_count(), 784 * 512 + 512);
+    /// ```
     pub fn new(units: usize, activation: Activation) -> Self {
         Self {
             units,

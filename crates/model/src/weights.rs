@@ -64,6 +64,20 @@ impl Sequential {
     /// Writes the architecture and weights as safetensors (`<layer>/kernel`,
     /// `<layer>/bias`), through a temporary file renamed over `path`, so a crash
     /// leaves the previous file whole.
+    ///
+    /// ```
+    /// use kerno_model::{Activation, Dense, Sequential};
+    /// let model = Sequential::new(784)
+    ///     .add(Dense::new(512, Activation::Relu))
+    ///     .add(Dense::new(10, Activation::Softmax));
+    /// let path = std::env::temp_dir().join(format!("kerno-doc-{}.safetensors", std::process::id()));
+    /// model.save(&path)?;
+    /// let loaded = Sequential::load(&path)?;
+    /// assert_eq!(loaded.weights(), model.weights());
+    /// assert_eq!(loaded.param_count(), 407_050);
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), ModelError> {
         self.write_model_file(path.as_ref(), None, Vec::new())
     }
