@@ -2,7 +2,7 @@
 
 use crate::cli::BenchArgs;
 use crate::commands::{check_writable, compiled_notebook_model, load_data, PIXEL_SCALE};
-use crate::output::Output;
+use crate::output::{dataset_json, Output};
 use crate::records;
 use anyhow::Result;
 use kerno_data::to_categorical;
@@ -121,6 +121,7 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
         "isa": isa.name(),
         "batch_size": args.training.batch_size,
         "epochs_timed": seconds.len(),
+        "dataset": dataset_json(&data),
     });
     let current = records::record(&figures);
     if args.training.json {

@@ -36,7 +36,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Predict(args)) => crate::predict::run(args, quiet),
         Some(Command::Bench(args)) => crate::bench::run(args, quiet),
         Some(Command::Profile(args)) => crate::profile::run(args, quiet),
-        Some(Command::Plot(args)) => crate::plot::history(&args.log, &args.output),
+        Some(Command::Plot(args)) => crate::plot::history(&args.log, &args.output, quiet),
         Some(Command::Summary(args)) => {
             let model = match &args.model {
                 Some(path) => Sequential::load(path)?,

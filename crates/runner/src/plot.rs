@@ -174,7 +174,7 @@ impl TrainingLog {
 }
 
 /// `kerno plot LOG --output OUT`: loss and accuracy per epoch, side by side.
-pub fn history(log: &Path, output: &Path) -> Result<()> {
+pub fn history(log: &Path, output: &Path, quiet: bool) -> Result<()> {
     check_output(output, "--output")?;
     let log = TrainingLog::read(log)?;
     anyhow::ensure!(
@@ -182,7 +182,7 @@ pub fn history(log: &Path, output: &Path) -> Result<()> {
         "the log has neither a 'loss' nor an 'accuracy' column to draw"
     );
     write_picture(&log, output)?;
-    println!("drew {}", output.display());
+    crate::output::Output::new(false, quiet).note(format_args!("drew {}", output.display()));
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use crate::bench::{peak_around, Peak};
 use crate::cli::ProfileArgs;
 use crate::commands::{check_writable, compiled_notebook_model, load_data, PIXEL_SCALE};
-use crate::output::Output;
+use crate::output::{dataset_json, Output};
 use anyhow::{Context, Result};
 use kerno_data::to_categorical;
 use kerno_model::{Callback, Control, FitOptions, ModelError, Optimizer, Sequential, Verbosity};
@@ -41,7 +41,9 @@ pub fn run(args: ProfileArgs, quiet: bool) -> Result<()> {
             .with_context(|| format!("--trace {}", path.display()))?;
     }
     if args.training.json {
-        println!("{}", summary.json(isa, threads, args.training.batch_size));
+        let mut result = summary.json(isa, threads, args.training.batch_size);
+        result["dataset"] = dataset_json(&data);
+        println!("{result}");
     } else {
         print!("{}", summary.table(isa, threads, args.training.batch_size));
         if let Some(path) = &args.trace {

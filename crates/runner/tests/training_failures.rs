@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{command, kerno, stderr, stdout, write_dataset};
+use common::{command, errors, kerno, stderr, stdout, write_dataset};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Stdio;
@@ -23,7 +23,7 @@ fn a_diverging_loss_stops_with_its_epoch_and_step_unless_told_otherwise() {
     let data = dataset();
     let base = ["train", "--data", path_str(data.path()), "--lr", "1e30"];
     let out = kerno(&base, &[]);
-    let err = stderr(&out);
+    let err = errors(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.starts_with("error: loss became") && err.contains("at epoch 1, step "),
@@ -241,7 +241,7 @@ fn model_files_that_claim_more_than_they_hold_are_one_line_errors() {
         ];
         for args in commands {
             let out = kerno(args, &[]);
-            let err = stderr(&out);
+            let err = errors(&out);
             assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
             assert!(
                 err.starts_with("error: ") && err.contains(file),

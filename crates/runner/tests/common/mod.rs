@@ -23,6 +23,16 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// stderr without the line that names the dataset a command loaded.
+#[allow(dead_code)] // Each test file compiles this module; not all of them use this.
+pub fn errors(out: &Output) -> String {
+    stderr(out)
+        .lines()
+        .filter(|l| !l.starts_with("dataset: "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
