@@ -13,14 +13,7 @@ fn notebook_reaches_keras_accuracy_on_real_mnist() {
     );
     assert_eq!(mnist.train.images.features(), 784);
 
-    let mut model = common::notebook_model(1);
-    let x_train = mnist.train.images.scaled(255.0);
-    let y_train = to_categorical(&mnist.train.labels, 10);
-    let options = FitOptions::new()
-        .epochs(5)
-        .batch_size(128)
-        .verbosity(Verbosity::EpochLines);
-    let history = model.fit(&x_train, &y_train, &options).unwrap();
+    let (mut model, history) = common::trained_notebook_model(&mnist, Verbosity::EpochLines);
     let losses = history.metric("loss");
     assert!(
         losses.windows(2).all(|w| w[1] < w[0]),

@@ -74,14 +74,7 @@ fn photograph(digit: &[u8], rng: &mut ChaCha8Rng, path: &Path) {
 #[test]
 fn photos_of_test_digits_are_predicted_as_their_labels() {
     let mnist = common::mnist();
-    let mut model = common::notebook_model(1);
-    let x_train = mnist.train.images.scaled(255.0);
-    let y_train = to_categorical(&mnist.train.labels, 10);
-    let options = FitOptions::new()
-        .epochs(5)
-        .batch_size(128)
-        .verbosity(Verbosity::Silent);
-    model.fit(&x_train, &y_train, &options).unwrap();
+    let (mut model, _) = common::trained_notebook_model(&mnist, Verbosity::Silent);
 
     let dir = tempfile::tempdir().unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(7);
