@@ -1,5 +1,5 @@
 //! Where a dataset is found: an explicit folder, `KERNO_DATA`, `./data/<name>`,
-//! Keras' cache, kerno's download cache, and last a download.
+//! Keras' cache, Debian's `/usr/share/datasets`, kerno's download cache, and last a download.
 
 use crate::dataset::{Dataset, Images, Split};
 use crate::error::{DataError, Malformation};
@@ -66,20 +66,14 @@ impl DatasetKind {
             found.push(root);
         }
         found.push(Path::new("data").join(self.name()));
-        let home = std::env::var_os("HOME").map(PathBuf::from);
-        match self {
-            DatasetKind::Mnist => {
-                if let Some(home) = &home {
-                    found.push(home.join(".keras/datasets/mnist.npz"));
-                }
-            }
-            DatasetKind::FashionMnist => {
-                found.push(PathBuf::from("/usr/share/datasets/fashion-mnist"));
-                if let Some(home) = &home {
-                    found.push(home.join(".keras/datasets/fashion-mnist"));
-                }
-            }
+        if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
+            found.push(match self {
+                DatasetKind::Mnist => home.join(".keras/datasets/mnist.npz"),
+                DatasetKind::FashionMnist => home.join(".keras/datasets/fashion-mnist"),
+            });
         }
+        // Debian's dataset packages (`dataset-fashion-mnist`).
+        found.push(Path::new("/usr/share/datasets").join(self.name()));
         found
     }
 }
