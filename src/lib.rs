@@ -26,6 +26,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub use kerno_data as data;
 pub use kerno_model as model;
 pub use kerno_tensor as tensor;

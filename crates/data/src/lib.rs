@@ -6,6 +6,8 @@
 //! with it; nothing here panics on input, and no header can make it allocate
 //! more than the data that is really there.
 
+#![forbid(unsafe_code)]
+
 mod atomic;
 mod batches;
 mod dataset;

@@ -5,6 +5,8 @@
 //! `RMSprop(learning_rate=0.001, rho=0.9, epsilon=1e-7)`, and softmax followed by
 //! categorical cross-entropy computed from the logits in one fused kernel.
 
+#![forbid(unsafe_code)]
+
 mod callbacks;
 mod checkpoint;
 mod csv_logger;

@@ -1,6 +1,8 @@
 //! The `kerno` command as a library: its arguments ([`cli`]) and what each command
 //! does ([`run`]), so that tests and fuzzers can drive them without a process.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 pub mod cli;
 mod commands;

@@ -6,6 +6,10 @@
 //! updates ([`optim`]). Each has a plain f64 twin in [`reference`](mod@reference)
 //! that the tests compare against.
 
+// `unsafe` lives only where the intrinsics do (`simd`), each block with its SAFETY line.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod activation;
 mod aligned;
 pub mod gemm;
@@ -16,6 +20,7 @@ mod parallel;
 pub mod profile;
 pub mod reference;
 mod samples;
+#[allow(unsafe_code)]
 mod simd;
 pub mod sparse;
 mod tensor;

@@ -155,7 +155,7 @@ unsafe fn group_product<V: Vector, const W: usize>(
 ) {
     let (lanes, n) = (V::LANES, tile.cols);
     let (mut col, whole) = (0, n - n % V::LANES);
-    // SAFETY (every vector operation and access): the caller's contract; each
+    // SAFETY: (every vector operation and access) the caller's contract; each
     // pass reads and writes columns `col..col + width` with `col + width <= n`.
     unsafe {
         while col + W * lanes <= whole {

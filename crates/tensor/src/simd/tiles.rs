@@ -141,7 +141,7 @@ unsafe fn product<V: Vector, const MR: usize, const ROWS: bool>(
 ) -> ([V; MR], [V; MR]) {
     let lanes = V::LANES;
     assert_panels_fit::<ROWS>(kc, a, lda, MR, b, ldb, 2 * lanes);
-    // SAFETY (every load and vector operation): `assert_panels_fit` keeps row p of
+    // SAFETY: (every load and vector operation) `assert_panels_fit` keeps row p of
     // B (2·LANES floats from p·ldb) and the panel's MR × kc floats inside `b` and
     // `a`; the CPU has V's instruction set (the caller's contract).
     unsafe {
@@ -242,11 +242,12 @@ pub(super) unsafe fn into<V: Vector, const MR: usize, const ROWS: bool>(
     );
     for s in 0..c.cols / nr {
         let col = s * nr;
-        // SAFETY (here and each `store_rows`): the caller's contract. One store loop
+        // SAFETY: (here and each `store_rows`) the caller's contract. One store loop
         // per epilogue, each unrolled with the accumulators kept in registers (one
         // loop matching the epilogue on each row spilled them).
         let (lo, hi) = unsafe { product::<V, MR, ROWS>(kc, a, lda, &b[s * strip_stride..], ldb) };
         match epilogue {
+            // SAFETY: as above.
             TileEpilogue::None => unsafe { store_rows(&mut c, col, lo, hi, Plain) },
             TileEpilogue::Bias(bias) | TileEpilogue::BiasRelu(bias) => {
                 let bias = &bias[col..col + nr];
@@ -254,8 +255,10 @@ pub(super) unsafe fn into<V: Vector, const MR: usize, const ROWS: bool>(
                 let (b0, b1) =
                     unsafe { (V::load(bias.as_ptr()), V::load(bias.as_ptr().add(lanes))) };
                 if matches!(epilogue, TileEpilogue::BiasRelu(_)) {
+                    // SAFETY: as above.
                     unsafe { store_rows(&mut c, col, lo, hi, AddBias::<V, true> { b0, b1 }) }
                 } else {
+                    // SAFETY: as above.
                     unsafe { store_rows(&mut c, col, lo, hi, AddBias::<V, false> { b0, b1 }) }
                 }
             }
@@ -265,6 +268,7 @@ pub(super) unsafe fn into<V: Vector, const MR: usize, const ROWS: bool>(
                     row_stride,
                     col,
                 };
+                // SAFETY: as above.
                 unsafe { store_rows(&mut c, col, lo, hi, mask) }
             }
         }
@@ -346,7 +350,7 @@ unsafe fn store_rows<V: Vector, const MR: usize>(
     for i in 0..MR {
         let row = &mut c.row_mut(i)[col..col + 2 * lanes];
         let (mut x0, mut x1) = (lo[i], hi[i]);
-        // SAFETY (every load and store): `row` is cut to exactly 2·LANES floats, so
+        // SAFETY: (every load and store) `row` is cut to exactly 2·LANES floats, so
         // the accesses at 0 and LANES stay inside it; the caller's contract.
         unsafe {
             if accumulate {
