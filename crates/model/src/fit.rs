@@ -266,8 +266,8 @@ impl Sequential {
             // A shuffled batch's samples by class: the batch, its mean loss and
             // gradient are the same, and digits of a class share their strokes, so
             // that the sparse first layer's groups of four samples have 10% fewer
-            // nonzeros between them on MNIST (its forward product is as much
-            // faster).
+            // nonzeros between them on MNIST, and its forward product as much less
+            // work.
             if let Some(classes) = &classes {
                 order.group_batches_by(options.batch_size, classes);
             }

@@ -332,9 +332,8 @@ impl Sequential {
             let mut sparse = std::mem::take(&mut ws.input.sparse);
             // The next batch's rows, random rows of the dataset in DRAM, are asked
             // for by whichever half ends first, while the other still runs: the
-            // load of the next batch then finds them in cache (Zen 3, 2 threads,
-            // 40 interleaved epochs: 0.98 of their time without this; Zen 5,
-            // `kerno bench`: 0.148 s an epoch, 0.155 without).
+            // load of the next batch then finds them in cache (measured in
+            // docs/internals.md, "Measurements behind the code").
             // (On one thread the halves run in turn, and the update's prefetch below
             // does it.)
             let one_done = AtomicBool::new(rayon::current_num_threads() == 1);
@@ -382,8 +381,8 @@ impl Sequential {
         };
         // The next batch and its targets are loaded into the buffers of this one
         // while the weights are updated: the load runs on one thread, the update
-        // in chunks that the other takes as it can (the load's 50-100 µs overlap
-        // an update of 100 µs on two threads, 130-200 on one; Zen 3).
+        // in chunks that the other takes as it can: the load takes about as long
+        // as the update, so neither thread waits long.
         if rayon::current_num_threads() == 1 {
             // The load will follow the update on this thread: its random rows in
             // DRAM, asked for now, arrive during the update's square roots and

@@ -37,9 +37,8 @@ fn measure_peak(isa: Isa) -> Peak {
 }
 
 /// Runs `work` between two measurements of the peak and keeps the higher of each:
-/// a neighbour busy on a core through one measurement (seen on a shared Zen 3:
-/// 110.8 GFLOP/s for two threads instead of 188–194) then does not inflate the
-/// fraction of the peak that `work` reached.
+/// a neighbour busy on a core through one measurement (seen on the shared
+/// machines) then does not inflate the fraction of the peak that `work` reached.
 pub(crate) fn peak_around<R>(isa: Isa, work: impl FnOnce() -> R) -> (Peak, R) {
     let before = measure_peak(isa);
     let result = work();

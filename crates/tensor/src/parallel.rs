@@ -39,7 +39,7 @@ pub fn with_workers_awake<R>(body: impl FnOnce() -> R) -> R {
             let _occupied = Occupied::enter();
             // No `spin_loop` (PAUSE) in these loops: under KVM a PAUSE loop makes
             // the host deschedule the virtual CPU (pause-loop exiting), and its part
-            // of the next kernel then ran 40% slower (`kerno profile --trace`).
+            // of the next kernel then ran much slower.
             while !done.load(Ordering::Acquire) {
                 rayon::yield_now();
             }
@@ -201,7 +201,7 @@ fn split_halves<C: Chunks>(
 /// `rayon::join(a, b)`, except that the calling thread, once `a` is done, spins
 /// (running any pending work, `b` too if no other thread took it) until `b` is
 /// done, rather than falling asleep and being woken tens of microseconds after
-/// `b` ends (a training step's two joins lost 18 and 28 µs so, Zen 5).
+/// `b` ends.
 pub fn join_awake<RA: Send, RB: Send>(
     a: impl FnOnce() -> RA + Send,
     b: impl FnOnce() -> RB + Send,

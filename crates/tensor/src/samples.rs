@@ -128,8 +128,7 @@ impl Samples for ScaledBytes<'_> {
             let first = chunk * GATHER_ROWS;
             let rows = &indices[first..(first + GATHER_ROWS).min(indices.len())];
             // Every row asked for at once: random rows of a dataset in DRAM, read
-            // one after another, each waited for its own misses (a batch of 128
-            // MNIST rows on Zen 3, median of 400: 64-73 -> 48-56 µs on one thread).
+            // one after another, each waited for its own misses.
             self.prefetch(rows);
             for (dst, &i) in out.chunks_exact_mut(features).zip(rows) {
                 elementwise::scale_bytes(isa, self.row(i), dst, self.divisor);
@@ -143,17 +142,14 @@ impl Samples for ScaledBytes<'_> {
         }
     }
 
-    /// Straight from the bytes: no f32 row is written (a batch of 128 MNIST
-    /// images in cache on Zen 3, one thread, medians: gathered then compressed
-    /// 78 µs, from the bytes 34 µs).
+    /// Straight from the bytes: no f32 row is written, which halves the time.
     fn compress_rows_if_sparse(
         &self,
         indices: &[usize],
         sparse: &mut SparseRows,
         limit: f64,
     ) -> Option<bool> {
-        // Every row asked for at once, as in `gather` (Zen 3, inside a training
-        // step: the rows took 175 µs without this, 50 µs with it).
+        // Every row asked for at once, as in `gather`.
         self.prefetch(indices);
         let shape = (indices.len(), self.features);
         let row = |i: usize| self.row(indices[i]);

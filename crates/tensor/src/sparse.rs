@@ -20,14 +20,8 @@ use crate::simd::{
 };
 
 /// Density (nonzeros over all entries) up to which the sparse products, their
-/// compression included, beat the dense GEMMs: on MNIST-like batches of 128 they
-/// broke even near 0.31 on one thread and 0.36 on two on Zen 3 (AVX2), near 0.30
-/// on two threads and between 0.31 and 0.40 on one on an AVX-512 Xeon, with the
-/// per-row products that the groups replaced. With the groups, on Zen 5 (AVX-512;
-/// real MNIST batches of 128, their strokes widened to raise the density, the
-/// compression timed in full though a training step hides most of it), near 0.39
-/// on two threads and 0.54 on one. The limit stays at the AVX2 machines' figures,
-/// which were not measured again.
+/// compression included, beat the dense GEMMs, as measured on the slowest of the
+/// machines tried (docs/internals.md, "Measurements behind the code").
 pub const SPARSE_DENSITY_LIMIT: f64 = 0.3;
 /// Columns of C per task of [`sparse_gemm`]: B's block of them stays in L2 while
 /// every row of A reads it (its rows shared out too when threads outnumber blocks).
@@ -280,9 +274,8 @@ impl SparseRows {
     /// nonzeros (the union of their bits) are its entries, in order, each column
     /// given its entry's number; then each row's values are stored at their
     /// columns' entries, the others 0. The bits come with the compression's
-    /// masks, and the entries from AVX-512's compress 16 columns at a time: with
-    /// flags set per nonzero and found one by one instead, the compression of an
-    /// MNIST batch took 57 µs of a training step rather than 45 (`kerno profile`).
+    /// masks, and the entries from AVX-512's compress 16 columns at a time, faster
+    /// than flags set per nonzero and found one by one.
     fn build_row_groups(&mut self, isa: Isa) {
         let (rows, cols, entries) = (self.rows, self.cols, self.nonzeros());
         let (blocks, depth) = (depth_blocks(cols), depth_block(cols));

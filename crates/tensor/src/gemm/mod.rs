@@ -182,10 +182,9 @@ fn gemm_summing(
         return;
     }
     // A transposed A's thin product is computed as Cᵀ, which pays only with tiles
-    // that divide n (6-row tiles for n = 10 made dW2 1.5x slower on AVX2), and only
+    // that divide n (6-row tiles for n = 10 were much slower on AVX2), and only
     // while the tiled path would leave most of its tile's columns empty: with n at
-    // least half of AVX2's 16 columns that path was faster (512x128x10, fastest of
-    // 21: 51.9 -> 42.4 µs on 1 thread, 27.6 -> 23.3 on 2; n = 8 and 12 likewise).
+    // least half of AVX2's 16 columns that path was faster.
     let thin_transposed = || {
         a.row_stride() == 1
             && m > MAX_THIN_N
@@ -219,11 +218,9 @@ fn gemm_summing(
         // columns of B (the weights, in a forward GEMM), not all of B shared between
         // the caches, and packs none of it when its columns stay in L2. Two blocks per
         // thread: a thread slowed by a busy neighbour on its core leaves the other
-        // thread one to take (`kerno profile`: 1.24 -> 1.21 ms median step on 2 threads).
-        // A B small enough to share (dH's 10x512) gains nothing from it, and blocks of
-        // rows were faster (128x10x512 on Zen 3, 2 threads, interleaved medians: 20.0
-        // -> 18.3 µs), unless the tasks add up column sums, which a split by rows
-        // leaves to a pass over C afterwards (that made dH's step kernel 1.4x slower).
+        // thread one to take. A B small enough to share (dH's 10x512) gains nothing
+        // from it, and blocks of rows were faster, unless the tasks add up column
+        // sums, which a split by rows leaves to a pass over C afterwards.
         let width = n.div_ceil(2 * threads).next_multiple_of(kernel.nr);
         (Split::Cols(width), false, width)
     } else {

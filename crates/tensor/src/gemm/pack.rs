@@ -5,12 +5,11 @@ use crate::matrix::MatRef;
 use crate::simd::prefetch_lines;
 
 /// How many rows ahead packing a row-major B asks for B's lines: the weights come
-/// from L3, rows 2 KiB apart, which the hardware prefetcher did not fetch in time
-/// (fwd1 on Zen 3, fastest of 21: 1436 -> 1319 µs on 1 thread, 892 -> 842 on 2).
+/// from L3, rows 2 KiB apart, which the hardware prefetcher did not fetch in time.
 const PACK_PREFETCH_ROWS: usize = 4;
 /// Rows of a row-major B packed together, strip by strip: one row at a time wrote
 /// a line to every strip, and strips 8 KiB apart (depth 128) all fall in one L1
-/// set (dW1 on 2 threads, fastest of 21: 784 -> 722 µs).
+/// set.
 const PACK_GROUP_ROWS: usize = 16;
 
 /// Packs `B[pc..pc+kc, ..]` as strips of `nr` columns one after another, each

@@ -14,8 +14,7 @@ use std::cell::RefCell;
 pub(super) const SMALL_SHARED_B: usize = 256 * 1024;
 /// Floats of a B that every task reads from which the threads pack it together,
 /// each a group of its strips: dH (64 Ki floats) packed on the calling thread kept
-/// the other waiting before dW1 (`kerno profile --trace`, dW1's tenth percentile in
-/// quiet runs: 668-706 µs packed by one thread, 657-685 µs by both).
+/// the other waiting before dW1.
 const PARALLEL_PACKING: usize = 32 * 1024;
 
 thread_local! {

@@ -98,8 +98,7 @@ pub(super) fn gemm_thin_n(
         }
     };
     // Every thread that computes blocks builds Bᵀ for itself: read from the
-    // caller's cache, it made the other thread's blocks take twice as long (fwd2
-    // on Zen 3, 2 threads, median call 23.8 -> 13.6 µs).
+    // caller's cache, it made the other thread's blocks take twice as long.
     let gemm = THIN_GEMMS.fetch_add(1, Ordering::Relaxed) + 1;
     let split = Split::Rows(BLOCK_ROWS);
     for_each_block(

@@ -189,8 +189,8 @@ fn transpose_thin_columns(
 
 /// [`transpose_thin`] on AVX2: eight rows at a time, their first eight columns
 /// transposed in registers and stored as eight runs of Bᵀ's rows; the columns
-/// past eight and the last rows a value at a time. (A value at a time to rows of
-/// Bᵀ 2 KiB apart took a third of fwd2's time on 2 threads, Zen 3.)
+/// past eight and the last rows a value at a time: a value at a time to rows of
+/// Bᵀ 2 KiB apart took a large share of fwd2's time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn transpose_thin_avx2(b: &[f32], stride: usize, k: usize, n: usize, bt: &mut [f32]) {

@@ -148,8 +148,7 @@ unsafe fn product<V: Vector, const MR: usize, const ROWS: bool>(
         let mut lo = [V::zero(); MR];
         let mut hi = [V::zero(); MR];
         // Steps of k in fours: the loads of B for the next steps issue early, which
-        // hides L2 (AVX2, fwd1 on 2 threads, fastest of 7 in 5 alternating runs:
-        // 884-926 -> 744-792 µs).
+        // hides L2's latency.
         let whole = kc - kc % UNROLL;
         for p in (0..whole).step_by(UNROLL) {
             for u in 0..UNROLL {
