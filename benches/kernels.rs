@@ -7,9 +7,7 @@
 //! pool whose other threads spin, ready (as `fit` runs them), `matrixmultiply` on
 //! its own threads, given the same count.
 
-use criterion::{
-    black_box, criterion_group, criterion_main, Bencher, BenchmarkId, Criterion, Throughput,
-};
+use criterion::{black_box, criterion_group, Bencher, BenchmarkId, Criterion, Throughput};
 use kerno::tensor::loss::{softmax_xent_fwd_bwd, LogitsGradient, Targets};
 use kerno::tensor::optim::RmsProp;
 use kerno::tensor::sparse::{sparse_gemm_with, sparse_t_gemm_with, SparseRows};
@@ -320,4 +318,10 @@ fn rmsprop(c: &mut Criterion) {
 }
 
 criterion_group!(benches, gemm_shapes, sparse_products, softmax_xent, rmsprop);
-criterion_main!(benches);
+
+fn main() {
+    // Criterion's reports draw their text with the font kerno bundles for its plots.
+    kerno_runner::register_plot_font();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -16,3 +16,4 @@ mod records;
 
 pub use commands::run;
 pub use interrupt::{Interrupted, EXIT_CODE as INTERRUPTED_EXIT_CODE};
+pub use plot::register_plot_font;

@@ -54,13 +54,21 @@ fn drawing<E: std::fmt::Debug>(error: E) -> anyhow::Error {
     anyhow!("drawing failed: {error:?}")
 }
 
-/// Draws `picture` and writes it to `path` atomically.
-fn write_picture(picture: &impl Picture, path: &Path) -> Result<()> {
+/// Makes the bundled font plotters' sans-serif, once per process. plotters draws
+/// text only with registered fonts (its `ab_glyph` feature, which cargo turns on
+/// for every user of plotters in the workspace, criterion's HTML reports too:
+/// benches call this before criterion draws).
+pub fn register_plot_font() {
     static FONT_REGISTERED: Once = Once::new();
     FONT_REGISTERED.call_once(|| {
         // The font is compiled in; a test draws with it, so it cannot be invalid here.
         let _ = register_font(FAMILY, FontStyle::Normal, FONT);
     });
+}
+
+/// Draws `picture` and writes it to `path` atomically.
+fn write_picture(picture: &impl Picture, path: &Path) -> Result<()> {
+    register_plot_font();
     let (width, height) = picture.size();
     let bytes = match format_of(path)? {
         Format::Png => {
