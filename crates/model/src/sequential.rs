@@ -190,6 +190,7 @@ impl Sequential {
             ));
         }
         optimizer.validate()?;
+        self.weights_replaced();
         self.compiled = Some(Compiled {
             optimizer,
             state: optimizer.new_state(&self.layers),
@@ -240,11 +241,19 @@ impl Sequential {
                 got: format!("{got:?}"),
             });
         }
+        self.weights_replaced();
         for (layer, pair) in self.layers.iter_mut().zip(weights.chunks_exact(2)) {
             layer.kernel.copy_from_slice(pair[0].data());
             layer.bias.copy_from_slice(pair[1].data());
         }
         Ok(())
+    }
+
+    /// Drops the workspace, whose record of whether the first layer is finite
+    /// (kept up to date by the updates) no longer holds once weights or optimizer
+    /// state are replaced from outside; the next workspace checks them afresh.
+    pub(crate) fn weights_replaced(&mut self) {
+        self.workspace = None;
     }
 
     /// Checks that `x` has the model's input width.
@@ -265,12 +274,19 @@ impl Sequential {
 
     /// The workspace for batches of up to `rows`, reused when it fits.
     pub(crate) fn take_workspace(&mut self, rows: usize) -> Workspace {
+        // A kept workspace knows whether the first layer is finite: the updates
+        // keep that up to date, and every other change of the weights or the
+        // optimizer's state drops the workspace (`weights_replaced`). A new one
+        // looks, in a pass over them.
         let mut ws = match self.workspace.take() {
             Some(ws) if ws.fits(&self.layers, self.input_dim, rows) => ws,
-            _ => Workspace::new(&self.layers, self.input_dim, rows.max(1)),
+            _ => {
+                let mut ws = Workspace::new(&self.layers, self.input_dim, rows.max(1));
+                ws.first_layer_finite = self.first_layer_finite();
+                ws
+            }
         };
         ws.skip_input_zeros = self.skip_input_zeros;
-        ws.first_layer_finite = self.first_layer_finite();
         // A batch loaded ahead belongs to the run that loaded it (its samples'
         // indices may name others in another dataset).
         ws.input.loaded_ahead.clear();

@@ -195,6 +195,7 @@ impl Sequential {
                 &[layer.units],
             )?);
         }
+        self.weights_replaced();
         for (layer, pair) in self.layers.iter_mut().zip(weights.chunks_exact(2)) {
             layer.kernel = AlignedBuf::from_slice(&pair[0]);
             layer.bias = AlignedBuf::from_slice(&pair[1]);
