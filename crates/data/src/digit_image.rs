@@ -22,6 +22,9 @@ pub const MAX_IMAGE_FILE_BYTES: u64 = 64 << 20;
 /// together they stop a small file that claims a huge picture (a decompression bomb).
 pub const MAX_IMAGE_SIDE: u32 = 12_000;
 const MAX_DECODE_BYTES: u64 = 512 << 20;
+/// The longest side a picture is worked on at: far more than the 20 px the digit
+/// becomes, even when it fills a tenth of the picture.
+const WORKING_SIDE: u32 = 1024;
 
 /// Below this fraction of the ink's full strength a pixel is paper: noise, texture
 /// and JPEG ringing, which would otherwise widen the digit's bounding box.
@@ -112,6 +115,15 @@ fn decode(bytes: &[u8]) -> Result<DynamicImage, String> {
 /// thinner than MNIST's are grown (see `MIN_STROKE`). An error says why there is
 /// no digit.
 pub fn prepare_digit(image: &DynamicImage) -> Result<Vec<u8>, String> {
+    // A phone's photo is shrunk first (area averaging, in integers): the digit
+    // ends 20 px tall, and the float copies below then stay a few megabytes.
+    let shrunk;
+    let image = if image.width().max(image.height()) > WORKING_SIDE {
+        shrunk = image.thumbnail(WORKING_SIDE, WORKING_SIDE);
+        &shrunk
+    } else {
+        image
+    };
     let (grey, paper, ink) = light_ink_on_dark(greyscale(image));
     let (width, height) = grey.dimensions();
     if ink - paper < MIN_CONTRAST {

@@ -349,8 +349,7 @@ fn holds_another(kind: DatasetKind, place: &Path) -> Result<Option<DatasetKind>,
     } else {
         return Ok(None);
     };
-    let digest = Sha256::digest(&labels.data);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = format!("{:x}", Sha256::digest(&labels.data));
     Ok(TRAIN_LABELS_SHA256
         .iter()
         .find(|(other, sha)| *other != kind && *sha == hex)

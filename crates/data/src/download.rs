@@ -165,9 +165,5 @@ fn content_sha256(bytes: &[u8]) -> io::Result<String> {
     } else {
         hasher.update(bytes);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(format!("{:x}", hasher.finalize()))
 }
