@@ -12,11 +12,14 @@
 
 pub mod activation;
 mod aligned;
+pub mod conv;
+pub mod dropout;
 pub mod gemm;
 pub mod loss;
 mod matrix;
 pub mod optim;
 mod parallel;
+pub mod pool;
 pub mod profile;
 pub mod reference;
 mod samples;

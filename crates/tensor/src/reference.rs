@@ -2,6 +2,7 @@
 //! The tests hold the fast kernels to these.
 
 use crate::activation::Activation;
+use crate::conv::Windows;
 use crate::matrix::MatRef;
 
 /// `A·B` as a row-major `m×n` matrix, accumulated in f64.
@@ -129,4 +130,93 @@ pub fn sgd_step(w: &mut [f64], g: &[f64], m: &mut [f64], lr: f64, momentum: f64,
             m[i]
         };
     }
+}
+
+/// A direct 2-D convolution of NHWC `images` (no bias, no activation): `out[n,
+/// oy, ox, f] = Σ_{ky,kx,c} x[n, y, x, c]·kernel[ky, kx, c, f]` over the window's
+/// pixels inside the image.
+pub fn conv2d(w: &Windows, images: usize, x: &[f64], kernel: &[f64], filters: usize) -> Vec<f64> {
+    let mut out = vec![0.0; images * w.positions() * filters];
+    for_each_tap(w, images, |n, o, k, i| {
+        for f in 0..filters {
+            out[(n * w.positions() + o) * filters + f] += x[i] * kernel[k * filters + f];
+        }
+    });
+    out
+}
+
+/// The kernel's gradient of [`conv2d`], `dz` being its output's.
+pub fn conv2d_kernel_gradient(
+    w: &Windows,
+    images: usize,
+    x: &[f64],
+    dz: &[f64],
+    filters: usize,
+) -> Vec<f64> {
+    let mut dk = vec![0.0; w.patch_len() * filters];
+    for_each_tap(w, images, |n, o, k, i| {
+        for f in 0..filters {
+            dk[k * filters + f] += x[i] * dz[(n * w.positions() + o) * filters + f];
+        }
+    });
+    dk
+}
+
+/// The input's gradient of [`conv2d`], `dz` being its output's.
+pub fn conv2d_input_gradient(
+    w: &Windows,
+    images: usize,
+    kernel: &[f64],
+    dz: &[f64],
+    filters: usize,
+) -> Vec<f64> {
+    let mut dx = vec![0.0; images * w.input_len()];
+    for_each_tap(w, images, |n, o, k, i| {
+        for f in 0..filters {
+            dx[i] += kernel[k * filters + f] * dz[(n * w.positions() + o) * filters + f];
+        }
+    });
+    dx
+}
+
+/// Calls `tap(image, output position, patch index, input index)` for every
+/// input value under every window, padding left out.
+fn for_each_tap(w: &Windows, images: usize, mut tap: impl FnMut(usize, usize, usize, usize)) {
+    for n in 0..images {
+        for oy in 0..w.out_height {
+            for ox in 0..w.out_width {
+                for ky in 0..w.window[0] {
+                    for kx in 0..w.window[1] {
+                        let Some((y, x)) = w.source(oy, ox, ky, kx) else {
+                            continue;
+                        };
+                        for c in 0..w.channels {
+                            let k = (ky * w.window[1] + kx) * w.channels + c;
+                            let i = n * w.input_len() + (y * w.width + x) * w.channels + c;
+                            tap(n, oy * w.out_width + ox, k, i);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 2-D max pooling of NHWC `images`, and the input's gradient for the output
+/// gradient `d_out`: each window's to its first maximum.
+pub fn max_pool2d(w: &Windows, images: usize, x: &[f64], d_out: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let c = w.channels;
+    let mut out = vec![f64::NEG_INFINITY; images * w.positions() * c];
+    let mut first_max = vec![0; out.len()];
+    for_each_tap(w, images, |n, o, _, i| {
+        let at = (n * w.positions() + o) * c + i % c;
+        if x[i] > out[at] {
+            (out[at], first_max[at]) = (x[i], i);
+        }
+    });
+    let mut dx = vec![0.0; x.len()];
+    for (at, &i) in first_max.iter().enumerate() {
+        dx[i] += d_out[at];
+    }
+    (out, dx)
 }
