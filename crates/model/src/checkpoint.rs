@@ -193,7 +193,12 @@ impl Sequential {
         let slot_names = optimizer.slot_names();
         self.layers
             .iter()
-            .flat_map(|l| ["kernel", "bias"].map(|param| format!("optimizer/{}/{param}", l.name)))
+            .flat_map(|l| {
+                let params = l.params().into_iter().map(|(param, _, _)| param);
+                params.map(|param| format!("optimizer/{}/{param}", l.name()))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
             .flat_map(|param| slot_names.iter().map(move |slot| format!("{param}/{slot}")))
             .collect()
     }

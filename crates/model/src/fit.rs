@@ -4,9 +4,10 @@ use crate::callbacks::{Callback, Control};
 use crate::checkpoint::TrainingProgress;
 use crate::error::ModelError;
 use crate::history::{EpochLogs, History};
+use crate::layers::Layer;
 use crate::loss::Metric;
 use crate::progress::{Progress, Verbosity};
-use crate::sequential::{run_batch, Sequential};
+use crate::sequential::Sequential;
 use crate::step;
 use crate::targets::TargetTable;
 use crate::workspace::Workspace;
@@ -365,29 +366,17 @@ impl Sequential {
         let targets = self.whole_batch_targets(x, y)?;
         let loss = self.compiled()?.loss;
         let grads = self.on_whole_batch(x.len(), |model, ws, indices| {
-            run_batch(
-                &model.layers,
-                model.input_dim,
-                loss,
-                ws,
-                x,
-                &targets,
-                indices,
-                true,
-            );
-            let all = 0..model.layers.len();
-            step::backward(&model.layers, loss, model.input_dim, ws, indices.len(), all);
-            model
-                .layers
-                .iter()
-                .enumerate()
-                .flat_map(|(l, layer)| {
-                    [
-                        Tensor::from_vec(&[layer.inputs, layer.units], ws.dkernels[l].to_vec()),
-                        Tensor::from_vec(&[layer.units], ws.dbiases[l].to_vec()),
-                    ]
+            step::run_batch(model, loss, ws, x, &targets, indices, true);
+            let run = model.step_run(indices.len(), true);
+            step::backward(&model.layers, ws, run, 0..model.layers.len());
+            let shapes = model.layers.iter().flat_map(Layer::params);
+            let grads = ws.dparams.iter().flatten();
+            shapes
+                .zip(grads)
+                .map(|((_, shape, _), grad)| {
+                    Tensor::from_vec(&shape, grad.to_vec())
+                        .expect("gradient shapes match the layers")
                 })
-                .map(|t| t.expect("gradient shapes match the layers"))
                 .collect()
         });
         Ok(grads)

@@ -3,7 +3,7 @@
 use crate::error::ModelError;
 use crate::history::Evaluation;
 use crate::loss::Metric;
-use crate::sequential::{run_batch, Sequential};
+use crate::sequential::Sequential;
 use crate::step;
 use crate::targets::TargetTable;
 use crate::workspace::Workspace;
@@ -69,16 +69,7 @@ impl Sequential {
             .expect("callers check that the model is compiled");
         let mut total = LossStats::default();
         for batch in indices.chunks(batch_size.min(ws.capacity)) {
-            let stats = run_batch(
-                &self.layers,
-                self.input_dim,
-                compiled.loss,
-                ws,
-                x,
-                targets,
-                batch,
-                false,
-            );
+            let stats = step::run_batch(self, compiled.loss, ws, x, targets, batch, false);
             total.loss_sum += stats.loss_sum;
             total.correct += stats.correct;
         }
@@ -124,14 +115,8 @@ impl Sequential {
             let sparse_allowed = ws.sparse_input_allowed();
             step::load_input(x, batch, &mut ws.input, sparse_allowed);
             let (last_activation, all) = (true, 0..self.layers.len());
-            step::forward(
-                &self.layers,
-                self.input_dim,
-                &mut ws,
-                rows,
-                last_activation,
-                all,
-            );
+            let run = self.step_run(rows, false);
+            step::forward(&self.layers, &mut ws, run, last_activation, all);
             let last = ws.outputs.len() - 1;
             result.extend_from_slice(&ws.outputs[last][..rows * outputs]);
         }

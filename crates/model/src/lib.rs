@@ -1,4 +1,5 @@
-//! kerno-model: Keras' `Sequential` of `Dense` layers, its optimizers, losses and
+//! kerno-model: Keras' `Sequential` of layers (`Dense`, `Conv2D`, `MaxPooling2D`,
+//! `Flatten`, `Dropout`), its optimizers, losses and
 //! metrics, `fit` / `evaluate` / `predict`, callbacks, and weights in safetensors.
 //!
 //! Names and defaults follow Keras 3: Glorot-uniform kernels, zero biases,
@@ -14,10 +15,11 @@ mod error;
 mod fit;
 mod history;
 mod inference;
-mod layer;
+mod layers;
 mod loss;
 mod optimizer;
 mod progress;
+mod schedule;
 mod sequential;
 mod step;
 mod summary;
@@ -31,8 +33,12 @@ pub use csv_logger::CsvLogger;
 pub use error::ModelError;
 pub use fit::FitOptions;
 pub use history::{EpochLogs, Evaluation, History};
+pub use kerno_tensor::conv::Padding;
 pub use kerno_tensor::Activation;
-pub use layer::{Dense, DenseLayer};
+pub use layers::{
+    Conv2D, Conv2DLayer, Dense, DenseLayer, Dropout, DropoutLayer, Flatten, FlattenLayer, Input,
+    Layer, LayerConfig, MaxPooling2D, MaxPooling2DLayer,
+};
 pub use loss::{Loss, Metric};
 pub use optimizer::Optimizer;
 pub use progress::Verbosity;

@@ -1,7 +1,7 @@
 //! Optimizers with Keras 3's defaults and update rules, and their per-parameter state.
 
 use crate::error::ModelError;
-use crate::layer::DenseLayer;
+use crate::layers::Layer;
 use crate::workspace::Workspace;
 use kerno_tensor::optim::RmsProp;
 use kerno_tensor::profile::{self, Work};
@@ -144,8 +144,10 @@ impl Optimizer {
         &state.slots[..self.slots().min(state.slots.len())]
     }
 
-    pub(crate) fn new_state(&self, layers: &[DenseLayer]) -> OptimizerState {
-        let sizes = layers.iter().flat_map(|l| [l.kernel.len(), l.bias.len()]);
+    pub(crate) fn new_state(&self, layers: &[Layer]) -> OptimizerState {
+        let sizes = layers
+            .iter()
+            .flat_map(|l| l.params().into_iter().map(|(_, _, v)| v.len()));
         let slots = sizes
             .flat_map(|n| std::iter::repeat_n(n, self.slots()))
             .map(AlignedBuf::zeros)
@@ -162,7 +164,7 @@ impl Optimizer {
     pub(crate) fn apply(
         &self,
         state: &mut OptimizerState,
-        layers: &mut [DenseLayer],
+        layers: &mut [Layer],
         ws: &Workspace,
     ) -> bool {
         let mut first_kernel_finite = true;
@@ -173,12 +175,17 @@ impl Optimizer {
             // A sparse batch's empty columns: rows of the first kernel's gradient
             // that the weight-gradient product has set to zeros.
             let zero_rows = (l == 0 && !ws.zero_inputs.is_empty()).then_some(&ws.zero_inputs[..]);
+            let units = layer.output_shape().last().copied().unwrap_or(1);
+            let params = layer.params_mut();
+            if params.iter().all(Option::is_none) {
+                continue;
+            }
             let _span = profile::span(|| {
-                let values = (layer.kernel.len() + layer.bias.len()) as u64;
+                let values = params.iter().flatten().map(|p| p.len() as u64).sum::<u64>();
                 // Values of rows of zeros whose update is the velocity's decay alone.
                 let decayed = match (self, zero_rows) {
                     (Optimizer::RmsProp { .. }, Some(zero)) => {
-                        (zero.iter().filter(|&&z| z).count() * layer.units) as u64
+                        (zero.iter().filter(|&&z| z).count() * units) as u64
                     }
                     _ => 0,
                 };
@@ -187,11 +194,10 @@ impl Optimizer {
                 let bytes = 4 * ((values - decayed) * (3 + 2 * per_param as u64) + 2 * decayed);
                 Work::kernel("optimizer update").layer(l).bytes(bytes)
             });
-            let params = [
-                (&mut layer.kernel, &ws.dkernels[l], zero_rows),
-                (&mut layer.bias, &ws.dbiases[l], None),
-            ];
-            for (i, (w, g, zero_rows)) in params.into_iter().enumerate() {
+            let grads = ws.dparams[l].iter();
+            for (i, (w, g)) in params.into_iter().flatten().zip(grads).enumerate() {
+                // Only the kernel (the first parameter) of the first layer has zero rows.
+                let zero_rows = if i == 0 { zero_rows } else { None };
                 let slot = if per_param > 0 { slots.next() } else { None };
                 let finite = self.step(w, g, zero_rows, slot, state.iterations);
                 if l == 0 && i == 0 {

@@ -1,29 +1,16 @@
-//! The forward pass, the loss, and the backward pass of one batch.
+//! The network loop: load a batch, each layer forward, the loss (fused with
+//! the softmax), each layer backward in reverse. The layers' math is in `layers/`.
 
-use crate::layer::DenseLayer;
+use crate::layers::{Below, Layer, LayerInput, ParamGrads, Pass};
 use crate::loss::Loss;
+use crate::sequential::Sequential;
+use crate::targets::TargetTable;
 use crate::workspace::{InputBatch, Workspace};
-use kerno_tensor::activation::column_sums;
 use kerno_tensor::loss::{self, LogitsGradient, LossStats, Targets};
 use kerno_tensor::profile::{self, Work};
 use kerno_tensor::sparse::SPARSE_DENSITY_LIMIT;
-use kerno_tensor::{
-    all_finite, gemm, gemm_column_sums, sparse_gemm, sparse_t_gemm, Activation, Epilogue, MatMut,
-    MatRef, Samples, SparseRows,
-};
+use kerno_tensor::{Activation, MatRef, Samples};
 use std::ops::Range;
-
-/// A GEMM of `m×k` by `k×n` as profiled work: `2mkn` operations.
-fn gemm_work(name: &'static str, m: usize, k: usize, n: usize) -> Work {
-    Work::kernel(name).flops(2 * (m * k * n) as u64)
-}
-
-/// A product with a sparse input as profiled work: the operations its kernel
-/// runs, `2·multiply_adds` (the zeros inside its groups included), not the
-/// dense GEMM's.
-fn sparse_work(name: &'static str, multiply_adds: usize) -> Work {
-    Work::kernel(name).flops(2 * multiply_adds as u64)
-}
 
 /// Loads the samples `indices` of `x` into `input`: when `skip_zeros` and they
 /// are sparse enough for the first layer's products to take their nonzeros alone,
@@ -69,128 +56,109 @@ pub(crate) fn load_input(
     }
 }
 
-/// Builds a sparse batch's nonzeros by columns, which its weight gradient reads.
-pub(crate) fn build_input_columns(sparse: &mut SparseRows) {
-    if !sparse.has_columns() {
-        let _span = profile::span(|| {
-            Work::kernel("input compression (by columns)").bytes(8 * sparse.nonzeros() as u64)
-        });
-        sparse.build_columns();
-    }
-}
-
-/// Whether the last layer's softmax and the loss run as one kernel on the logits.
-pub(crate) fn fused_softmax_xent(layers: &[DenseLayer], loss: Loss) -> bool {
+/// Whether the last layer's softmax and the loss run as one kernel on the logits
+/// (which also sums the last `Dense`'s bias gradient).
+pub(crate) fn fused_softmax_xent(layers: &[Layer], loss: Loss) -> bool {
     layers
         .last()
-        .is_some_and(|l| l.activation == Activation::Softmax)
+        .is_some_and(|l| l.as_dense().is_some() && l.activation() == Activation::Softmax)
         && matches!(
             loss,
             Loss::CategoricalCrossentropy | Loss::SparseCategoricalCrossentropy
         )
 }
 
-/// Runs the layers `run` (all of them, or those after the ones already run) on
-/// the batch [`load_input`] put in `ws.input`, `rows` samples. With
-/// `last_activation` false the last layer's output stays as logits.
-pub(crate) fn forward(
-    layers: &[DenseLayer],
-    input_dim: usize,
-    ws: &mut Workspace,
-    rows: usize,
-    last_activation: bool,
-    run: Range<usize>,
-) {
-    for (l, layer) in layers.iter().enumerate().take(run.end).skip(run.start) {
-        let (before, rest) = ws.outputs.split_at_mut(l);
-        let input = if l == 0 {
-            &ws.input.x[..]
-        } else {
-            &before[l - 1][..]
-        };
-        let inputs = if l == 0 {
-            input_dim
-        } else {
-            layers[l - 1].units
-        };
-        let out = &mut rest[0][..rows * layer.units];
-        let apply = last_activation || l + 1 < layers.len();
-        let relu = apply && layer.activation == Activation::Relu;
-        let epilogue = if relu {
-            Epilogue::BiasRelu(&layer.bias)
-        } else {
-            Epilogue::Bias(&layer.bias)
-        };
-        let sparse = l == 0 && ws.input.is_sparse;
-        let name = match (sparse, relu) {
-            (false, true) => "forward GEMM + bias + relu",
-            (false, false) => "forward GEMM + bias",
-            (true, true) => "sparse forward GEMM + bias + relu",
-            (true, false) => "sparse forward GEMM + bias",
-        };
-        let kernel = MatRef::row_major(&layer.kernel, inputs, layer.units);
-        let out_mat = MatMut::row_major(out, rows, layer.units);
-        if sparse {
-            let _span = profile::span(|| {
-                let multiply_adds = ws.input.sparse.product_multiply_adds(layer.units);
-                sparse_work(name, multiply_adds).layer(l)
-            });
-            sparse_gemm(&ws.input.sparse, kernel, out_mat, epilogue);
-        } else {
-            let _span = profile::span(|| {
-                gemm_work(name, rows, inputs, layer.units)
-                    .layer(l)
-                    .bytes(4 * (rows * inputs + inputs * layer.units + rows * layer.units) as u64)
-            });
-            let input = MatRef::row_major(&input[..rows * inputs], rows, inputs);
-            gemm(input, kernel, out_mat, false, epilogue);
-        }
-        if apply && !relu {
-            let _span = profile::span(|| {
-                Work::kernel("activation")
-                    .layer(l)
-                    .bytes(8 * out.len() as u64)
-            });
-            layer.activation.forward_inplace(out, layer.units);
+/// How a step runs the layers: on `rows` samples, training or not, with the
+/// seed of its random draws.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StepRun {
+    pub rows: usize,
+    pub training: bool,
+    pub seed: u64,
+}
+
+impl StepRun {
+    fn pass(&self, layer: usize, activate: bool) -> Pass {
+        Pass {
+            layer,
+            rows: self.rows,
+            activate,
+            training: self.training,
+            seed: self.seed ^ kerno_tensor::dropout::splitmix64(layer as u64),
         }
     }
 }
 
+/// Runs the layers `run` (all of them, or those after the ones already run) on
+/// the batch [`load_input`] put in `ws.input`. With `last_activation` false the
+/// last layer's output stays as logits.
+pub(crate) fn forward(
+    layers: &[Layer],
+    ws: &mut Workspace,
+    step: StepRun,
+    last_activation: bool,
+    run: Range<usize>,
+) {
+    let Workspace {
+        input,
+        outputs,
+        scratch,
+        ..
+    } = ws;
+    for l in run {
+        let layer = &layers[l];
+        let (before, rest) = outputs.split_at_mut(l);
+        let input = match l {
+            0 => LayerInput::Batch(input),
+            _ => LayerInput::Values(&before[l - 1][..step.rows * layers[l - 1].output_len()]),
+        };
+        let out = &mut rest[0][..step.rows * layer.output_len()];
+        let pass = step.pass(l, last_activation || l + 1 < layers.len());
+        layer.forward(&pass, input, out, &mut scratch[l]);
+    }
+}
+
 /// The loss summed over the batch and the number of right answers, from the last
-/// layer's output `out` (logits when fused). With `grad` (the gradient, and the
-/// last layer's bias gradient), also the gradient of the mean loss with respect to
-/// the last layer's pre-activation, and when fused its bias gradient too (see
-/// [`backward`]). Expects `forward` to have run with
+/// layer's output (logits when fused). When training, also the gradient of the
+/// mean loss with respect to the last layer's pre-activation into its `grads`,
+/// and when fused its bias gradient too. Expects `forward` to have run with
 /// `last_activation = !fused_softmax_xent(..)`.
 pub(crate) fn loss_and_grad(
-    layers: &[DenseLayer],
+    layers: &[Layer],
     loss: Loss,
-    out: &[f32],
-    grad: Option<(&mut [f32], &mut [f32])>,
+    ws: &mut Workspace,
+    rows: usize,
+    train: bool,
     targets: Targets<'_>,
 ) -> LossStats {
-    let last = &layers[layers.len() - 1];
-    let units = last.units;
-    let scale = 1.0 / (out.len() / units).max(1) as f32;
+    let last_index = layers.len() - 1;
+    let last = &layers[last_index];
+    let units = last.output_len();
+    let scale = 1.0 / rows.max(1) as f32;
+    let fused = fused_softmax_xent(layers, loss);
+    let out = &ws.outputs[last_index][..rows * units];
     let _span = profile::span(|| {
-        let name = if fused_softmax_xent(layers, loss) {
+        let name = if fused {
             "softmax + cross-entropy (fused)"
         } else {
             "loss"
         };
         Work::kernel(name)
-            .layer(layers.len() - 1)
+            .layer(last_index)
             .bytes(4 * 3 * out.len() as u64)
     });
-    if fused_softmax_xent(layers, loss) {
-        let grad = grad.map(|(values, bias_grad)| LogitsGradient {
+    ws.bias_grad_done[last_index] = train && fused;
+    let grad = train.then(|| &mut ws.grads[last_index][..rows * units]);
+    if fused {
+        let bias_grad = &mut ws.dparams[last_index][1][..];
+        let grad = grad.map(|values| LogitsGradient {
             values,
             scale,
             column_sums: Some(bias_grad),
         });
         return loss::softmax_xent_fwd_bwd(out, targets, units, grad);
     }
-    let mut grad = grad.map(|(values, _)| values);
+    let mut grad = grad;
     let grad_arg = grad.as_deref_mut().map(|g| (g, scale));
     let loss_sum = match (loss, targets) {
         (Loss::MeanSquaredError, Targets::Dense(y)) => {
@@ -200,7 +168,7 @@ pub(crate) fn loss_and_grad(
         _ => loss::categorical_xent_probs(out, targets, units, grad_arg),
     };
     if let Some(g) = grad {
-        last.activation.backward_inplace(g, out, units);
+        last.activation().backward_inplace(g, out, units);
     }
     LossStats {
         loss_sum,
@@ -208,126 +176,122 @@ pub(crate) fn loss_and_grad(
     }
 }
 
-/// Whether the input-gradient GEMM into `layer` also sums `layer`'s bias
-/// gradient: with relu (or no activation) its output is the layer's `dz`, final
-/// as stored, whose columns are summed there rather than in a pass of their own.
-fn input_gradient_sums_bias(layer: &DenseLayer) -> bool {
-    matches!(layer.activation, Activation::Relu | Activation::Linear)
-}
-
-/// Back-propagates from `ws.grads[last]` (already the pre-activation gradient) into
-/// every layer's kernel and bias gradients. The first layer's input gradient is
-/// never needed. With `loss` fused into the softmax, the kernel that made that
-/// gradient has summed the last layer's bias gradient already.
-pub(crate) fn backward(
-    layers: &[DenseLayer],
-    loss: Loss,
-    input_dim: usize,
-    ws: &mut Workspace,
-    rows: usize,
-    run: Range<usize>,
-) {
-    // Whether layer l's bias gradient was summed by the kernel that produced its
-    // `dz`: the fused loss kernel for the last layer, the input-gradient GEMM of
-    // the layer above for the others.
-    let mut bias_grad_done = match layers.get(run.end) {
-        None => fused_softmax_xent(layers, loss),
-        Some(_) => input_gradient_sums_bias(&layers[run.end - 1]),
-    };
+/// Back-propagates through the layers `run`, from the top one's `ws.grads`
+/// (already the gradient before its activation) into every parameter gradient.
+/// The first layer's input gradient is never needed.
+pub(crate) fn backward(layers: &[Layer], ws: &mut Workspace, step: StepRun, run: Range<usize>) {
+    let Workspace {
+        input,
+        outputs,
+        grads,
+        dparams,
+        bias_grad_done,
+        scratch,
+        ..
+    } = ws;
+    let rows = step.rows;
     for l in run.rev() {
         let layer = &layers[l];
-        let inputs = if l == 0 {
-            input_dim
-        } else {
-            layers[l - 1].units
+        let (lower_grads, upper_grads) = grads.split_at_mut(l);
+        let (lower_dparams, upper_dparams) = dparams.split_at_mut(l);
+        let dz = &upper_grads[0][..rows * layer.output_len()];
+        let params = ParamGrads {
+            grads: &mut upper_dparams[0],
+            bias_done: bias_grad_done[l],
         };
-        let (lower, upper) = ws.grads.split_at_mut(l);
-        let dz = &upper[0][..rows * layer.units];
-        if !bias_grad_done {
-            let _span = profile::span(|| {
-                Work::kernel("bias gradient (column sums)")
-                    .layer(l)
-                    .flops(dz.len() as u64)
-                    .bytes(4 * (dz.len() + layer.units) as u64)
-            });
-            column_sums(dz, &mut ws.dbiases[l]);
-        }
-        // A NaN or infinity in `dz` reaches every row of the dense product's
-        // weight gradient (`0 · NaN` is NaN) but only the nonzeros' rows of the
-        // sparse one; `dz`'s column sums, the bias gradient, show it. Such a
-        // batch takes the dense product, so that both paths agree.
-        if l == 0 && ws.input.is_sparse && !all_finite(&ws.dbiases[0]) {
-            ws.input.sparse.write_dense(&mut ws.input.x);
-            ws.input.is_sparse = false;
-        }
-        let input = if l == 0 {
-            &ws.input.x[..]
-        } else {
-            &ws.outputs[l - 1][..]
-        };
-        let (dz_mat, dkernel) = (
-            MatRef::row_major(dz, rows, layer.units),
-            MatMut::row_major(&mut ws.dkernels[l], inputs, layer.units),
-        );
-        if l == 0 && ws.input.is_sparse {
-            build_input_columns(&mut ws.input.sparse);
-            let _span = profile::span(|| {
-                let multiply_adds = ws.input.sparse.t_product_multiply_adds(layer.units);
-                sparse_work("sparse weight-gradient GEMM", multiply_adds).layer(l)
-            });
-            sparse_t_gemm(&ws.input.sparse, dz_mat, dkernel);
-        } else {
-            let _span = profile::span(|| {
-                gemm_work("weight-gradient GEMM", inputs, rows, layer.units)
-                    .layer(l)
-                    .bytes(4 * (rows * inputs + rows * layer.units + inputs * layer.units) as u64)
-            });
-            let input = MatRef::row_major(&input[..rows * inputs], rows, inputs).t();
-            gemm(input, dz_mat, dkernel, false, Epilogue::None);
-        }
+        let output = &outputs[l][..rows * layer.output_len()];
+        let pass = step.pass(l, true);
         if l == 0 {
+            let input = LayerInput::Batch(input);
+            layer.backward(&pass, input, output, dz, params, &mut scratch[l], None);
             break;
         }
-        let below = &layers[l - 1];
-        let below_out = &ws.outputs[l - 1][..rows * inputs];
-        let epilogue = if below.activation == Activation::Relu {
-            Epilogue::ReluMask(MatRef::row_major(below_out, rows, inputs))
-        } else {
-            Epilogue::None
+        let below_layer = &layers[l - 1];
+        let below_len = rows * below_layer.output_len();
+        let below_out = &outputs[l - 1][..below_len];
+        let below = Below {
+            d_out: &mut lower_grads[l - 1][..below_len],
+            output: below_out,
+            activation: below_layer.activation(),
+            bias_sums: match below_layer {
+                Layer::Dense(_) => Some(&mut lower_dparams[l - 1][1][..]),
+                _ => None,
+            },
         };
-        let d_below = &mut lower[l - 1][..rows * inputs];
-        bias_grad_done = input_gradient_sums_bias(below);
-        let name = match (below.activation == Activation::Relu, bias_grad_done) {
-            (true, _) => "input-gradient GEMM + relu mask + bias gradient",
-            (false, true) => "input-gradient GEMM + bias gradient",
-            (false, false) => "input-gradient GEMM",
-        };
-        let span = profile::span(|| {
-            gemm_work(name, rows, layer.units, inputs)
-                .layer(l)
-                .bytes(4 * (rows * layer.units + inputs * layer.units + 2 * rows * inputs) as u64)
-        });
-        let (dz, kernel_t) = (
-            MatRef::row_major(dz, rows, layer.units),
-            MatRef::row_major(&layer.kernel, inputs, layer.units).t(),
+        let input = LayerInput::Values(below_out);
+        let done = layer.backward(
+            &pass,
+            input,
+            output,
+            dz,
+            params,
+            &mut scratch[l],
+            Some(below),
         );
-        let d_below_mat = MatMut::row_major(d_below, rows, inputs);
-        if bias_grad_done {
-            let sums = &mut ws.dbiases[l - 1];
-            gemm_column_sums(dz, kernel_t, d_below_mat, false, epilogue, sums);
-        } else {
-            gemm(dz, kernel_t, d_below_mat, false, epilogue);
-        }
-        drop(span);
-        if below.activation != Activation::Relu {
+        bias_grad_done[l - 1] = done.bias;
+        if !done.activation {
             let _span = profile::span(|| {
                 Work::kernel("activation gradient")
                     .layer(l - 1)
-                    .bytes(12 * d_below.len() as u64)
+                    .bytes(12 * below_len as u64)
             });
-            below
-                .activation
-                .backward_inplace(d_below, below_out, inputs);
+            let d_below = &mut lower_grads[l - 1][..below_len];
+            let cols = below_layer.output_shape().last().copied().unwrap_or(1);
+            below_layer
+                .activation()
+                .backward_inplace(d_below, below_out, cols);
         }
     }
+}
+
+/// Gathers a batch, runs the forward pass and the loss (with its gradient when `train`).
+pub(crate) fn run_batch(
+    model: &Sequential,
+    loss: Loss,
+    ws: &mut Workspace,
+    x: &dyn Samples,
+    targets: &TargetTable<'_>,
+    indices: &[usize],
+    train: bool,
+) -> LossStats {
+    let sparse_allowed = ws.sparse_input_allowed();
+    load_input(x, indices, &mut ws.input, sparse_allowed);
+    gather_targets(targets, indices, &mut ws.y, &mut ws.classes);
+    let step = model.step_run(indices.len(), train);
+    let all = 0..model.layers.len();
+    forward_and_loss(&model.layers, loss, ws, targets, step, all)
+}
+
+/// Gathers the targets of the samples `indices` into `y` (dense targets) or
+/// `classes`, the workspace's.
+pub(crate) fn gather_targets(
+    targets: &TargetTable<'_>,
+    indices: &[usize],
+    y: &mut [f32],
+    classes: &mut [u32],
+) {
+    let _span = profile::span(|| Work::kernel("targets gather"));
+    targets.gather(indices, y, classes);
+}
+
+/// Runs the layers `run` forward on the batch in `ws.input` (whose targets are
+/// gathered), those before having run, then the loss (with its gradient when
+/// `step.training`).
+pub(crate) fn forward_and_loss(
+    layers: &[Layer],
+    loss: Loss,
+    ws: &mut Workspace,
+    targets: &TargetTable<'_>,
+    step: StepRun,
+    run: Range<usize>,
+) -> LossStats {
+    let fused = fused_softmax_xent(layers, loss);
+    forward(layers, ws, step, !fused, run);
+    // The targets are read from the workspace while the loss writes its
+    // gradient there: they are moved out for the call (no allocation).
+    let (y, classes) = (std::mem::take(&mut ws.y), std::mem::take(&mut ws.classes));
+    let batch_targets = targets.batch(&y, &classes, step.rows);
+    let stats = loss_and_grad(layers, loss, ws, step.rows, step.training, batch_targets);
+    (ws.y, ws.classes) = (y, classes);
+    stats
 }

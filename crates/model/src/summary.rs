@@ -1,5 +1,6 @@
 //! `summary()`: Keras' model table.
 
+use crate::layers::keras_shape;
 use crate::sequential::Sequential;
 
 const WIDTHS: [usize; 3] = [33, 24, 15];
@@ -37,8 +38,8 @@ impl Sequential {
             out += &row(
                 "│",
                 [
-                    format!("{} (Dense)", layer.name),
-                    format!("(None, {})", layer.units),
+                    format!("{} ({})", layer.name(), layer.kind()),
+                    keras_shape(layer.output_shape()),
                     thousands(layer.param_count()),
                 ],
             );

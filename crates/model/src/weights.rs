@@ -2,10 +2,12 @@
 
 use crate::checkpoint::TrainingState;
 use crate::error::ModelError;
-use crate::layer::DenseLayer;
+use crate::layers::{
+    shape_len, Conv2D, Dense, Dropout, Flatten, Layer, LayerConfig, MaxPooling2D, Plan,
+};
 use crate::sequential::Sequential;
-use kerno_tensor::Activation;
-use kerno_tensor::AlignedBuf;
+use kerno_tensor::conv::Padding;
+use kerno_tensor::{Activation, AlignedBuf};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -14,19 +16,34 @@ use std::path::Path;
 /// The metadata key holding the architecture (one key, so the file's bytes are deterministic).
 const METADATA_KEY: &str = "kerno";
 const FORMAT: &str = "kerno.sequential";
-const VERSION: u32 = 1;
+/// Version 2 describes layers of every kind over shapes; version 1 (dense
+/// layers over a flat input) is still read.
+const VERSION: u32 = 2;
 /// The largest model file kerno reads.
 const MAX_FILE_BYTES: u64 = 4 << 30;
 /// The most parameters a model file may describe: what the largest file holds as f32.
 pub const MAX_PARAMS: usize = (MAX_FILE_BYTES / 4) as usize;
 /// The most layers a model file may describe.
 pub const MAX_LAYERS: usize = 10_000;
+/// The most values a model file may claim for one sample at any layer (its
+/// input, an output, a convolution's patches): 64 MiB of f32 a sample. The
+/// file holds no activations, so this bounds what a few bytes of it can make
+/// kerno allocate per sample.
+pub const MAX_SAMPLE_VALUES: usize = 1 << 24;
+
+/// The part of the metadata every version shares.
+#[derive(Deserialize)]
+struct Header {
+    format: String,
+    version: u32,
+}
 
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
 struct Architecture {
     format: String,
     version: u32,
-    input_dim: usize,
+    /// One sample's shape, without the batch axis.
+    input_shape: Vec<usize>,
     seed: u64,
     layers: Vec<LayerSpec>,
     /// Only in checkpoints.
@@ -34,11 +51,160 @@ struct Architecture {
     training: Option<TrainingState>,
 }
 
+/// A layer in the file: its kind, name and configuration, with Keras' names.
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
-struct LayerSpec {
+#[serde(tag = "type", rename_all = "snake_case")]
+enum LayerSpec {
+    Dense {
+        name: String,
+        units: usize,
+        activation: String,
+    },
+    Conv2d {
+        name: String,
+        filters: usize,
+        kernel_size: [usize; 2],
+        strides: [usize; 2],
+        padding: String,
+        activation: String,
+        use_bias: bool,
+    },
+    MaxPooling2d {
+        name: String,
+        pool_size: [usize; 2],
+        strides: [usize; 2],
+        padding: String,
+    },
+    Flatten {
+        name: String,
+    },
+    Dropout {
+        name: String,
+        rate: f32,
+    },
+}
+
+/// Version 1: dense layers over a flat input.
+#[derive(Deserialize)]
+struct ArchitectureV1 {
+    input_dim: usize,
+    seed: u64,
+    layers: Vec<DenseSpecV1>,
+    #[serde(default)]
+    training: Option<TrainingState>,
+}
+
+#[derive(Deserialize)]
+struct DenseSpecV1 {
     name: String,
     units: usize,
     activation: String,
+}
+
+impl ArchitectureV1 {
+    fn upgrade(self) -> Architecture {
+        Architecture {
+            format: FORMAT.to_string(),
+            version: VERSION,
+            input_shape: vec![self.input_dim],
+            seed: self.seed,
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| LayerSpec::Dense {
+                    name: l.name,
+                    units: l.units,
+                    activation: l.activation,
+                })
+                .collect(),
+            training: self.training,
+        }
+    }
+}
+
+impl LayerSpec {
+    fn of(layer: &Layer) -> Self {
+        let name = layer.name().to_string();
+        match layer.config() {
+            LayerConfig::Dense(c) => LayerSpec::Dense {
+                name,
+                units: c.units,
+                activation: c.activation.name().into(),
+            },
+            LayerConfig::Conv2D(c) => LayerSpec::Conv2d {
+                name,
+                filters: c.filters,
+                kernel_size: c.kernel_size,
+                strides: c.strides,
+                padding: c.padding.name().into(),
+                activation: c.activation.name().into(),
+                use_bias: c.use_bias,
+            },
+            LayerConfig::MaxPooling2D(c) => LayerSpec::MaxPooling2d {
+                name,
+                pool_size: c.pool_size,
+                strides: c.strides,
+                padding: c.padding.name().into(),
+            },
+            LayerConfig::Flatten(_) => LayerSpec::Flatten { name },
+            LayerConfig::Dropout(c) => LayerSpec::Dropout { name, rate: c.rate },
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            LayerSpec::Dense { name, .. }
+            | LayerSpec::Conv2d { name, .. }
+            | LayerSpec::MaxPooling2d { name, .. }
+            | LayerSpec::Flatten { name }
+            | LayerSpec::Dropout { name, .. } => name,
+        }
+    }
+
+    /// The layer's configuration; an error names what the file got wrong.
+    fn config(&self) -> Result<LayerConfig, String> {
+        let activation = |name: &str| name.parse::<Activation>().map_err(|e| e.to_string());
+        Ok(match self {
+            LayerSpec::Dense {
+                name,
+                units,
+                activation: act,
+            } => Dense::new(*units, activation(act)?).named(name).into(),
+            LayerSpec::Conv2d {
+                name,
+                filters,
+                kernel_size,
+                strides,
+                padding,
+                activation: act,
+                use_bias,
+            } => {
+                let mut conv = Conv2D::new(*filters, 1)
+                    .kernel_size(kernel_size[0], kernel_size[1])
+                    .padding(padding.parse::<Padding>()?)
+                    .activation(activation(act)?)
+                    .use_bias(*use_bias)
+                    .named(name);
+                conv.strides = *strides;
+                conv.into()
+            }
+            LayerSpec::MaxPooling2d {
+                name,
+                pool_size,
+                strides,
+                padding,
+            } => {
+                let mut pool = MaxPooling2D::new(1)
+                    .pool_size(pool_size[0], pool_size[1])
+                    .padding(padding.parse::<Padding>()?)
+                    .named(name);
+                pool.strides = *strides;
+                pool.into()
+            }
+            LayerSpec::Flatten { name } => Flatten::new().named(name).into(),
+            LayerSpec::Dropout { name, rate } => Dropout::new(*rate).named(name).into(),
+        })
+    }
 }
 
 impl Sequential {
@@ -46,17 +212,9 @@ impl Sequential {
         Architecture {
             format: FORMAT.to_string(),
             version: VERSION,
-            input_dim: self.input_dim,
+            input_shape: self.input_shape.clone(),
             seed: self.seed,
-            layers: self
-                .layers
-                .iter()
-                .map(|l| LayerSpec {
-                    name: l.name.clone(),
-                    units: l.units,
-                    activation: l.activation.name().to_string(),
-                })
-                .collect(),
+            layers: self.layers.iter().map(LayerSpec::of).collect(),
             training: None,
         }
     }
@@ -90,7 +248,7 @@ impl Sequential {
         training: Option<TrainingState>,
         extra: Vec<(String, &[f32])>,
     ) -> Result<(), ModelError> {
-        let mut names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
+        let mut names: Vec<&str> = self.layers.iter().map(Layer::name).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(ModelError::invalid(
@@ -104,14 +262,9 @@ impl Sequential {
         };
         let arch = serde_json::to_string(&arch).expect("the architecture serialises");
         let weights = self.layers.iter().flat_map(|l| {
-            [
-                (
-                    format!("{}/kernel", l.name),
-                    &l.kernel[..],
-                    vec![l.inputs, l.units],
-                ),
-                (format!("{}/bias", l.name), &l.bias[..], vec![l.units]),
-            ]
+            let params = l.params().into_iter();
+            params
+                .map(move |(param, shape, values)| (format!("{}/{param}", l.name()), values, shape))
         });
         let extra = extra
             .into_iter()
@@ -159,13 +312,19 @@ impl Sequential {
         let (arch, tensors) = parse(path, &bytes)?;
         plan_layers(path, &arch)?;
         let mine = self.architecture();
+        // Names aside, the same layers on the same input.
         let shape = |a: &Architecture| {
             let layers: Vec<String> = a
                 .layers
                 .iter()
-                .map(|l| format!("{}:{}", l.units, l.activation))
+                .map(|l| {
+                    let spec = serde_json::to_value(l).expect("a layer serialises");
+                    let mut spec = spec.as_object().cloned().unwrap_or_default();
+                    spec.remove("name");
+                    serde_json::Value::Object(spec).to_string()
+                })
                 .collect();
-            format!("input {} -> [{}]", a.input_dim, layers.join(", "))
+            format!("input {:?} -> [{}]", a.input_shape, layers.join(", "))
         };
         if shape(&arch) != shape(&mine) {
             return Err(bad(
@@ -174,31 +333,19 @@ impl Sequential {
             ));
         }
         // Tensors are looked up by the file's layer names, in layer order.
-        let renamed: Vec<(String, String)> = arch
-            .layers
-            .iter()
-            .zip(&self.layers)
-            .map(|(theirs, ours)| (theirs.name.clone(), ours.name.clone()))
-            .collect();
-        let mut weights = Vec::with_capacity(self.layers.len() * 2);
-        for ((theirs, _), layer) in renamed.iter().zip(&self.layers) {
-            weights.push(tensor(
-                path,
-                &tensors,
-                &format!("{theirs}/kernel"),
-                &[layer.inputs, layer.units],
-            )?);
-            weights.push(tensor(
-                path,
-                &tensors,
-                &format!("{theirs}/bias"),
-                &[layer.units],
-            )?);
+        let mut weights = Vec::new();
+        for (theirs, ours) in arch.layers.iter().zip(&self.layers) {
+            for (param, shape, _) in ours.params() {
+                let name = format!("{}/{param}", theirs.name());
+                weights.push(tensor(path, &tensors, &name, &shape)?);
+            }
         }
         self.weights_replaced();
-        for (layer, pair) in self.layers.iter_mut().zip(weights.chunks_exact(2)) {
-            layer.kernel = AlignedBuf::from_slice(&pair[0]);
-            layer.bias = AlignedBuf::from_slice(&pair[1]);
+        let mut weights = weights.into_iter();
+        for layer in &mut self.layers {
+            for param in layer.params_mut().into_iter().flatten() {
+                *param = AlignedBuf::from_slice(&weights.next().expect("one per parameter"));
+            }
         }
         Ok(())
     }
@@ -239,18 +386,22 @@ fn parse<'b>(path: &Path, bytes: &'b [u8]) -> Result<(Architecture, SafeTensors<
         .as_ref()
         .and_then(|m| m.get(METADATA_KEY))
         .ok_or_else(|| bad(path, "no kerno architecture in its metadata"))?;
-    let arch: Architecture =
+    let header: Header =
         serde_json::from_str(arch_text).map_err(|e| bad(path, format!("bad architecture: {e}")))?;
-    if arch.format != FORMAT || arch.version != VERSION {
-        return Err(bad(
-            path,
-            format!(
-                "format {} v{}, expected {FORMAT} v{VERSION}",
-                arch.format, arch.version
-            ),
-        ));
+    let arch = match (header.format.as_str(), header.version) {
+        (FORMAT, VERSION) => serde_json::from_str::<Architecture>(arch_text),
+        (FORMAT, 1) => {
+            serde_json::from_str::<ArchitectureV1>(arch_text).map(ArchitectureV1::upgrade)
+        }
+        (format, version) => {
+            return Err(bad(
+                path,
+                format!("format {format} v{version}, expected {FORMAT} v1 or v{VERSION}"),
+            ))
+        }
     }
-    if arch.input_dim == 0 || arch.layers.is_empty() {
+    .map_err(|e| bad(path, format!("bad architecture: {e}")))?;
+    if arch.input_shape.is_empty() || arch.input_shape.contains(&0) || arch.layers.is_empty() {
         return Err(bad(path, "the architecture has no input or no layers"));
     }
     Ok((arch, tensors))
@@ -267,7 +418,8 @@ pub(crate) fn parse_model<'b>(
 ) -> Result<(Sequential, Option<TrainingState>, SafeTensors<'b>), ModelError> {
     let (arch, tensors) = parse(path, bytes)?;
     let plan = plan_layers(path, &arch)?;
-    let params: usize = plan.iter().map(|(l, _)| l.params).sum();
+    // Each count was checked and their sum kept within MAX_PARAMS by `plan_layers`.
+    let params: usize = plan.iter().filter_map(|l| l.plan.param_count()).sum();
     if params > bytes.len() / 4 {
         return Err(bad(
             path,
@@ -277,50 +429,42 @@ pub(crate) fn parse_model<'b>(
             ),
         ));
     }
-    for (layer, shapes) in &plan {
-        for (suffix, shape) in shapes {
+    for layer in &plan {
+        for (suffix, shape) in &layer.plan.params {
             check_tensor(path, &tensors, &format!("{}/{suffix}", layer.name), shape)?;
         }
     }
     let mut layers = Vec::with_capacity(plan.len());
-    for (layer, shapes) in plan {
-        let [kernel, bias] = [0, 1].map(|i| {
-            let (suffix, shape) = &shapes[i];
-            tensor(path, &tensors, &format!("{}/{suffix}", layer.name), shape)
-        });
-        let (name, inputs, activation) = (layer.name, layer.inputs, layer.activation);
-        let (kernel, bias) = (kernel?.into(), bias?.into());
-        layers.push(DenseLayer {
-            name,
-            inputs,
-            units: layer.units,
-            activation,
-            kernel,
-            bias,
-        });
+    for layer in plan {
+        let mut params = Vec::with_capacity(layer.plan.params.len());
+        for (suffix, shape) in &layer.plan.params {
+            let name = format!("{}/{suffix}", layer.name);
+            params.push(AlignedBuf::from_slice(&tensor(
+                path, &tensors, &name, shape,
+            )?));
+        }
+        let built = layer
+            .config
+            .build(layer.name, layer.input, layer.plan, params);
+        layers.push(built);
     }
-    let model = Sequential::from_layers(arch.input_dim, arch.seed, layers);
+    let model = Sequential::from_layers(arch.input_shape, arch.seed, layers);
     Ok((model, arch.training, tensors))
 }
 
 /// A layer a file describes, its sizes checked, its weights not yet read.
 struct PlannedLayer {
     name: String,
-    inputs: usize,
-    units: usize,
-    activation: Activation,
-    params: usize,
+    config: LayerConfig,
+    input: Vec<usize>,
+    plan: Plan,
 }
 
-/// The layers an architecture describes, each with the shapes of the parameter
-/// tensors it needs (named by their suffix after `<layer>/`), in layer order.
-type LayerPlan = Vec<(PlannedLayer, Vec<(&'static str, Vec<usize>)>)>;
-
-/// Checks an architecture on its own: known activations, unique non-empty names,
-/// sizes of at least 1, and a parameter count, summed with checked arithmetic,
-/// within [`MAX_PARAMS`].
-fn plan_layers(path: &Path, arch: &Architecture) -> Result<LayerPlan, ModelError> {
-    let mut plan: LayerPlan = Vec::with_capacity(arch.layers.len().min(MAX_LAYERS));
+/// Checks an architecture on its own: known kinds and activations, unique
+/// non-empty names, every layer fitting its input, sizes per sample within
+/// [`MAX_SAMPLE_VALUES`], and a parameter count, summed with checked
+/// arithmetic, within [`MAX_PARAMS`].
+fn plan_layers(path: &Path, arch: &Architecture) -> Result<Vec<PlannedLayer>, ModelError> {
     if arch.layers.len() > MAX_LAYERS {
         return Err(bad(
             path,
@@ -330,53 +474,59 @@ fn plan_layers(path: &Path, arch: &Architecture) -> Result<LayerPlan, ModelError
             ),
         ));
     }
+    let too_large = |what: String| {
+        bad(
+            path,
+            format!("{what} is larger than the {MAX_SAMPLE_VALUES} values a sample may have"),
+        )
+    };
+    let mut input = arch.input_shape.clone();
+    shape_len(&input)
+        .filter(|&n| n <= MAX_SAMPLE_VALUES)
+        .ok_or_else(|| too_large(format!("the input {input:?}")))?;
+    let mut plan = Vec::with_capacity(arch.layers.len());
     let mut names = std::collections::HashSet::with_capacity(arch.layers.len());
-    let (mut inputs, mut params) = (arch.input_dim, 0usize);
+    let mut params = 0usize;
     for spec in &arch.layers {
-        if spec.name.is_empty() || !names.insert(spec.name.as_str()) {
+        let name = spec.name();
+        if name.is_empty() || !names.insert(name) {
             return Err(bad(
                 path,
-                format!("layer name '{}' is empty or used twice", spec.name),
+                format!("layer name '{name}' is empty or used twice"),
             ));
         }
-        let activation: Activation = spec
-            .activation
-            .parse()
-            .map_err(|e| bad(path, format!("layer '{}': {e}", spec.name)))?;
-        if spec.units == 0 {
-            return Err(bad(path, format!("layer '{}' has 0 units", spec.name)));
-        }
+        let layer_error = |e: String| bad(path, format!("layer '{name}': {e}"));
+        let config = spec.config().map_err(layer_error)?;
+        let layer_plan = config.plan(&input).map_err(layer_error)?;
         let too_many = || {
             bad(
                 path,
                 format!(
-                    "layer '{}' ({inputs} inputs, {} units) takes the model past \
-                     {MAX_PARAMS} parameters, more than any model file holds",
-                    spec.name, spec.units
+                    "layer '{name}' (input {input:?}) takes the model past {MAX_PARAMS} \
+                     parameters, more than any model file holds"
                 ),
             )
         };
-        let layer_params = inputs
-            .checked_mul(spec.units)
-            .and_then(|kernel| kernel.checked_add(spec.units))
-            .ok_or_else(too_many)?;
+        let layer_params = layer_plan.param_count().ok_or_else(too_many)?;
         params = params
             .checked_add(layer_params)
             .filter(|&p| p <= MAX_PARAMS)
             .ok_or_else(too_many)?;
-        let shapes = vec![
-            ("kernel", vec![inputs, spec.units]),
-            ("bias", vec![spec.units]),
-        ];
-        let layer = PlannedLayer {
-            name: spec.name.clone(),
-            inputs,
-            units: spec.units,
-            activation,
-            params: layer_params,
-        };
-        plan.push((layer, shapes));
-        inputs = spec.units;
+        shape_len(&layer_plan.output_shape)
+            .filter(|&n| n <= MAX_SAMPLE_VALUES)
+            .ok_or_else(|| {
+                too_large(format!(
+                    "layer '{name}''s output {:?}",
+                    layer_plan.output_shape
+                ))
+            })?;
+        let output = layer_plan.output_shape.clone();
+        plan.push(PlannedLayer {
+            name: name.to_string(),
+            config,
+            input: std::mem::replace(&mut input, output),
+            plan: layer_plan,
+        });
     }
     Ok(plan)
 }

@@ -1,7 +1,7 @@
 //! Every buffer a training step touches, allocated once per (model, batch size),
 //! so that the steady-state training loop allocates nothing.
 
-use crate::layer::DenseLayer;
+use crate::layers::Layer;
 use kerno_tensor::{AlignedBuf, SparseRows};
 
 /// A batch of inputs: its values and, when it is sparse enough for the first
@@ -43,49 +43,56 @@ pub(crate) struct Workspace {
     /// Gradient with respect to each layer's output, turned in place into the
     /// gradient with respect to its pre-activation.
     pub grads: Vec<AlignedBuf>,
-    pub dkernels: Vec<AlignedBuf>,
-    pub dbiases: Vec<AlignedBuf>,
+    /// Each layer's parameter gradients, in the order of its parameters.
+    pub dparams: Vec<Vec<AlignedBuf>>,
+    /// Whether each layer's bias gradient is summed already this step (by the
+    /// loss kernel or the backward pass of the layer above).
+    pub bias_grad_done: Vec<bool>,
+    /// Each layer's scratch (a convolution's patches, a dropout's mask).
+    pub scratch: Vec<AlignedBuf>,
     /// `0..capacity`, the sample indices of a batch given whole.
     pub sequence: Vec<usize>,
 }
 
 impl Workspace {
-    pub fn new(layers: &[DenseLayer], input_dim: usize, capacity: usize) -> Self {
-        // The deepest GEMM of a step: a layer's inputs (forward), its units (the
-        // gradient below), or the batch (the weight gradients).
-        let deepest = layers.iter().map(|l| l.inputs.max(l.units)).max();
+    pub fn new(layers: &[Layer], input_len: usize, capacity: usize) -> Self {
+        let deepest = layers.iter().map(|l| l.deepest_product(capacity)).max();
         kerno_tensor::reserve_packing_buffers(deepest.unwrap_or(0).max(capacity));
-        let outputs_dim = layers.last().map_or(input_dim, |l| l.units);
-        let per_layer = |n: fn(&DenseLayer) -> usize| {
+        let outputs_len = layers.last().map_or(input_len, Layer::output_len);
+        let per_layer = |len: &dyn Fn(&Layer) -> usize| {
             layers
                 .iter()
-                .map(|l| AlignedBuf::zeros(n(l)))
+                .map(|l| AlignedBuf::zeros(len(l)))
                 .collect::<Vec<_>>()
         };
         Self {
             capacity,
             input: InputBatch {
-                x: AlignedBuf::zeros(capacity * input_dim),
+                x: AlignedBuf::zeros(capacity * input_len),
                 // Its buffers come with the first batch, sized by the density limit.
                 sparse: SparseRows::default(),
                 is_sparse: false,
                 loaded_ahead: Vec::with_capacity(capacity),
             },
-            zero_inputs: Vec::with_capacity(input_dim),
+            zero_inputs: Vec::with_capacity(input_len),
             skip_input_zeros: true,
             first_layer_finite: true,
-            y: AlignedBuf::zeros(capacity * outputs_dim),
+            y: AlignedBuf::zeros(capacity * outputs_len),
             classes: vec![0; capacity],
-            outputs: layers
+            outputs: per_layer(&|l| capacity * l.output_len()),
+            grads: per_layer(&|l| capacity * l.output_len()),
+            dparams: layers
                 .iter()
-                .map(|l| AlignedBuf::zeros(capacity * l.units))
+                .map(|l| {
+                    let params = l.params();
+                    params
+                        .iter()
+                        .map(|(_, _, v)| AlignedBuf::zeros(v.len()))
+                        .collect()
+                })
                 .collect(),
-            grads: layers
-                .iter()
-                .map(|l| AlignedBuf::zeros(capacity * l.units))
-                .collect(),
-            dkernels: per_layer(|l| l.kernel.len()),
-            dbiases: per_layer(|l| l.bias.len()),
+            bias_grad_done: vec![false; layers.len()],
+            scratch: per_layer(&|l| l.scratch_len(capacity)),
             sequence: (0..capacity).collect(),
         }
     }
@@ -96,14 +103,14 @@ impl Workspace {
     }
 
     /// Whether this workspace fits `layers` with batches of `rows`.
-    pub fn fits(&self, layers: &[DenseLayer], input_dim: usize, rows: usize) -> bool {
+    pub fn fits(&self, layers: &[Layer], input_len: usize, rows: usize) -> bool {
         rows <= self.capacity
-            && self.input.x.len() == self.capacity * input_dim
+            && self.input.x.len() == self.capacity * input_len
             && self.outputs.len() == layers.len()
             && self
                 .outputs
                 .iter()
                 .zip(layers)
-                .all(|(o, l)| o.len() == self.capacity * l.units)
+                .all(|(o, l)| o.len() == self.capacity * l.output_len())
     }
 }

@@ -93,7 +93,10 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
     // limit, as MNIST's are (0.18-0.20 nonzero); a dataset near the limit, some
     // batches dense, would be counted low. The grouped sparse products multiply
     // some zeros too (those inside a group's union), which `kerno profile` counts.
-    let skipped = match (skips_zeros, model.layers().first()) {
+    let skipped = match (
+        skips_zeros,
+        model.layers().first().and_then(|l| l.as_dense()),
+    ) {
         (true, Some(first)) => {
             4.0 * (first.inputs() * first.units()) as f64 * (1.0 - input_density)
         }

@@ -74,6 +74,37 @@ pub fn conv2d_forward_with(
     );
 }
 
+/// The kernel's gradient `dkernel = patchesᵀ·dz` (see [`conv2d_kernel_gradient_with`]).
+pub fn conv2d_kernel_gradient(
+    windows: &Windows,
+    images: usize,
+    patches: &[f32],
+    dz: &[f32],
+    dkernel: &mut [f32],
+) {
+    conv2d_kernel_gradient_with(Isa::detected(), windows, images, patches, dz, dkernel)
+}
+
+/// The input's gradient (see [`conv2d_input_gradient_with`]).
+pub fn conv2d_input_gradient(
+    windows: &Windows,
+    images: usize,
+    kernel: &[f32],
+    dz: &[f32],
+    patches: &mut [f32],
+    d_input: &mut [f32],
+) {
+    conv2d_input_gradient_with(
+        Isa::detected(),
+        windows,
+        images,
+        kernel,
+        dz,
+        patches,
+        d_input,
+    )
+}
+
 /// The kernel's gradient `dkernel = patchesᵀ·dz` from the patches the forward
 /// pass left and `dz`, the gradient with respect to the convolution's output
 /// (before its activation), `[N·positions × filters]`.

@@ -1,0 +1,259 @@
+//! `Conv2D(filters, kernel_size, strides, padding, activation, use_bias)` over
+//! NHWC images, the kernel stored `[kh, kw, in, filters]` as Keras stores it.
+//!
+//! Forward: `P = patches(x)` (im2col: `[N·positions × kh·kw·in]`),
+//! `z = P·W + b`, `y = act(z)`: one GEMM whose rows are the NHWC output, bias
+//! and relu in its epilogue.
+//! Backward: `db = Σ_rows dz`, `dW = Pᵀ·dz`, `dx = patches⁻¹(dz·Wᵀ)` (each
+//! patch row added back onto the pixels it came from).
+
+use super::{keras_shape, Below, BelowDone, ParamGrads, Pass, Plan, Shapes};
+use kerno_tensor::activation::column_sums;
+use kerno_tensor::conv::{
+    conv2d_forward, conv2d_input_gradient, conv2d_kernel_gradient, Padding, Windows,
+};
+use kerno_tensor::profile::{self, Work};
+use kerno_tensor::{Activation, AlignedBuf, Epilogue};
+
+/// `layers.Conv2D(filters, kernel_size, ...)` as in Keras: strides 1, `"valid"`
+/// padding, no activation and a bias unless told otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conv2D {
+    pub(crate) filters: usize,
+    pub(crate) kernel_size: [usize; 2],
+    pub(crate) strides: [usize; 2],
+    pub(crate) padding: Padding,
+    pub(crate) activation: Activation,
+    pub(crate) use_bias: bool,
+    pub(crate) name: Option<String>,
+}
+
+impl Conv2D {
+    /// `Conv2D(filters, kernel_size)`, a square `kernel_size × kernel_size` window.
+    ///
+    /// ```
+    /// use kerno_model::{Activation, Conv2D, Input, Sequential};
+    /// let model = Sequential::new(Input::shape([28, 28, 1]))
+    ///     .add(Conv2D::new(32, 3).activation(Activation::Relu));
+    /// assert_eq!(model.layers()[0].output_shape(), &[26, 26, 32]);
+    /// assert_eq!(model.param_count(), 3 * 3 * 32 + 32);
+    /// ```
+    pub fn new(filters: usize, kernel_size: usize) -> Self {
+        Self {
+            filters,
+            kernel_size: [kernel_size; 2],
+            strides: [1, 1],
+            padding: Padding::Valid,
+            activation: Activation::Linear,
+            use_bias: true,
+            name: None,
+        }
+    }
+
+    /// A `height × width` window.
+    pub fn kernel_size(mut self, height: usize, width: usize) -> Self {
+        self.kernel_size = [height, width];
+        self
+    }
+
+    /// The same stride down and across.
+    pub fn strides(mut self, stride: usize) -> Self {
+        self.strides = [stride; 2];
+        self
+    }
+
+    pub fn padding(mut self, padding: Padding) -> Self {
+        self.padding = padding;
+        self
+    }
+
+    pub fn activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    pub fn use_bias(mut self, use_bias: bool) -> Self {
+        self.use_bias = use_bias;
+        self
+    }
+
+    /// A name of the user's choosing (else `conv2d`, `conv2d_1`, ... as Keras).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    fn windows(&self, input: &[usize]) -> Result<Windows, String> {
+        let &[height, width, channels] = input else {
+            return Err(format!(
+                "Conv2D takes images (height, width, channels), not {}",
+                keras_shape(input)
+            ));
+        };
+        if self.filters == 0 {
+            return Err("Conv2D with 0 filters".into());
+        }
+        if self.activation == Activation::Softmax {
+            return Err("Conv2D with a softmax activation is not supported".into());
+        }
+        let [kh, kw] = self.kernel_size;
+        Windows::new(
+            [height, width, channels],
+            self.kernel_size,
+            self.strides,
+            self.padding,
+        )
+        .ok_or_else(|| {
+            format!(
+                "Conv2D's {kh}×{kw} window with strides {:?} and padding \"{}\" does not fit \
+                     its input {}",
+                self.strides,
+                self.padding,
+                keras_shape(input)
+            )
+        })
+    }
+
+    pub(crate) fn plan(&self, input: &[usize]) -> Result<Plan, String> {
+        let w = self.windows(input)?;
+        let [kh, kw] = self.kernel_size;
+        let mut params = vec![("kernel", vec![kh, kw, w.channels, self.filters])];
+        if self.use_bias {
+            params.push(("bias", vec![self.filters]));
+        }
+        Ok(Plan {
+            output_shape: vec![w.out_height, w.out_width, self.filters],
+            params,
+        })
+    }
+
+    pub(crate) fn build(
+        self,
+        name: String,
+        shapes: Shapes,
+        params: &mut impl Iterator<Item = AlignedBuf>,
+    ) -> Conv2DLayer {
+        let windows = self
+            .windows(&shapes.input)
+            .expect("planned before it is built");
+        let kernel = params.next().expect("a Conv2D layer has a kernel");
+        let bias = self.use_bias.then(|| params.next().expect("and a bias"));
+        Conv2DLayer {
+            name,
+            config: self,
+            windows,
+            kernel,
+            bias,
+            shapes,
+        }
+    }
+}
+
+/// A built convolution: its windows over the input, kernel and bias.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv2DLayer {
+    pub(crate) name: String,
+    pub(crate) config: Conv2D,
+    pub(crate) windows: Windows,
+    pub(crate) kernel: AlignedBuf,
+    pub(crate) bias: Option<AlignedBuf>,
+    pub(crate) shapes: Shapes,
+}
+
+impl Conv2DLayer {
+    pub fn filters(&self) -> usize {
+        self.config.filters
+    }
+
+    /// `[kh, kw, in, filters]`.
+    pub fn kernel_shape(&self) -> [usize; 4] {
+        let [kh, kw] = self.config.kernel_size;
+        [kh, kw, self.windows.channels, self.config.filters]
+    }
+
+    pub(crate) fn multiply_adds_per_sample(&self) -> u64 {
+        (self.windows.positions() * self.windows.patch_len() * self.config.filters) as u64
+    }
+
+    fn work(&self, name: &'static str, pass: &Pass) -> Work {
+        Work::kernel(name)
+            .layer(pass.layer)
+            .flops(2 * pass.rows as u64 * self.multiply_adds_per_sample())
+    }
+
+    /// `out = act(patches(x)·W + b)`, the patches left in `patches` for the
+    /// weight gradient.
+    pub(crate) fn forward(&self, pass: &Pass, x: &[f32], out: &mut [f32], patches: &mut [f32]) {
+        let relu = pass.activate && self.config.activation == Activation::Relu;
+        let epilogue = match (&self.bias, relu) {
+            (Some(bias), true) => Epilogue::BiasRelu(bias),
+            (Some(bias), false) => Epilogue::Bias(bias),
+            (None, _) => Epilogue::None,
+        };
+        {
+            let name = if relu {
+                "conv forward (patches + GEMM + bias + relu)"
+            } else {
+                "conv forward (patches + GEMM + bias)"
+            };
+            let _span = profile::span(|| self.work(name, pass));
+            conv2d_forward(
+                &self.windows,
+                pass.rows,
+                x,
+                &self.kernel,
+                patches,
+                out,
+                epilogue,
+            );
+        }
+        // Without a bias there is no epilogue to fuse the relu into.
+        let separate = pass.activate && (!relu || self.bias.is_none());
+        if separate && self.config.activation != Activation::Linear {
+            let _span = profile::span(|| {
+                Work::kernel("activation")
+                    .layer(pass.layer)
+                    .bytes(8 * out.len() as u64)
+            });
+            self.config
+                .activation
+                .forward_inplace(out, self.config.filters);
+        }
+    }
+
+    /// `db = Σ_rows dz`, `dW = patchesᵀ·dz`, and below the first layer
+    /// `dx = patches⁻¹(dz·Wᵀ)` (overwriting the patches).
+    pub(crate) fn backward(
+        &self,
+        pass: &Pass,
+        dz: &[f32],
+        params: ParamGrads<'_>,
+        patches: &mut [f32],
+        below: Option<Below<'_>>,
+    ) -> BelowDone {
+        let (dkernel, dbias) = match params.grads {
+            [dkernel, dbias] => (dkernel, Some(dbias)),
+            [dkernel] => (dkernel, None),
+            _ => unreachable!("a Conv2D layer has a kernel and maybe a bias"),
+        };
+        if let (Some(dbias), false) = (dbias, params.bias_done) {
+            let _span = profile::span(|| {
+                Work::kernel("bias gradient (column sums)")
+                    .layer(pass.layer)
+                    .flops(dz.len() as u64)
+            });
+            column_sums(dz, dbias);
+        }
+        {
+            let _span = profile::span(|| self.work("conv weight-gradient GEMM", pass));
+            conv2d_kernel_gradient(&self.windows, pass.rows, patches, dz, dkernel);
+        }
+        if let Some(below) = below {
+            let name = "conv input-gradient (GEMM + patches back to pixels)";
+            let _span = profile::span(|| self.work(name, pass));
+            let (windows, rows) = (&self.windows, pass.rows);
+            conv2d_input_gradient(windows, rows, &self.kernel, dz, patches, below.d_out);
+        }
+        BelowDone::default()
+    }
+}
