@@ -1,7 +1,7 @@
 //! `kerno bench`: the machine's FMA peak, and how close steady-state training gets to it.
 
 use crate::cli::BenchArgs;
-use crate::commands::{check_writable, compiled_notebook_model, load_data, PIXEL_SCALE};
+use crate::commands::{check_writable, load_data, PIXEL_SCALE};
 use crate::output::{dataset_json, Output};
 use crate::records;
 use anyhow::Result;
@@ -57,13 +57,13 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
     let isa = Isa::detected();
     let threads = rayon::current_num_threads();
     let data = load_data(&args.training.data, Output::new(args.training.json, quiet))?;
-    let mut model = compiled_notebook_model(&data, 1, Optimizer::rmsprop())?;
+    let mut model = args.training.model.compiled(&data, 1, Optimizer::rmsprop())?;
     model.skip_input_zeros(!args.training.dense_input);
     let x = data.train.images.scaled(PIXEL_SCALE);
     let y = to_categorical(&data.train.labels, data.classes);
     let options = FitOptions::new()
         .epochs(args.epochs + 1)
-        .batch_size(args.training.batch_size)
+        .batch_size(args.training.batch_size())
         .verbosity(Verbosity::Silent);
     let (peak, history) = peak_around(isa, || model.fit(&x, &y, &options));
     let history = history?;
@@ -121,7 +121,7 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
         "skips_input_zeros": skips_zeros,
         "threads": threads,
         "isa": isa.name(),
-        "batch_size": args.training.batch_size,
+        "batch_size": args.training.batch_size(),
         "epochs_timed": seconds.len(),
         "dataset": dataset_json(&data),
     });

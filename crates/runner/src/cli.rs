@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use kerno_data::DatasetKind;
+use crate::models::ModelKind;
 use kerno_model::Optimizer;
 use std::path::PathBuf;
 
@@ -45,9 +46,10 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct SummaryArgs {
-    /// A saved model or checkpoint to describe (default: the notebook's model).
-    #[arg(long, value_name = "FILE")]
-    pub model: Option<PathBuf>,
+    /// mlp or convnet (the models `train --model` builds), or a saved model or
+    /// checkpoint to describe [default: mlp].
+    #[arg(long, value_name = "mlp|convnet|FILE")]
+    pub model: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -61,7 +63,8 @@ pub struct DataArgs {
 }
 
 /// The options a resumed run takes from its checkpoint.
-const RUN_SETTINGS: [&str; 7] = [
+const RUN_SETTINGS: [&str; 8] = [
+    "model",
     "batch_size",
     "optimizer",
     "lr",
@@ -73,12 +76,16 @@ const RUN_SETTINGS: [&str; 7] = [
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
+    /// mlp (the notebook's Dense(512, relu) → Dense(10, softmax)) or convnet
+    /// (the next chapter's: three 3×3 convolutions, two max poolings, two Dense).
+    #[arg(long, default_value = "mlp", value_parser = parse_model)]
+    pub model: ModelKind,
     /// Epochs to train [default: 5, or with --resume the checkpoint's].
     #[arg(long, value_parser = at_least_one)]
     pub epochs: Option<usize>,
-    /// Samples per optimizer step.
-    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
-    pub batch_size: usize,
+    /// Samples per optimizer step [default: 128 for mlp, 64 for convnet].
+    #[arg(long, value_parser = at_least_one)]
+    pub batch_size: Option<usize>,
     /// rmsprop, sgd or adam (Keras' defaults for each).
     #[arg(long, default_value = "rmsprop", value_parser = parse_optimizer)]
     pub optimizer: Optimizer,
@@ -131,8 +138,9 @@ pub struct TrainArgs {
 impl Default for TrainArgs {
     fn default() -> Self {
         Self {
+            model: ModelKind::Mlp,
             epochs: None,
-            batch_size: 128,
+            batch_size: None,
             optimizer: Optimizer::rmsprop(),
             lr: None,
             seed: 1,
@@ -218,9 +226,12 @@ pub struct PlotArgs {
 /// What `bench` and `profile` share: the training they time.
 #[derive(Args, Debug, Clone)]
 pub struct TimedTraining {
-    /// Samples per optimizer step.
-    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
-    pub batch_size: usize,
+    /// mlp (the notebook's) or convnet (the next chapter's).
+    #[arg(long, default_value = "mlp", value_parser = parse_model)]
+    pub model: ModelKind,
+    /// Samples per optimizer step [default: 128 for mlp, 64 for convnet].
+    #[arg(long, value_parser = at_least_one)]
+    pub batch_size: Option<usize>,
     /// Worker threads (default: all cores).
     #[arg(long, env = "KERNO_THREADS", value_parser = parse_threads)]
     pub threads: Option<usize>,
@@ -318,6 +329,18 @@ fn parse_optimizer(s: &str) -> Result<Optimizer, String> {
     s.parse()
 }
 
+fn parse_model(s: &str) -> Result<ModelKind, String> {
+    s.parse()
+}
+
 fn parse_dataset(s: &str) -> Result<DatasetKind, String> {
     s.parse()
+}
+
+impl TimedTraining {
+    /// The batch size asked for, or the model's own.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+            .unwrap_or_else(|| self.model.default_batch_size())
+    }
 }

@@ -2,11 +2,12 @@
 
 use crate::cli::{Cli, Command, DataArgs, EvaluateArgs, TrainArgs};
 use crate::interrupt::{self, Interrupted};
+use crate::models::ModelKind;
 use crate::output::{dataset_json, Output};
 use anyhow::{Context, Result};
 use kerno_data::{to_categorical, Dataset, DatasetKind};
 use kerno_model::{
-    Activation, Callback, CsvLogger, Dense, Evaluation, History, Loss, Metric, Optimizer,
+    Callback, CsvLogger, Evaluation, History, Loss, Metric, Optimizer,
     RunSettings, Sequential, TerminateOnNaN, TrainingCheckpoint, TrainingProgress,
 };
 use serde_json::json;
@@ -38,9 +39,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Profile(args)) => crate::profile::run(args, quiet),
         Some(Command::Plot(args)) => crate::plot::history(&args.log, &args.output, quiet),
         Some(Command::Summary(args)) => {
-            let model = match &args.model {
-                Some(path) => Sequential::load(path)?,
-                None => notebook_model(28 * 28, 10, 1),
+            let model = match args.model.as_deref().map(str::parse::<ModelKind>) {
+                None => ModelKind::Mlp.build(28, 28, 10, 1),
+                Some(Ok(kind)) => kind.build(28, 28, 10, 1),
+                Some(Err(_)) => Sequential::load(args.model.as_deref().unwrap_or_default())?,
             };
             print!("{}", model.summary());
             Ok(())
@@ -60,14 +62,6 @@ fn worker_pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
         .context("could not start the worker threads")
 }
 
-/// The notebook's model: `Dense(512, relu) → Dense(classes, softmax)`.
-pub(crate) fn notebook_model(inputs: usize, classes: usize, seed: u64) -> Sequential {
-    Sequential::new(inputs)
-        .with_seed(seed)
-        .add(Dense::new(512, Activation::Relu))
-        .add(Dense::new(classes, Activation::Softmax))
-}
-
 /// Checks, before any long work, that the file given with `flag` can be written.
 pub(crate) fn check_writable(flag: &str, path: Option<&Path>) -> Result<()> {
     match path {
@@ -75,21 +69,6 @@ pub(crate) fn check_writable(flag: &str, path: Option<&Path>) -> Result<()> {
             .with_context(|| format!("{flag} {} cannot be written", path.display())),
         None => Ok(()),
     }
-}
-
-/// The notebook's model compiled as the notebook does, with `optimizer`.
-pub(crate) fn compiled_notebook_model(
-    data: &Dataset,
-    seed: u64,
-    optimizer: Optimizer,
-) -> Result<Sequential> {
-    let mut model = notebook_model(data.train.images.features(), data.classes, seed);
-    model.compile(
-        optimizer,
-        Loss::CategoricalCrossentropy,
-        &[Metric::Accuracy],
-    )?;
-    Ok(model)
 }
 
 /// The dataset `args` name, said on stderr (see [`Output::dataset`]).
@@ -120,7 +99,9 @@ fn train(args: TrainArgs, quiet: bool) -> Result<()> {
             new_model(&args, &data)?,
             RunSettings {
                 epochs: args.epochs.unwrap_or(DEFAULT_EPOCHS),
-                batch_size: args.batch_size,
+                batch_size: args
+                    .batch_size
+                    .unwrap_or_else(|| args.model.default_batch_size()),
                 shuffle: !args.no_shuffle,
                 validation_split: args.validation_split,
             },
@@ -199,13 +180,13 @@ fn history_json(history: &History) -> serde_json::Value {
     logs.into()
 }
 
-/// A fresh notebook model for `args`, compiled.
+/// A fresh model of the kind `args` name, compiled.
 fn new_model(args: &TrainArgs, data: &Dataset) -> Result<Sequential> {
     let optimizer = match args.lr {
         Some(lr) => args.optimizer.with_learning_rate(lr),
         None => args.optimizer,
     };
-    let mut model = compiled_notebook_model(data, args.seed, optimizer)?;
+    let mut model = args.model.compiled(data, args.seed, optimizer)?;
     if let Some(path) = &args.init_weights {
         model.load_weights(path)?;
     }

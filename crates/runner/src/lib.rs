@@ -8,6 +8,7 @@ pub mod cli;
 mod commands;
 mod confusion;
 mod interrupt;
+pub mod models;
 mod output;
 mod plot;
 mod predict;

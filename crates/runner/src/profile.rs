@@ -3,7 +3,7 @@
 
 use crate::bench::{peak_around, Peak};
 use crate::cli::ProfileArgs;
-use crate::commands::{check_writable, compiled_notebook_model, load_data, PIXEL_SCALE};
+use crate::commands::{check_writable, load_data, PIXEL_SCALE};
 use crate::output::{dataset_json, Output};
 use anyhow::{Context, Result};
 use kerno_data::to_categorical;
@@ -18,16 +18,16 @@ pub fn run(args: ProfileArgs, quiet: bool) -> Result<()> {
     let isa = Isa::detected();
     let threads = rayon::current_num_threads();
     let data = load_data(&args.training.data, Output::new(args.training.json, quiet))?;
-    let mut model = compiled_notebook_model(&data, 1, Optimizer::rmsprop())?;
+    let mut model = args.training.model.compiled(&data, 1, Optimizer::rmsprop())?;
     model.skip_input_zeros(!args.training.dense_input);
     let x = data.train.images.scaled(PIXEL_SCALE);
     let y = to_categorical(&data.train.labels, data.classes);
 
     // Unprofiled steps first: buffers built, caches and branch predictors warm.
-    train_steps(&mut model, &x, &y, args.training.batch_size, args.warmup)?;
+    train_steps(&mut model, &x, &y, args.training.batch_size(), args.warmup)?;
     let (peak, trained) = peak_around(isa, || {
         profile::enable();
-        let trained = train_steps(&mut model, &x, &y, args.training.batch_size, args.steps);
+        let trained = train_steps(&mut model, &x, &y, args.training.batch_size(), args.steps);
         profile::disable();
         trained
     });
@@ -41,11 +41,11 @@ pub fn run(args: ProfileArgs, quiet: bool) -> Result<()> {
             .with_context(|| format!("--trace {}", path.display()))?;
     }
     if args.training.json {
-        let mut result = summary.json(isa, threads, args.training.batch_size);
+        let mut result = summary.json(isa, threads, args.training.batch_size());
         result["dataset"] = dataset_json(&data);
         println!("{result}");
     } else {
-        print!("{}", summary.table(isa, threads, args.training.batch_size));
+        print!("{}", summary.table(isa, threads, args.training.batch_size()));
         if let Some(path) = &args.trace {
             println!(
                 "trace written to {} (open it in ui.perfetto.dev or chrome://tracing)",
