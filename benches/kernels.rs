@@ -18,13 +18,20 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
 
-/// (name, m, k, n, A transposed, B transposed): the five GEMMs of a batch-128 step, and 1024³.
-const SHAPES: [(&str, usize, usize, usize, bool, bool); 6] = [
+/// (name, m, k, n, A transposed, B transposed): the five GEMMs of the notebook's
+/// batch-128 step, the convnet's (batch 64, im2col) of its first two
+/// convolutions, and 1024³.
+const SHAPES: [(&str, usize, usize, usize, bool, bool); 11] = [
     ("fwd1 X·W1 128x784x512", 128, 784, 512, false, false),
     ("fwd2 H·W2 128x512x10", 128, 512, 10, false, false),
     ("dW2 Ht·dZ 512x128x10", 512, 128, 10, true, false),
     ("dH dZ·W2t 128x10x512", 128, 10, 512, false, true),
     ("dW1 Xt·dH 784x128x512", 784, 128, 512, true, false),
+    ("conv1 fwd P·W 43264x9x32", 43264, 9, 32, false, false),
+    ("conv1 dW Pt·dZ 9x43264x32", 9, 43264, 32, true, false),
+    ("conv2 fwd P·W 7744x288x64", 7744, 288, 64, false, false),
+    ("conv2 dW Pt·dZ 288x7744x64", 288, 7744, 64, true, false),
+    ("conv2 dP dZ·Wt 7744x64x288", 7744, 64, 288, false, true),
     ("square 1024x1024x1024", 1024, 1024, 1024, false, false),
 ];
 

@@ -36,9 +36,9 @@ pub use kerno_tensor as tensor;
 pub mod prelude {
     pub use kerno_data::{to_categorical, Dataset, DatasetKind};
     pub use kerno_model::{
-        Activation, Callback, Control, Conv2D, CsvLogger, Dense, Dropout, EarlyStopping, Flatten,
-        FitOptions, History, Input, Loss, MaxPooling2D, Metric, ModelCheckpoint, Optimizer,
-        Padding, RunSettings, Sequential, TerminateOnNaN, TrainingCheckpoint, Verbosity,
+        Activation, Callback, Control, Conv2D, CsvLogger, Dense, Dropout, EarlyStopping,
+        FitOptions, Flatten, History, Input, Loss, MaxPooling2D, Metric, ModelCheckpoint,
+        Optimizer, Padding, RunSettings, Sequential, TerminateOnNaN, TrainingCheckpoint, Verbosity,
     };
     pub use kerno_tensor::{Samples, Tensor};
 }

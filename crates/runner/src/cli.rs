@@ -1,8 +1,8 @@
 //! Command-line arguments, each checked as it is parsed.
 
+use crate::models::ModelKind;
 use clap::{Args, Parser, Subcommand};
 use kerno_data::DatasetKind;
-use crate::models::ModelKind;
 use kerno_model::Optimizer;
 use std::path::PathBuf;
 

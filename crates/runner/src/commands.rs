@@ -7,8 +7,8 @@ use crate::output::{dataset_json, Output};
 use anyhow::{Context, Result};
 use kerno_data::{to_categorical, Dataset, DatasetKind};
 use kerno_model::{
-    Callback, CsvLogger, Evaluation, History, Loss, Metric, Optimizer,
-    RunSettings, Sequential, TerminateOnNaN, TrainingCheckpoint, TrainingProgress,
+    Callback, CsvLogger, Evaluation, History, Loss, Metric, Optimizer, RunSettings, Sequential,
+    TerminateOnNaN, TrainingCheckpoint, TrainingProgress,
 };
 use serde_json::json;
 use std::path::{Path, PathBuf};

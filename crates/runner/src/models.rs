@@ -99,6 +99,9 @@ mod tests {
     #[test]
     fn the_books_models_have_their_parameter_counts() {
         assert_eq!(ModelKind::Mlp.build(28, 28, 10, 1).param_count(), 407_050);
-        assert_eq!(ModelKind::Convnet.build(28, 28, 10, 1).param_count(), 93_322);
+        assert_eq!(
+            ModelKind::Convnet.build(28, 28, 10, 1).param_count(),
+            93_322
+        );
     }
 }

@@ -18,7 +18,10 @@ pub fn run(args: ProfileArgs, quiet: bool) -> Result<()> {
     let isa = Isa::detected();
     let threads = rayon::current_num_threads();
     let data = load_data(&args.training.data, Output::new(args.training.json, quiet))?;
-    let mut model = args.training.model.compiled(&data, 1, Optimizer::rmsprop())?;
+    let mut model = args
+        .training
+        .model
+        .compiled(&data, 1, Optimizer::rmsprop())?;
     model.skip_input_zeros(!args.training.dense_input);
     let x = data.train.images.scaled(PIXEL_SCALE);
     let y = to_categorical(&data.train.labels, data.classes);
@@ -45,7 +48,10 @@ pub fn run(args: ProfileArgs, quiet: bool) -> Result<()> {
         result["dataset"] = dataset_json(&data);
         println!("{result}");
     } else {
-        print!("{}", summary.table(isa, threads, args.training.batch_size()));
+        print!(
+            "{}",
+            summary.table(isa, threads, args.training.batch_size())
+        );
         if let Some(path) = &args.trace {
             println!(
                 "trace written to {} (open it in ui.perfetto.dev or chrome://tracing)",

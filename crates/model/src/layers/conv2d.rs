@@ -4,16 +4,17 @@
 //! Forward: `P = patches(x)` (im2col: `[N·positions × kh·kw·in]`),
 //! `z = P·W + b`, `y = act(z)`: one GEMM whose rows are the NHWC output, bias
 //! and relu in its epilogue.
-//! Backward: `db = Σ_rows dz`, `dW = Pᵀ·dz`, `dx = patches⁻¹(dz·Wᵀ)` (each
+//! Backward: `[dW; db] = [P 1]ᵀ·dz` (the patch rows end with a 1, so the bias
+//! gradient is one more row of the product), `dx = patches⁻¹(dz·Wᵀ)` (each
 //! patch row added back onto the pixels it came from).
 
 use super::{keras_shape, Below, BelowDone, ParamGrads, Pass, Plan, Shapes};
-use kerno_tensor::activation::column_sums;
 use kerno_tensor::conv::{
-    conv2d_forward, conv2d_input_gradient, conv2d_kernel_gradient, Padding, Windows,
+    add_patches_into_images, conv2d_kernel_gradient, forward_operands, images_to_patches,
+    input_gradient_product, kernel_gradient_scratch_len, Padding, Windows,
 };
 use kerno_tensor::profile::{self, Work};
-use kerno_tensor::{Activation, AlignedBuf, Epilogue};
+use kerno_tensor::{gemm, Activation, AlignedBuf, Epilogue, MatMut};
 
 /// `layers.Conv2D(filters, kernel_size, ...)` as in Keras: strides 1, `"valid"`
 /// padding, no activation and a bias unless told otherwise.
@@ -181,9 +182,33 @@ impl Conv2DLayer {
             .flops(2 * pass.rows as u64 * self.multiply_adds_per_sample())
     }
 
-    /// `out = act(patches(x)·W + b)`, the patches left in `patches` for the
+    /// Floats of the patch matrix of `rows` samples.
+    fn patches_len(&self, rows: usize) -> usize {
+        rows * self.windows.positions() * self.windows.patch_row_len()
+    }
+
+    /// Floats of scratch a pass over `rows` samples needs: the patches, the
+    /// kernel gradient with its bias row, and the partial sums of that product.
+    pub(crate) fn scratch_len(&self, rows: usize) -> usize {
+        let filters = self.config.filters;
+        self.patches_len(rows)
+            + self.windows.patch_row_len() * filters
+            + kernel_gradient_scratch_len(&self.windows, rows, filters)
+    }
+
+    /// `out = act(patches(x)·W + b)`, the patches left in `scratch` for the
     /// weight gradient.
-    pub(crate) fn forward(&self, pass: &Pass, x: &[f32], out: &mut [f32], patches: &mut [f32]) {
+    pub(crate) fn forward(&self, pass: &Pass, x: &[f32], out: &mut [f32], scratch: &mut [f32]) {
+        let (rows, filters) = (pass.rows, self.config.filters);
+        let patches = &mut scratch[..self.patches_len(rows)];
+        {
+            let _span = profile::span(|| {
+                Work::kernel("conv patches (im2col)")
+                    .layer(pass.layer)
+                    .bytes(4 * patches.len() as u64)
+            });
+            images_to_patches(&self.windows, rows, x, patches);
+        }
         let relu = pass.activate && self.config.activation == Activation::Relu;
         let epilogue = match (&self.bias, relu) {
             (Some(bias), true) => Epilogue::BiasRelu(bias),
@@ -192,20 +217,14 @@ impl Conv2DLayer {
         };
         {
             let name = if relu {
-                "conv forward (patches + GEMM + bias + relu)"
+                "conv forward GEMM + bias + relu"
             } else {
-                "conv forward (patches + GEMM + bias)"
+                "conv forward GEMM + bias"
             };
             let _span = profile::span(|| self.work(name, pass));
-            conv2d_forward(
-                &self.windows,
-                pass.rows,
-                x,
-                &self.kernel,
-                patches,
-                out,
-                epilogue,
-            );
+            let (a, b) = forward_operands(&self.windows, rows, patches, &self.kernel);
+            let c = MatMut::row_major(out, a.rows(), filters);
+            gemm(a, b, c, false, epilogue);
         }
         // Without a bias there is no epilogue to fuse the relu into.
         let separate = pass.activate && (!relu || self.bias.is_none());
@@ -215,44 +234,50 @@ impl Conv2DLayer {
                     .layer(pass.layer)
                     .bytes(8 * out.len() as u64)
             });
-            self.config
-                .activation
-                .forward_inplace(out, self.config.filters);
+            self.config.activation.forward_inplace(out, filters);
         }
     }
 
-    /// `db = Σ_rows dz`, `dW = patchesᵀ·dz`, and below the first layer
-    /// `dx = patches⁻¹(dz·Wᵀ)` (overwriting the patches).
+    /// `[dW; db] = [P 1]ᵀ·dz`, and below the first layer `dx = patches⁻¹(dz·Wᵀ)`
+    /// (overwriting the patches).
     pub(crate) fn backward(
         &self,
         pass: &Pass,
         dz: &[f32],
         params: ParamGrads<'_>,
-        patches: &mut [f32],
+        scratch: &mut [f32],
         below: Option<Below<'_>>,
     ) -> BelowDone {
-        let (dkernel, dbias) = match params.grads {
-            [dkernel, dbias] => (dkernel, Some(dbias)),
-            [dkernel] => (dkernel, None),
-            _ => unreachable!("a Conv2D layer has a kernel and maybe a bias"),
-        };
-        if let (Some(dbias), false) = (dbias, params.bias_done) {
-            let _span = profile::span(|| {
-                Work::kernel("bias gradient (column sums)")
-                    .layer(pass.layer)
-                    .flops(dz.len() as u64)
-            });
-            column_sums(dz, dbias);
-        }
+        let (rows, filters) = (pass.rows, self.config.filters);
+        let (patches, rest) = scratch.split_at_mut(self.patches_len(rows));
+        let (with_bias, partials) = rest.split_at_mut(self.windows.patch_row_len() * filters);
         {
-            let _span = profile::span(|| self.work("conv weight-gradient GEMM", pass));
-            conv2d_kernel_gradient(&self.windows, pass.rows, patches, dz, dkernel);
+            let name = "conv weight-gradient GEMM (+ bias gradient)";
+            let _span = profile::span(|| self.work(name, pass));
+            conv2d_kernel_gradient(&self.windows, rows, patches, dz, partials, with_bias);
+        }
+        let (kernel_grad, bias_grad) = with_bias.split_at(self.kernel.len());
+        match params.grads {
+            [dkernel, dbias] => {
+                dkernel.copy_from_slice(kernel_grad);
+                if !params.bias_done {
+                    dbias.copy_from_slice(bias_grad);
+                }
+            }
+            [dkernel] => dkernel.copy_from_slice(kernel_grad),
+            _ => unreachable!("a Conv2D layer has a kernel and maybe a bias"),
         }
         if let Some(below) = below {
-            let name = "conv input-gradient (GEMM + patches back to pixels)";
-            let _span = profile::span(|| self.work(name, pass));
-            let (windows, rows) = (&self.windows, pass.rows);
-            conv2d_input_gradient(windows, rows, &self.kernel, dz, patches, below.d_out);
+            {
+                let _span = profile::span(|| self.work("conv input-gradient GEMM", pass));
+                input_gradient_product(&self.windows, rows, &self.kernel, dz, patches);
+            }
+            let _span = profile::span(|| {
+                Work::kernel("conv patches back to pixels (col2im)")
+                    .layer(pass.layer)
+                    .bytes(4 * (patches.len() + below.d_out.len()) as u64)
+            });
+            add_patches_into_images(&self.windows, rows, patches, below.d_out);
         }
         BelowDone::default()
     }

@@ -8,6 +8,7 @@ use super::{keras_shape, Below, BelowDone, Pass, Plan, Shapes};
 use kerno_tensor::conv::{Padding, Windows};
 use kerno_tensor::pool::{max_pool2d_backward, max_pool2d_forward};
 use kerno_tensor::profile::{self, Work};
+use kerno_tensor::Activation;
 
 /// `layers.MaxPooling2D(pool_size=2)` as in Keras: strides equal to the pool
 /// size, `"valid"` padding.
@@ -145,10 +146,21 @@ impl MaxPooling2DLayer {
         dy: &[f32],
         below: Option<Below<'_>>,
     ) -> BelowDone {
-        if let Some(below) = below {
-            let _span = profile::span(|| self.work("max pooling gradient", pass));
-            max_pool2d_backward(&self.windows, pass.rows, x, y, dy, below.d_out);
+        let Some(below) = below else {
+            return BelowDone::default();
+        };
+        // A relu below is taken through here: no pass of its own over the gradient.
+        let relu = below.activation == Activation::Relu;
+        let name = if relu {
+            "max pooling gradient + relu mask"
+        } else {
+            "max pooling gradient"
+        };
+        let _span = profile::span(|| self.work(name, pass));
+        max_pool2d_backward(&self.windows, pass.rows, x, y, dy, below.d_out, relu);
+        BelowDone {
+            activation: relu || below.activation == Activation::Linear,
+            bias: false,
         }
-        BelowDone::default()
     }
 }

@@ -379,7 +379,7 @@ impl Layer {
     /// patches, a dropout's mask).
     pub(crate) fn scratch_len(&self, rows: usize) -> usize {
         match self {
-            Layer::Conv2D(l) => rows * l.windows.positions() * l.windows.patch_len(),
+            Layer::Conv2D(l) => l.scratch_len(rows),
             Layer::Dropout(l) => rows * l.shapes.output.iter().product::<usize>(),
             _ => 0,
         }
@@ -390,7 +390,7 @@ impl Layer {
     pub(crate) fn deepest_product(&self, rows: usize) -> usize {
         match self {
             Layer::Dense(l) => l.inputs.max(l.units).max(rows),
-            Layer::Conv2D(l) => (rows * l.windows.positions()).max(l.windows.patch_len()),
+            Layer::Conv2D(l) => (rows * l.windows.positions()).max(l.windows.patch_row_len()),
             _ => 0,
         }
     }

@@ -78,12 +78,19 @@ impl Windows {
             Padding::Valid => Some(((size - window) / stride + 1, 0)),
             Padding::Same => {
                 let out = size.div_ceil(stride);
-                let total = ((out - 1) * stride + window).saturating_sub(size);
-                Some((out, total / 2))
+                let covered = (out - 1).checked_mul(stride)?.checked_add(window)?;
+                Some((out, covered.saturating_sub(size) / 2))
             }
         };
         let (out_height, pad_top) = side(height, window[0], strides[0])?;
         let (out_width, pad_left) = side(width, window[1], strides[1])?;
+        // Every size the kernels compute from these must fit a usize: the
+        // input, the output positions, and the patch matrix of one image.
+        let product = |values: &[usize]| values.iter().try_fold(1usize, |n, &v| n.checked_mul(v));
+        product(&input)?;
+        product(&[out_height, out_width, channels])?;
+        let patch = product(&[window[0], window[1], channels])?.checked_add(1)?;
+        product(&[out_height, out_width, patch])?;
         Some(Self {
             height,
             width,
@@ -109,6 +116,12 @@ impl Windows {
     /// Values of one window over every channel: the depth of a convolution's GEMM.
     pub fn patch_len(&self) -> usize {
         self.window[0] * self.window[1] * self.channels
+    }
+
+    /// Floats of a row of the patch matrix: the patch, then the 1 of the bias
+    /// column (see `images_to_patches`).
+    pub fn patch_row_len(&self) -> usize {
+        self.patch_len() + 1
     }
 
     /// The input pixel `(y, x)` under window offset `(ky, kx)` of output position

@@ -3,11 +3,13 @@
 //! convolution is one GEMM of `patches [N·positions × kh·kw·in]` by the kernel
 //! `[kh·kw·in × filters]` (Keras' `[kh, kw, in, filters]`, read flat), whose
 //! output rows are the NHWC output, with bias and relu fused in its epilogue.
-//! The gradients are two more GEMMs on the same patches, and the input's is
-//! scattered back from patch rows to pixels (col2im).
+//! The kernel's gradient is `patchesᵀ·dz` (its row of ones giving the bias
+//! gradient too), and the input's `dz·kernelᵀ` scattered back from patch rows
+//! to pixels (col2im).
 //!
-//! The patch copies split the batch into fixed chunks of images, each image
-//! copied by one thread in a fixed order: the same bits on any thread count.
+//! Every split is fixed by the batch: chunks of images for the copies, of
+//! images again for the partial sums of the kernel gradient, added in order.
+//! The same bits on any thread count.
 
 mod geometry;
 mod patches;
@@ -17,134 +19,134 @@ pub use patches::{add_patches_into_images, images_to_patches};
 
 use crate::gemm::{gemm_with, Epilogue};
 use crate::matrix::{MatMut, MatRef};
+use crate::parallel::for_each_chunk;
 use crate::simd::Isa;
 
-/// `out = patches(input)·kernel`, then the epilogue (bias, bias + relu): a
-/// convolution of `images` NHWC images, `patches` holding their windows
-/// afterwards for the weight gradient.
+/// Images whose share of the kernel gradient one task sums, when that
+/// gradient is too small for the GEMM to split among the threads: the depth
+/// of that product is the batch's output positions, so it is split by depth
+/// into partial sums instead.
+const IMAGES_PER_PARTIAL: usize = 16;
+/// Values of a kernel gradient below which it is summed in partial sums
+/// (a first layer's 3×3 window over one channel: 10 rows of the product).
+const SPLIT_DEPTH_BELOW: usize = 4096;
+
+/// How many partial sums the kernel gradient of `images` images takes (1: none).
+fn partial_sums(windows: &Windows, images: usize, filters: usize) -> usize {
+    if windows.patch_row_len() * filters < SPLIT_DEPTH_BELOW {
+        images.div_ceil(IMAGES_PER_PARTIAL)
+    } else {
+        1
+    }
+}
+
+/// Floats of scratch [`conv2d_kernel_gradient`] needs for `images` images.
+pub fn kernel_gradient_scratch_len(windows: &Windows, images: usize, filters: usize) -> usize {
+    match partial_sums(windows, images, filters) {
+        0 | 1 => 0,
+        partials => partials * windows.patch_row_len() * filters,
+    }
+}
+
+/// `out = patchesᵀ·dz`: the kernel's gradient, `[kh·kw·in × filters]`, then
+/// the bias gradient (`Σ_rows dz`) as its last row; `patches` as
+/// [`images_to_patches`] wrote them, `dz` the gradient with respect to the
+/// convolution's output before its activation, `[N·positions × filters]`.
 ///
 /// # Panics
-/// When a buffer's length does not match `windows`, `images` and `filters`.
-pub fn conv2d_forward(
-    windows: &Windows,
-    images: usize,
-    input: &[f32],
-    kernel: &[f32],
-    patches: &mut [f32],
-    out: &mut [f32],
-    epilogue: Epilogue<'_>,
-) {
-    conv2d_forward_with(
-        Isa::detected(),
-        windows,
-        images,
-        input,
-        kernel,
-        patches,
-        out,
-        epilogue,
-    )
-}
-
-/// [`conv2d_forward`] with a chosen instruction set (tests force each one).
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_forward_with(
-    isa: Isa,
-    windows: &Windows,
-    images: usize,
-    input: &[f32],
-    kernel: &[f32],
-    patches: &mut [f32],
-    out: &mut [f32],
-    epilogue: Epilogue<'_>,
-) {
-    let (rows, depth) = (images * windows.positions(), windows.patch_len());
-    let filters = kernel.len() / depth.max(1);
-    assert_eq!(kernel.len(), depth * filters, "conv2d: kernel size");
-    images_to_patches(windows, images, input, &mut patches[..rows * depth]);
-    let a = MatRef::row_major(&patches[..rows * depth], rows, depth);
-    let b = MatRef::row_major(kernel, depth, filters);
-    gemm_with(
-        isa,
-        a,
-        b,
-        MatMut::row_major(&mut out[..rows * filters], rows, filters),
-        false,
-        epilogue,
-    );
-}
-
-/// The kernel's gradient `dkernel = patchesᵀ·dz` (see [`conv2d_kernel_gradient_with`]).
+/// When a buffer is shorter than `images` need, or `scratch` shorter than
+/// [`kernel_gradient_scratch_len`].
 pub fn conv2d_kernel_gradient(
     windows: &Windows,
     images: usize,
     patches: &[f32],
     dz: &[f32],
-    dkernel: &mut [f32],
+    scratch: &mut [f32],
+    out: &mut [f32],
 ) {
-    conv2d_kernel_gradient_with(Isa::detected(), windows, images, patches, dz, dkernel)
+    conv2d_kernel_gradient_with(Isa::detected(), windows, images, patches, dz, scratch, out)
 }
 
-/// The input's gradient (see [`conv2d_input_gradient_with`]).
-pub fn conv2d_input_gradient(
-    windows: &Windows,
-    images: usize,
-    kernel: &[f32],
-    dz: &[f32],
-    patches: &mut [f32],
-    d_input: &mut [f32],
-) {
-    conv2d_input_gradient_with(
-        Isa::detected(),
-        windows,
-        images,
-        kernel,
-        dz,
-        patches,
-        d_input,
-    )
-}
-
-/// The kernel's gradient `dkernel = patchesᵀ·dz` from the patches the forward
-/// pass left and `dz`, the gradient with respect to the convolution's output
-/// (before its activation), `[N·positions × filters]`.
+/// [`conv2d_kernel_gradient`] with a chosen instruction set (tests force each one).
 pub fn conv2d_kernel_gradient_with(
     isa: Isa,
     windows: &Windows,
     images: usize,
     patches: &[f32],
     dz: &[f32],
-    dkernel: &mut [f32],
+    scratch: &mut [f32],
+    out: &mut [f32],
 ) {
-    let (rows, depth) = (images * windows.positions(), windows.patch_len());
-    let filters = dkernel.len() / depth.max(1);
-    let a = MatRef::row_major(&patches[..rows * depth], rows, depth).t();
-    let b = MatRef::row_major(&dz[..rows * filters], rows, filters);
-    let c = MatMut::row_major(dkernel, depth, filters);
-    gemm_with(isa, a, b, c, false, Epilogue::None);
+    let row_len = windows.patch_row_len();
+    let filters = out.len() / row_len;
+    let rows = images * windows.positions();
+    let rows_per_partial = IMAGES_PER_PARTIAL * windows.positions();
+    let product = |first: usize, count: usize, c: &mut [f32]| {
+        let a = MatRef::row_major(
+            &patches[first * row_len..][..count * row_len],
+            count,
+            row_len,
+        );
+        let b = MatRef::row_major(&dz[first * filters..][..count * filters], count, filters);
+        let c = MatMut::row_major(c, row_len, filters);
+        gemm_with(isa, a.t(), b, c, false, Epilogue::None);
+    };
+    let partials = partial_sums(windows, images, filters);
+    if partials <= 1 {
+        product(0, rows, out);
+        return;
+    }
+    let size = row_len * filters;
+    let scratch = &mut scratch[..partials * size];
+    for_each_chunk(&mut *scratch, size, &|i, partial: &mut [f32]| {
+        let first = i * rows_per_partial;
+        product(first, rows_per_partial.min(rows - first), partial);
+    });
+    out.copy_from_slice(&scratch[..size]);
+    for partial in scratch.chunks_exact(size).skip(1) {
+        out.iter_mut().zip(partial).for_each(|(o, p)| *o += p);
+    }
 }
 
-/// The input's gradient: `dz·kernelᵀ` into `patches` (overwriting them), then
-/// each patch row added back onto the pixels it was copied from, into `d_input`.
-pub fn conv2d_input_gradient_with(
+/// The GEMM views of a convolution's forward pass: the patches without their
+/// ones' column (`[N·positions × kh·kw·in]`) and the kernel.
+pub fn forward_operands<'a>(
+    windows: &Windows,
+    images: usize,
+    patches: &'a [f32],
+    kernel: &'a [f32],
+) -> (MatRef<'a>, MatRef<'a>) {
+    let (rows, depth) = (images * windows.positions(), windows.patch_len());
+    let filters = kernel.len() / depth.max(1);
+    let a = MatRef::new(&patches[..rows * (depth + 1)], rows, depth, depth + 1, 1);
+    (a, MatRef::row_major(kernel, depth, filters))
+}
+
+/// The GEMM of the input's gradient: `dz·kernelᵀ` into the patch rows (their
+/// ones' column left alone), for [`add_patches_into_images`] to scatter.
+pub fn input_gradient_product(
+    windows: &Windows,
+    images: usize,
+    kernel: &[f32],
+    dz: &[f32],
+    patches: &mut [f32],
+) {
+    input_gradient_product_with(Isa::detected(), windows, images, kernel, dz, patches)
+}
+
+/// [`input_gradient_product`] with a chosen instruction set (tests force each one).
+pub fn input_gradient_product_with(
     isa: Isa,
     windows: &Windows,
     images: usize,
     kernel: &[f32],
     dz: &[f32],
     patches: &mut [f32],
-    d_input: &mut [f32],
 ) {
     let (rows, depth) = (images * windows.positions(), windows.patch_len());
     let filters = kernel.len() / depth.max(1);
     let a = MatRef::row_major(&dz[..rows * filters], rows, filters);
     let b = MatRef::row_major(kernel, depth, filters).t();
-    let c = MatMut::row_major(&mut patches[..rows * depth], rows, depth);
+    let c = MatMut::new(&mut patches[..rows * (depth + 1)], rows, depth, depth + 1);
     gemm_with(isa, a, b, c, false, Epilogue::None);
-    add_patches_into_images(
-        windows,
-        images,
-        &patches[..rows * depth],
-        &mut d_input[..images * windows.input_len()],
-    );
 }

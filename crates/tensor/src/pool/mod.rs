@@ -41,32 +41,33 @@ fn pool_image(w: &Windows, image: &[f32], out: &mut [f32]) {
         for ox in 0..w.out_width {
             let max = pixels.next().expect("one pixel per output position");
             let mut first = true;
-            for (y, x) in window_sources(w, oy, ox) {
-                let pixel = &image[(y * w.width + x) * c..][..c];
-                if first {
-                    max.copy_from_slice(pixel);
-                    first = false;
-                } else {
-                    // `>` rather than `f32::max`: one vector compare and blend.
-                    max.iter_mut()
-                        .zip(pixel)
-                        .for_each(|(m, &v)| *m = if v > *m { v } else { *m });
+            for ky in 0..w.window[0] {
+                for kx in 0..w.window[1] {
+                    let Some((y, x)) = w.source(oy, ox, ky, kx) else {
+                        continue;
+                    };
+                    let pixel = &image[(y * w.width + x) * c..][..c];
+                    if first {
+                        max.copy_from_slice(pixel);
+                        first = false;
+                    } else {
+                        // `>` rather than `f32::max`: one vector compare and blend.
+                        for (m, &v) in max.iter_mut().zip(pixel) {
+                            *m = if v > *m { v } else { *m };
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// The input pixels under the window of output position `(oy, ox)`, in window order.
-fn window_sources(w: &Windows, oy: usize, ox: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
-    (0..w.window[0])
-        .flat_map(move |ky| (0..w.window[1]).map(move |kx| (ky, kx)))
-        .filter_map(move |(ky, kx)| w.source(oy, ox, ky, kx))
-}
-
 /// The input's gradient: each output's gradient `d_out` goes to the first input
 /// of its window (in window order) equal to the maximum `out`, as TensorFlow's
-/// max-pool gradient; every other input's gradient is 0 (summed where windows overlap).
+/// max-pool gradient; every other input's gradient is 0 (summed where windows
+/// overlap). With `input_is_relu` (the input is a relu's output, `≥ 0`), the
+/// gradient is also taken through that relu: a window whose maximum is 0
+/// passes none, as the relu's gradient is 0 there.
 ///
 /// # Panics
 /// When a buffer is shorter than `images` need.
@@ -77,6 +78,7 @@ pub fn max_pool2d_backward(
     out: &[f32],
     d_out: &[f32],
     d_input: &mut [f32],
+    input_is_relu: bool,
 ) {
     let (in_len, out_len) = (windows.input_len(), windows.positions() * windows.channels);
     let (input, out, d_out) = (
@@ -95,13 +97,20 @@ pub fn max_pool2d_backward(
                     &out[n * out_len..][..out_len],
                     &d_out[n * out_len..][..out_len],
                 );
-                unpool_image(windows, image, max, d_max, d_image);
+                unpool_image(windows, image, max, d_max, d_image, input_is_relu);
             }
         },
     );
 }
 
-fn unpool_image(w: &Windows, image: &[f32], max: &[f32], d_max: &[f32], d_image: &mut [f32]) {
+fn unpool_image(
+    w: &Windows,
+    image: &[f32],
+    max: &[f32],
+    d_max: &[f32],
+    d_image: &mut [f32],
+    input_is_relu: bool,
+) {
     let c = w.channels;
     d_image.fill(0.0);
     for oy in 0..w.out_height {
@@ -112,16 +121,23 @@ fn unpool_image(w: &Windows, image: &[f32], max: &[f32], d_max: &[f32], d_image:
                 let (max, d_max) = (&max[at + start..][..len], &d_max[at + start..][..len]);
                 // The gradients not yet handed to an input of the window.
                 let mut pending = [0.0f32; CHANNEL_BLOCK];
-                pending[..len].copy_from_slice(d_max);
-                for (y, x) in window_sources(w, oy, ox) {
-                    let pixel = (y * w.width + x) * c + start;
-                    let (values, grads) = (&image[pixel..][..len], &mut d_image[pixel..][..len]);
-                    for (((g, p), &v), &m) in
-                        grads.iter_mut().zip(&mut pending).zip(values).zip(max)
-                    {
-                        let first_max = v == m;
-                        *g += if first_max { *p } else { 0.0 };
-                        *p = if first_max { 0.0 } else { *p };
+                for ((p, &g), &m) in pending.iter_mut().zip(d_max).zip(max) {
+                    *p = if input_is_relu && m <= 0.0 { 0.0 } else { g };
+                }
+                for ky in 0..w.window[0] {
+                    for kx in 0..w.window[1] {
+                        let Some((y, x)) = w.source(oy, ox, ky, kx) else {
+                            continue;
+                        };
+                        let pixel = (y * w.width + x) * c + start;
+                        let values = &image[pixel..][..len];
+                        let grads = &mut d_image[pixel..][..len];
+                        let lanes = grads.iter_mut().zip(&mut pending).zip(values).zip(max);
+                        for (((g, p), &v), &m) in lanes {
+                            let first_max = v == m;
+                            *g += if first_max { *p } else { 0.0 };
+                            *p = if first_max { 0.0 } else { *p };
+                        }
                     }
                 }
             }
