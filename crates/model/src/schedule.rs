@@ -7,6 +7,7 @@
 //! - the next batch's rows are prefetched by whichever thread is idle first.
 
 use crate::layers::build_input_columns;
+use crate::layers::Layer;
 use crate::sequential::Sequential;
 use crate::step::{self, StepRun};
 use crate::targets::TargetTable;
@@ -28,6 +29,19 @@ fn dropout_seed(seed: u64, iteration: u64) -> u64 {
 }
 
 impl Sequential {
+    /// The mask the next training step's forward pass draws for the `Dropout`
+    /// layer `layer` on a batch of `rows` samples (`rows × its values`, each
+    /// `1 / (1 - rate)` or 0); `None` when that layer is not a `Dropout`.
+    pub fn next_dropout_mask(&self, layer: usize, rows: usize) -> Option<Vec<f32>> {
+        let Some(Layer::Dropout(dropout)) = self.layers.get(layer) else {
+            return None;
+        };
+        let pass = self.step_run(rows, true).pass(layer, true);
+        let mut mask = vec![0.0; rows * self.layers[layer].output_len()];
+        kerno_tensor::dropout::dropout_mask(dropout.rate(), pass.seed, &mut mask);
+        Some(mask)
+    }
+
     /// How a step on `rows` samples runs; when training, with the random draws
     /// of the next optimizer step.
     pub(crate) fn step_run(&self, rows: usize, training: bool) -> StepRun {

@@ -78,7 +78,7 @@ pub(crate) struct StepRun {
 }
 
 impl StepRun {
-    fn pass(&self, layer: usize, activate: bool) -> Pass {
+    pub(crate) fn pass(&self, layer: usize, activate: bool) -> Pass {
         Pass {
             layer,
             rows: self.rows,

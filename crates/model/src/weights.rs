@@ -25,11 +25,12 @@ const MAX_FILE_BYTES: u64 = 4 << 30;
 pub const MAX_PARAMS: usize = (MAX_FILE_BYTES / 4) as usize;
 /// The most layers a model file may describe.
 pub const MAX_LAYERS: usize = 10_000;
-/// The most values a model file may claim for one sample at any layer (its
-/// input, an output, a convolution's patches): 64 MiB of f32 a sample. The
-/// file holds no activations, so this bounds what a few bytes of it can make
-/// kerno allocate per sample.
-pub const MAX_SAMPLE_VALUES: usize = 1 << 24;
+/// The most values a model file may claim for one sample, its input, every
+/// layer's output and scratch (a convolution's patches) together: 8 MiB of
+/// f32 a sample (the book's convnet takes 0.1 M). The file holds no
+/// activations, so this bounds what a few bytes of it can make kerno allocate
+/// per sample.
+pub const MAX_SAMPLE_VALUES: usize = 1 << 21;
 
 /// The part of the metadata every version shares.
 #[derive(Deserialize)]
@@ -461,8 +462,8 @@ struct PlannedLayer {
 }
 
 /// Checks an architecture on its own: known kinds and activations, unique
-/// non-empty names, every layer fitting its input, sizes per sample within
-/// [`MAX_SAMPLE_VALUES`], and a parameter count, summed with checked
+/// non-empty names, every layer fitting its input, the values of a sample
+/// within [`MAX_SAMPLE_VALUES`], and a parameter count, summed with checked
 /// arithmetic, within [`MAX_PARAMS`].
 fn plan_layers(path: &Path, arch: &Architecture) -> Result<Vec<PlannedLayer>, ModelError> {
     if arch.layers.len() > MAX_LAYERS {
@@ -477,11 +478,14 @@ fn plan_layers(path: &Path, arch: &Architecture) -> Result<Vec<PlannedLayer>, Mo
     let too_large = |what: String| {
         bad(
             path,
-            format!("{what} is larger than the {MAX_SAMPLE_VALUES} values a sample may have"),
+            format!(
+                "{what} takes the values of a sample past {MAX_SAMPLE_VALUES}, more than a \
+                 model file may describe"
+            ),
         )
     };
     let mut input = arch.input_shape.clone();
-    shape_len(&input)
+    let mut sample_values = shape_len(&input)
         .filter(|&n| n <= MAX_SAMPLE_VALUES)
         .ok_or_else(|| too_large(format!("the input {input:?}")))?;
     let mut plan = Vec::with_capacity(arch.layers.len());
@@ -512,11 +516,13 @@ fn plan_layers(path: &Path, arch: &Architecture) -> Result<Vec<PlannedLayer>, Mo
             .checked_add(layer_params)
             .filter(|&p| p <= MAX_PARAMS)
             .ok_or_else(too_many)?;
-        shape_len(&layer_plan.output_shape)
+        sample_values = shape_len(&layer_plan.output_shape)
+            .and_then(|n| n.checked_add(layer_plan.scratch_per_sample))
+            .and_then(|n| n.checked_add(sample_values))
             .filter(|&n| n <= MAX_SAMPLE_VALUES)
             .ok_or_else(|| {
                 too_large(format!(
-                    "layer '{name}''s output {:?}",
+                    "layer '{name}' (output {:?})",
                     layer_plan.output_shape
                 ))
             })?;

@@ -6,10 +6,11 @@
 use crate::campaign::{Outcome, Verdict};
 use crate::files;
 use kerno_model::{
-    Activation, Checkpoint, Dense, FitOptions, Loss, Metric, Optimizer, RunSettings, Sequential,
-    TrainingProgress, Verbosity,
+    Activation, Checkpoint, Conv2D, Dense, Dropout, FitOptions, Flatten, Input, Loss, MaxPooling2D,
+    Metric, Optimizer, Padding, RunSettings, Sequential, TrainingProgress, Verbosity,
 };
 use kerno_tensor::Tensor;
+use safetensors::tensor::{Dtype, TensorView};
 use std::io::Cursor;
 use std::path::Path;
 
@@ -203,7 +204,57 @@ fn saved(write: impl FnOnce(&Path)) -> Vec<u8> {
     std::fs::read(&path).expect("the seed was written")
 }
 
-/// Model files of two architectures.
+/// A small convnet with every layer kind, compiled.
+fn small_convnet(optimizer: Optimizer) -> Sequential {
+    let mut model = Sequential::new(Input::shape([6, 5, 2]))
+        .with_seed(3)
+        .add(
+            Conv2D::new(3, 3)
+                .padding(Padding::Same)
+                .activation(Activation::Relu),
+        )
+        .add(MaxPooling2D::new(2))
+        .add(Conv2D::new(2, 2).strides(2).activation(Activation::Tanh))
+        .add(Flatten::new())
+        .add(Dropout::new(0.25))
+        .add(Dense::new(2, Activation::Softmax));
+    model
+        .compile(
+            optimizer,
+            Loss::CategoricalCrossentropy,
+            &[Metric::Accuracy],
+        )
+        .expect("a valid model");
+    model
+}
+
+/// A model file of version 1 (dense layers over a flat input), as kerno wrote
+/// them before layers of other kinds: `4 → Dense(2, relu)`.
+fn version_1_model_file() -> Vec<u8> {
+    let arch = r#"{"format":"kerno.sequential","version":1,"input_dim":4,"seed":0,"layers":[{"name":"dense","units":2,"activation":"relu"}]}"#;
+    let kernel: Vec<u8> = (0..8)
+        .flat_map(|i| (i as f32 * 0.25).to_le_bytes())
+        .collect();
+    let bias: Vec<u8> = [0.5f32, -0.5]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let views = [
+        (
+            "dense/kernel",
+            TensorView::new(Dtype::F32, vec![4, 2], &kernel),
+        ),
+        ("dense/bias", TensorView::new(Dtype::F32, vec![2], &bias)),
+    ]
+    .map(|(name, view)| (name, view.expect("shape matches data")));
+    let metadata = Some(std::collections::HashMap::from([(
+        "kerno".to_string(),
+        arch.to_string(),
+    )]));
+    safetensors::serialize(views, &metadata).expect("serialises")
+}
+
+/// Model files of three architectures, and one of the first version of the format.
 pub fn model_file_seeds() -> Vec<Vec<u8>> {
     let mut wide = Sequential::new(6)
         .with_seed(1)
@@ -215,6 +266,8 @@ pub fn model_file_seeds() -> Vec<Vec<u8>> {
     vec![
         saved(|p| small_model(Optimizer::rmsprop()).save(p).expect("saved")),
         saved(|p| wide.save(p).expect("saved")),
+        saved(|p| small_convnet(Optimizer::rmsprop()).save(p).expect("saved")),
+        version_1_model_file(),
     ]
 }
 
@@ -244,14 +297,17 @@ pub fn checkpoint_seeds() -> Vec<Vec<u8>> {
     middle.step = 1;
     middle.samples = 2;
     middle.loss_sum = 1.25;
+    let models: [fn(Optimizer) -> Sequential; 3] = [small_model, small_model, small_convnet];
     [
         (Optimizer::rmsprop(), TrainingProgress::start_of(1)),
         (Optimizer::adam(), middle),
+        (Optimizer::rmsprop(), middle),
     ]
     .into_iter()
-    .map(|(optimizer, progress)| {
+    .zip(models)
+    .map(|((optimizer, progress), model)| {
         saved(|p| {
-            small_model(optimizer)
+            model(optimizer)
                 .save_checkpoint(p, &progress, &settings)
                 .expect("saved")
         })

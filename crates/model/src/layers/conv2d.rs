@@ -125,6 +125,8 @@ impl Conv2D {
         Ok(Plan {
             output_shape: vec![w.out_height, w.out_width, self.filters],
             params,
+            // The patches (`Windows::new` checked that this product fits).
+            scratch_per_sample: w.positions() * w.patch_row_len(),
         })
     }
 

@@ -63,6 +63,7 @@ impl Dense {
                 ("kernel", vec![inputs, self.units]),
                 ("bias", vec![self.units]),
             ],
+            scratch_per_sample: 0,
         })
     }
 

@@ -38,6 +38,8 @@ impl Dropout {
         Ok(Plan {
             output_shape: input.to_vec(),
             params: Vec::new(),
+            // The mask.
+            scratch_per_sample: super::shape_len(input).ok_or("Dropout's input is too large")?,
         })
     }
 

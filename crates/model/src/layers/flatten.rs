@@ -26,6 +26,7 @@ pub(crate) fn plan(input: &[usize]) -> Result<Plan, String> {
     Ok(Plan {
         output_shape: vec![len],
         params: Vec::new(),
+        scratch_per_sample: 0,
     })
 }
 

@@ -99,6 +99,7 @@ impl MaxPooling2D {
         Ok(Plan {
             output_shape: vec![w.out_height, w.out_width, w.channels],
             params: Vec::new(),
+            scratch_per_sample: 0,
         })
     }
 

@@ -62,6 +62,9 @@ pub enum Layer {
 pub(crate) struct Plan {
     pub output_shape: Vec<usize>,
     pub params: Vec<(&'static str, Vec<usize>)>,
+    /// Floats of scratch a sample takes beyond the output (a convolution's
+    /// patches), computed without overflow.
+    pub scratch_per_sample: usize,
 }
 
 impl Plan {
