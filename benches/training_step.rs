@@ -2,40 +2,32 @@
 //! the worker pool, the pool's other threads kept awake. The notebook's model
 //! (784-512-10, RMSprop, batch 128) on real MNIST batches, once through the sparse
 //! first layer (the default) and once with every batch through the dense GEMMs
-//! (`--dense-input`); and the sparse step with `kerno profile`'s timers on, for
-//! their cost. Needs MNIST: `KERNO_DATA=../shared/data/mnist cargo bench --bench
-//! training_step`.
+//! (`--dense-input`); the sparse step with `kerno profile`'s timers on, for
+//! their cost; and the next chapter's convnet (batch 64). Needs MNIST:
+//! `KERNO_DATA=../shared/data/mnist cargo bench --bench training_step`.
 
 use criterion::{BatchSize, Criterion, Throughput};
 use kerno::prelude::*;
 use kerno::tensor::{profile, with_workers_awake, ScaledBytes};
+use kerno_runner::models::ModelKind;
 
-const BATCH: usize = 128;
 /// Batches cycled through, so that the steps see MNIST's variety of digits.
 const BATCHES: usize = 64;
 
-/// The notebook's model, compiled as the notebook does.
-fn notebook_model() -> Sequential {
-    let mut model = Sequential::new(784)
-        .with_seed(1)
-        .add(Dense::new(512, Activation::Relu))
-        .add(Dense::new(10, Activation::Softmax));
-    model
-        .compile(
-            Optimizer::rmsprop(),
-            Loss::CategoricalCrossentropy,
-            &[Metric::Accuracy],
-        )
-        .expect("the notebook's model compiles");
-    model
+/// A model `kerno train --model` builds, compiled as the book does.
+fn compiled(kind: ModelKind, mnist: &Dataset) -> Sequential {
+    kind.compiled(mnist, 1, Optimizer::rmsprop())
+        .expect("the book's models compile")
 }
 
-fn training_steps(c: &mut Criterion, mnist: &Dataset) {
+/// `BATCHES` consecutive batches of `size` MNIST training images (scaled from
+/// their bytes as `fit` reads them) and their one-hot labels.
+fn batches(mnist: &Dataset, size: usize) -> Vec<(ScaledBytes<'_>, Tensor)> {
     let features = mnist.train.images.features();
     let pixels = mnist.train.images.pixels();
-    let batches: Vec<(ScaledBytes<'_>, Tensor)> = (0..BATCHES)
+    (0..BATCHES)
         .map(|i| {
-            let rows = i * BATCH..(i + 1) * BATCH;
+            let rows = i * size..(i + 1) * size;
             let x = ScaledBytes::new(
                 &pixels[rows.start * features..rows.end * features],
                 features,
@@ -43,8 +35,13 @@ fn training_steps(c: &mut Criterion, mnist: &Dataset) {
             );
             (x, to_categorical(&mnist.train.labels[rows], 10))
         })
-        .collect();
+        .collect()
+}
 
+fn training_steps(c: &mut Criterion, mnist: &Dataset) {
+    const BATCH: usize = 128;
+    let batches_128 = batches(mnist, BATCH);
+    let notebook_model = || compiled(ModelKind::Mlp, mnist);
     let mut group = c.benchmark_group("training_step");
     group.throughput(Throughput::Elements(BATCH as u64));
     for (name, sparse) in [
@@ -57,7 +54,7 @@ fn training_steps(c: &mut Criterion, mnist: &Dataset) {
         group.bench_function(name, |b| {
             with_workers_awake(|| {
                 b.iter(|| {
-                    let (x, y) = &batches[next % BATCHES];
+                    let (x, y) = &batches_128[next % BATCHES];
                     next += 1;
                     model.train_on_batch(x, y).expect("a step on MNIST")
                 })
@@ -74,7 +71,7 @@ fn training_steps(c: &mut Criterion, mnist: &Dataset) {
             b.iter_batched(
                 profile::take,
                 |_| {
-                    let (x, y) = &batches[next % BATCHES];
+                    let (x, y) = &batches_128[next % BATCHES];
                     next += 1;
                     model.train_on_batch(x, y).expect("a step on MNIST")
                 },
@@ -83,6 +80,22 @@ fn training_steps(c: &mut Criterion, mnist: &Dataset) {
         })
     });
     profile::disable();
+
+    let convnet_batch = ModelKind::Convnet.default_batch_size();
+    let batches_64 = batches(mnist, convnet_batch);
+    group.throughput(Throughput::Elements(convnet_batch as u64));
+    group.sample_size(30);
+    let mut model = compiled(ModelKind::Convnet, mnist);
+    let mut next = 0;
+    group.bench_function("mnist convnet batch 64", |b| {
+        with_workers_awake(|| {
+            b.iter(|| {
+                let (x, y) = &batches_64[next % BATCHES];
+                next += 1;
+                model.train_on_batch(x, y).expect("a step on MNIST")
+            })
+        })
+    });
     group.finish();
 }
 

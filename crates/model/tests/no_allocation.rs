@@ -1,14 +1,17 @@
 //! The steady-state training step allocates nothing: counted with a global allocator.
 
 use kerno_model::{
-    Activation, Callback, Control, Dense, FitOptions, Loss, Metric, ModelError, Optimizer,
-    Sequential, Verbosity,
+    Activation, Callback, Control, Conv2D, Dense, Dropout, FitOptions, Flatten, Input, Loss,
+    MaxPooling2D, Metric, ModelError, Optimizer, Sequential, Verbosity,
 };
 use kerno_tensor::{gemm, reserve_packing_buffers, Epilogue, Isa, MatMut, MatRef, Tensor};
 use kerno_testkit::alloc::{allocations, count_this_thread, peak_during, TrackingAllocator};
 
 #[global_allocator]
 static GLOBAL: TrackingAllocator = TrackingAllocator;
+
+/// The counter is shared by every counted thread: the tests that read it run one at a time.
+static COUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn notebook_model() -> Sequential {
     let mut m = Sequential::new(784)
@@ -63,6 +66,7 @@ impl Callback for Snapshot {
 
 #[test]
 fn training_steps_allocate_nothing() {
+    let _alone = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
     // The model runs on this pool alone: its threads are the ones counted.
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
@@ -113,6 +117,53 @@ fn training_steps_allocate_nothing() {
                 "40 steps of fit allocated (sparse inputs: {sparse})"
             );
         }
+    });
+}
+
+/// The book's convnet (batch 64): its convolutions, pooling and flattening
+/// allocate nothing in steady state either.
+#[test]
+fn convnet_training_steps_allocate_nothing() {
+    let _alone = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .start_handler(|_| count_this_thread())
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let (x, y) = data(64 * 20, true);
+        let mut m = Sequential::new(Input::shape([28, 28, 1]))
+            .add(Conv2D::new(32, 3).activation(Activation::Relu))
+            .add(MaxPooling2D::new(2))
+            .add(Conv2D::new(64, 3).activation(Activation::Relu))
+            .add(MaxPooling2D::new(2))
+            .add(Conv2D::new(64, 3).activation(Activation::Relu))
+            .add(Flatten::new())
+            .add(Dropout::new(0.5))
+            .add(Dense::new(64, Activation::Relu))
+            .add(Dense::new(10, Activation::Softmax));
+        m.compile(
+            Optimizer::rmsprop(),
+            Loss::CategoricalCrossentropy,
+            &[Metric::Accuracy],
+        )
+        .unwrap();
+        let mut snap = Snapshot {
+            at: [5, 15],
+            counts: Vec::with_capacity(2),
+        };
+        let options = FitOptions::new()
+            .epochs(1)
+            .batch_size(64)
+            .verbosity(Verbosity::Silent);
+        m.fit_with_callbacks(&x, &y, &options, &mut [&mut snap])
+            .unwrap();
+        assert_eq!(snap.counts.len(), 2);
+        assert_eq!(
+            snap.counts[1] - snap.counts[0],
+            0,
+            "10 convnet steps allocated"
+        );
     });
 }
 

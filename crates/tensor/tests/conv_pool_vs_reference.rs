@@ -3,7 +3,7 @@
 
 use kerno_tensor::conv::{
     add_patches_into_images, conv2d_kernel_gradient_with, forward_operands, images_to_patches,
-    input_gradient_product_with, kernel_gradient_scratch_len, Padding, Windows,
+    input_gradient_product_with, Padding, Windows,
 };
 use kerno_tensor::pool::{max_pool2d_backward, max_pool2d_forward};
 use kerno_tensor::{gemm_with, reference, Epilogue, Isa, MatMut};
@@ -56,18 +56,8 @@ impl Conv<'_> {
     }
 
     fn kernel_and_bias_gradient(&self, patches: &[f32], dz: &[f32]) -> Vec<f32> {
-        let filters = self.filters();
-        let mut scratch = vec![f32::NAN; kernel_gradient_scratch_len(self.w, self.images, filters)];
-        let mut out = vec![f32::NAN; self.w.patch_row_len() * filters];
-        conv2d_kernel_gradient_with(
-            self.isa,
-            self.w,
-            self.images,
-            patches,
-            dz,
-            &mut scratch,
-            &mut out,
-        );
+        let mut out = vec![f32::NAN; self.w.patch_row_len() * self.filters()];
+        conv2d_kernel_gradient_with(self.isa, self.w, self.images, patches, dz, &mut out);
         out
     }
 
@@ -89,7 +79,6 @@ fn conv2d_forward_and_gradients_match_the_reference() {
     for (input, window, strides, filters) in CONV_CASES {
         for padding in [Padding::Valid, Padding::Same] {
             let w = Windows::new(input, window, strides, padding).expect("the window fits");
-            // More images than a partial sum of the kernel gradient takes, once.
             let images = if input == [7, 9, 3] { 37 } else { 3 };
             let x = random(&mut rng, images * w.input_len());
             let kernel = random(&mut rng, w.patch_len() * filters);

@@ -229,8 +229,9 @@ fn small_convnet(optimizer: Optimizer) -> Sequential {
 }
 
 /// A model file of version 1 (dense layers over a flat input), as kerno wrote
-/// them before layers of other kinds: `4 → Dense(2, relu)`.
-fn version_1_model_file() -> Vec<u8> {
+/// them before layers of other kinds: `4 → Dense(2, relu)`, kernel
+/// `[[0, 0.25], [0.5, 0.75], [1, 1.25], [1.5, 1.75]]`, bias `[0.5, -0.5]`.
+pub fn version_1_model_file() -> Vec<u8> {
     let arch = r#"{"format":"kerno.sequential","version":1,"input_dim":4,"seed":0,"layers":[{"name":"dense","units":2,"activation":"relu"}]}"#;
     let kernel: Vec<u8> = (0..8)
         .flat_map(|i| (i as f32 * 0.25).to_le_bytes())

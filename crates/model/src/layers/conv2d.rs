@@ -11,7 +11,7 @@
 use super::{keras_shape, Below, BelowDone, ParamGrads, Pass, Plan, Shapes};
 use kerno_tensor::conv::{
     add_patches_into_images, conv2d_kernel_gradient, forward_operands, images_to_patches,
-    input_gradient_product, kernel_gradient_scratch_len, Padding, Windows,
+    input_gradient_product, Padding, Windows,
 };
 use kerno_tensor::profile::{self, Work};
 use kerno_tensor::{gemm, Activation, AlignedBuf, Epilogue, MatMut};
@@ -189,13 +189,10 @@ impl Conv2DLayer {
         rows * self.windows.positions() * self.windows.patch_row_len()
     }
 
-    /// Floats of scratch a pass over `rows` samples needs: the patches, the
-    /// kernel gradient with its bias row, and the partial sums of that product.
+    /// Floats of scratch a pass over `rows` samples needs: the patches, and the
+    /// kernel gradient with its bias row.
     pub(crate) fn scratch_len(&self, rows: usize) -> usize {
-        let filters = self.config.filters;
-        self.patches_len(rows)
-            + self.windows.patch_row_len() * filters
-            + kernel_gradient_scratch_len(&self.windows, rows, filters)
+        self.patches_len(rows) + self.windows.patch_row_len() * self.config.filters
     }
 
     /// `out = act(patches(x)·W + b)`, the patches left in `scratch` for the
@@ -252,11 +249,11 @@ impl Conv2DLayer {
     ) -> BelowDone {
         let (rows, filters) = (pass.rows, self.config.filters);
         let (patches, rest) = scratch.split_at_mut(self.patches_len(rows));
-        let (with_bias, partials) = rest.split_at_mut(self.windows.patch_row_len() * filters);
+        let with_bias = &mut rest[..self.windows.patch_row_len() * filters];
         {
             let name = "conv weight-gradient GEMM (+ bias gradient)";
             let _span = profile::span(|| self.work(name, pass));
-            conv2d_kernel_gradient(&self.windows, rows, patches, dz, partials, with_bias);
+            conv2d_kernel_gradient(&self.windows, rows, patches, dz, with_bias);
         }
         let (kernel_grad, bias_grad) = with_bias.split_at(self.kernel.len());
         match params.grads {
