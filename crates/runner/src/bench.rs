@@ -84,7 +84,11 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
     let samples = history.epochs[0].samples as f64;
     let pixels = data.train.images.pixels();
     let input_density = pixels.iter().filter(|&&p| p != 0).count() as f64 / pixels.len() as f64;
-    let skips_zeros = !args.training.dense_input && input_density <= SPARSE_DENSITY_LIMIT;
+    // Only a first Dense layer reads a batch by its nonzeros.
+    let first_dense = model.layers().first().and_then(|l| l.as_dense());
+    let skips_zeros = first_dense.is_some()
+        && !args.training.dense_input
+        && input_density <= SPARSE_DENSITY_LIMIT;
     // The model's operations, as if every input were dense: the work a training
     // epoch stands for (98 GFLOP for MNIST's 784-512-10), which the floor
     // (that work at the FMA peak) and `fraction_of_peak` are defined on, as a
@@ -124,6 +128,7 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
         "skips_input_zeros": skips_zeros,
         "threads": threads,
         "isa": isa.name(),
+        "model": args.training.model.name(),
         "batch_size": args.training.batch_size(),
         "epochs_timed": seconds.len(),
         "dataset": dataset_json(&data),
@@ -136,7 +141,11 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
         }
         println!("{printed}");
     } else {
-        println!("isa {}, {threads} threads", isa.name());
+        println!(
+            "model {}, isa {}, {threads} threads",
+            args.training.model,
+            isa.name()
+        );
         println!("FMA peak: {peak_one_core:.1} GFLOP/s on one core, {peak_all:.1} GFLOP/s on {threads} threads");
         println!(
             "epoch: {epoch_s:.3} s (median of {}), {:.0} samples/s",

@@ -46,6 +46,7 @@ pub fn run(args: ProfileArgs, quiet: bool) -> Result<()> {
     if args.training.json {
         let mut result = summary.json(isa, threads, args.training.batch_size());
         result["dataset"] = dataset_json(&data);
+        result["model"] = args.training.model.name().into();
         println!("{result}");
     } else {
         print!(
