@@ -1,15 +1,18 @@
 //! Kernel benches: GEMM on the training step's shapes (kerno on each instruction
 //! set, `matrixmultiply`, the `gemm` crate, and the f64 reference), the first
 //! layer's products of a sparse batch against the dense GEMM, the fused softmax +
-//! cross-entropy, and the RMSprop update. Throughput is reported in FLOP
+//! cross-entropy, the RMSprop update, and the convnet's patch copies and
+//! pooling. Throughput is reported in FLOP
 //! (2 per multiply-add). Every GEMM runs on `RAYON_NUM_THREADS` threads (default:
 //! all cores), named in the group: kerno and `gemm` called from a thread of rayon's
 //! pool whose other threads spin, ready (as `fit` runs them), `matrixmultiply` on
 //! its own threads, given the same count.
 
 use criterion::{black_box, criterion_group, Bencher, BenchmarkId, Criterion, Throughput};
+use kerno::tensor::conv::{add_patches_into_images, images_to_patches, Padding, Windows};
 use kerno::tensor::loss::{softmax_xent_fwd_bwd, LogitsGradient, Targets};
 use kerno::tensor::optim::RmsProp;
+use kerno::tensor::pool::{max_pool2d_backward, max_pool2d_forward};
 use kerno::tensor::sparse::{sparse_gemm_with, sparse_t_gemm_with, SparseRows};
 use kerno::tensor::{
     gemm_with, optim, reference, with_workers_awake, AlignedBuf, Epilogue, Isa, MatMut, MatRef,
@@ -324,7 +327,61 @@ fn rmsprop(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gemm_shapes, sparse_products, softmax_xent, rmsprop);
+/// The convnet's kernels around its GEMMs, on a batch of 64: the patches of
+/// its first two convolutions (im2col) and the second's col2im, and both max
+/// poolings forward and backward.
+fn convnet_kernels(c: &mut Criterion) {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let images = 64;
+    let mut group = c.benchmark_group("convnet kernels, batch 64");
+    group.sample_size(30);
+    for (name, input) in [
+        ("conv1 28x28x1", [28, 28, 1]),
+        ("conv2 13x13x32", [13, 13, 32]),
+    ] {
+        let w = Windows::new(input, [3, 3], [1, 1], Padding::Valid).expect("fits");
+        let x = random(images * w.input_len(), &mut rng);
+        let mut patches = AlignedBuf::zeros(images * w.positions() * w.patch_row_len());
+        group.bench_function(format!("im2col {name}"), |b| {
+            iter_in_pool(b, || images_to_patches(&w, images, &x, &mut patches))
+        });
+        let mut dx = AlignedBuf::zeros(x.len());
+        group.bench_function(format!("col2im {name}"), |b| {
+            iter_in_pool(b, || add_patches_into_images(&w, images, &patches, &mut dx))
+        });
+    }
+    for (name, input) in [
+        ("pool1 26x26x32", [26, 26, 32]),
+        ("pool2 11x11x64", [11, 11, 64]),
+    ] {
+        let w = Windows::new(input, [2, 2], [2, 2], Padding::Valid).expect("fits");
+        // A relu's output: a third of the values 0.
+        let x: AlignedBuf = (0..images * w.input_len())
+            .map(|_| rng.gen_range(-0.5f32..1.0).max(0.0))
+            .collect();
+        let mut out = AlignedBuf::zeros(images * w.positions() * w.channels);
+        group.bench_function(format!("max pooling {name}"), |b| {
+            iter_in_pool(b, || max_pool2d_forward(&w, images, &x, &mut out))
+        });
+        let d_out = random(out.len(), &mut rng);
+        let mut dx = AlignedBuf::zeros(x.len());
+        group.bench_function(format!("max pooling gradient + relu {name}"), |b| {
+            iter_in_pool(b, || {
+                max_pool2d_backward(&w, images, &x, &out, &d_out, &mut dx, true)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    gemm_shapes,
+    sparse_products,
+    softmax_xent,
+    rmsprop,
+    convnet_kernels
+);
 
 fn main() {
     // Criterion's reports draw their text with the font kerno bundles for its plots.

@@ -103,6 +103,14 @@ pub fn max_pool2d_backward(
     );
 }
 
+/// Whether every input pixel is in exactly one window.
+fn tiles_exactly(w: &Windows) -> bool {
+    w.strides == w.window
+        && w.pad_before == [0, 0]
+        && w.out_height * w.window[0] == w.height
+        && w.out_width * w.window[1] == w.width
+}
+
 fn unpool_image(
     w: &Windows,
     image: &[f32],
@@ -112,7 +120,12 @@ fn unpool_image(
     input_is_relu: bool,
 ) {
     let c = w.channels;
-    d_image.fill(0.0);
+    // Where every input is in exactly one window, each gradient is written
+    // once; elsewhere they are summed into zeros.
+    let exact = tiles_exactly(w);
+    if !exact {
+        d_image.fill(0.0);
+    }
     for oy in 0..w.out_height {
         for ox in 0..w.out_width {
             let at = (oy * w.out_width + ox) * c;
@@ -132,15 +145,33 @@ fn unpool_image(
                         let pixel = (y * w.width + x) * c + start;
                         let values = &image[pixel..][..len];
                         let grads = &mut d_image[pixel..][..len];
-                        let lanes = grads.iter_mut().zip(&mut pending).zip(values).zip(max);
-                        for (((g, p), &v), &m) in lanes {
-                            let first_max = v == m;
-                            *g += if first_max { *p } else { 0.0 };
-                            *p = if first_max { 0.0 } else { *p };
-                        }
+                        hand_over(grads, &mut pending[..len], values, max, exact);
                     }
                 }
             }
+        }
+    }
+}
+
+/// Where `values[i]` is the window's maximum `max[i]`, hands `pending[i]` to
+/// `grads[i]` (written, or added unless `exact`) and clears it, so that only
+/// the first maximum takes it.
+#[inline]
+fn hand_over(grads: &mut [f32], pending: &mut [f32], values: &[f32], max: &[f32], exact: bool) {
+    let n = grads.len();
+    // Slices of one length: the loops below run without bounds checks, in vectors.
+    let (pending, values, max) = (&mut pending[..n], &values[..n], &max[..n]);
+    if exact {
+        for i in 0..n {
+            let (first_max, p) = (values[i] == max[i], pending[i]);
+            grads[i] = if first_max { p } else { 0.0 };
+            pending[i] = if first_max { 0.0 } else { p };
+        }
+    } else {
+        for i in 0..n {
+            let (first_max, p) = (values[i] == max[i], pending[i]);
+            grads[i] += if first_max { p } else { 0.0 };
+            pending[i] = if first_max { 0.0 } else { p };
         }
     }
 }
