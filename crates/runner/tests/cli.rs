@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{kerno, stderr, stdout, write_dataset, write_sparse_dataset};
+use common::{errors, kerno, stderr, stdout, write_dataset, write_sparse_dataset};
 
 #[test]
 fn out_of_range_arguments_are_one_line_errors() {
@@ -201,6 +201,48 @@ fn one_and_two_threads_save_byte_identical_models() {
         };
         assert_eq!(save("1"), save("2"));
     }
+}
+
+#[test]
+fn the_convnet_trains_saves_evaluates_and_summarises() {
+    let out = kerno(&["summary", "--model", "convnet"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.contains("Total params: 93,322"), "{table}");
+    assert!(
+        table.contains(
+            "│ conv2d (Conv2D)                 │ (None, 26, 26, 32)     │           320 │"
+        ),
+        "{table}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(dir.path(), 200);
+    let data = dir.path().to_str().unwrap();
+    let model = dir.path().join("convnet.safetensors");
+    let model = model.to_str().unwrap();
+    let args = [
+        "train", "--model", "convnet", "--data", data, "--epochs", "1", "--save", model,
+    ];
+    let out = kerno(&args, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // 200 samples in the convnet's batches of 64: 4 steps.
+    assert!(stdout(&out).contains("4/4"), "{}", stdout(&out));
+    let out = kerno(&["evaluate", "--model", model, "--data", data], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("test_acc"), "{}", stdout(&out));
+    let out = kerno(&["summary", "--model", model], &[]);
+    assert!(
+        stdout(&out).contains("max_pooling2d_1 (MaxPooling2D)"),
+        "{}",
+        stdout(&out)
+    );
+    let out = kerno(&["train", "--model", "resnet"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        errors(&out).contains("unknown model 'resnet' (expected mlp or convnet)"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
