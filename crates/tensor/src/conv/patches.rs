@@ -71,7 +71,7 @@ fn image_patches_of(w: &Windows, image: &[f32], rows: &mut [f32]) {
             let (values, one) = row.split_at_mut(w.patch_len());
             for (ky, piece) in values.chunks_exact_mut(run_len).enumerate() {
                 match run(w, oy, ox, ky) {
-                    Run::Inside(at) => piece.copy_from_slice(&image[at..][..run_len]),
+                    Run::Inside(at) => copy_run(piece, &image[at..][..run_len]),
                     Run::Padding => piece.fill(0.0),
                     Run::Edge => {
                         for (kx, pixel) in piece.chunks_exact_mut(c).enumerate() {
@@ -87,6 +87,24 @@ fn image_patches_of(w: &Windows, image: &[f32], rows: &mut [f32]) {
             }
             one[0] = 1.0;
         }
+    }
+}
+
+/// `dst = src`; a short run (a window row over one channel: 3 floats) as a
+/// copy of known length, compiled to moves, where a call to `memcpy` per run
+/// cost more than the copy.
+#[inline]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        dst[..N].copy_from_slice(&src[..N]);
+    }
+    match dst.len() {
+        1 => fixed::<1>(dst, src),
+        2 => fixed::<2>(dst, src),
+        3 => fixed::<3>(dst, src),
+        4 => fixed::<4>(dst, src),
+        5 => fixed::<5>(dst, src),
+        _ => dst.copy_from_slice(src),
     }
 }
 
