@@ -286,8 +286,11 @@ impl Sequential {
         self.workspace = None;
     }
 
-    /// Checks that `x` has the model's input width.
+    /// Checks that every layer was built and that `x` has the model's input width.
     pub(crate) fn check_inputs(&self, x: &dyn Samples) -> Result<(), ModelError> {
+        if let Some(problem) = &self.build_error {
+            return Err(ModelError::invalid("layer", problem.clone()));
+        }
         if x.features() != self.input_dim() {
             return Err(ModelError::Shape {
                 what: "inputs",

@@ -205,6 +205,23 @@ fn layers_that_do_not_fit_their_input_are_errors_at_compile() {
         error.contains("does not fit its input (None, 2, 2, 1)"),
         "{error}"
     );
+    let mut zero_stride =
+        Sequential::new(Input::shape([4, 4, 1])).add(MaxPooling2D::new(2).strides(0));
+    let error = zero_stride
+        .compile(Optimizer::rmsprop(), Loss::MeanSquaredError, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("strides [0, 0] must be at least 1"),
+        "{error}"
+    );
+    // Nor does a model missing a layer predict with the layers it has.
+    let mut missing_a_layer = Sequential::new(Input::shape([4, 4, 1]))
+        .add(Conv2D::new(2, 3))
+        .add(Dense::new(3, Activation::Softmax));
+    let x = Tensor::zeros(&[1, 16]);
+    let error = missing_a_layer.predict(&x, 1).unwrap_err().to_string();
+    assert!(error.contains("layer 'dense' (1)"), "{error}");
     let mut bad_rate = Sequential::new(4).add(Dropout::new(1.0));
     assert!(bad_rate
         .compile(Optimizer::rmsprop(), Loss::MeanSquaredError, &[])

@@ -94,6 +94,12 @@ impl Conv2D {
         if self.filters == 0 {
             return Err("Conv2D with 0 filters".into());
         }
+        if self.kernel_size.contains(&0) || self.strides.contains(&0) {
+            return Err(format!(
+                "Conv2D's kernel_size {:?} and strides {:?} must be at least 1",
+                self.kernel_size, self.strides
+            ));
+        }
         if self.activation == Activation::Softmax {
             return Err("Conv2D with a softmax activation is not supported".into());
         }

@@ -76,6 +76,12 @@ impl MaxPooling2D {
                 keras_shape(input)
             ));
         };
+        if self.pool_size.contains(&0) || self.strides.contains(&0) {
+            return Err(format!(
+                "MaxPooling2D's pool_size {:?} and strides {:?} must be at least 1",
+                self.pool_size, self.strides
+            ));
+        }
         Windows::new(
             [height, width, channels],
             self.pool_size,
