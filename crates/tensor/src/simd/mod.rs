@@ -4,23 +4,16 @@
 use std::sync::OnceLock;
 
 mod block;
-mod compress;
 pub(crate) mod elementwise;
 mod microkernel;
 mod peak;
-mod sparse;
 mod thin;
 #[cfg(target_arch = "x86_64")]
-mod tiles;
+pub(crate) mod tiles;
 
 pub(crate) use block::{BlockMut, TileMut};
-pub(crate) use compress::{
-    for_each_set_bit, is_exact_divisor, keep_nonzero_bytes, keep_nonzeros, set_bit_positions, Kept,
-    KEEP_SLACK,
-};
 pub use microkernel::{MAX_MR, MAX_NC, MAX_NR};
 pub use peak::fma_peak_gflops;
-pub(crate) use sparse::{sparse_group_product, GroupEntries, RowFinish, GROUP};
 pub(crate) use thin::{has_thin_loop, thin_dots, transpose_thin, MAX_THIN_N, THIN_STEP};
 
 /// Asks the CPU to start loading every cache line of `data` into L1: for copies

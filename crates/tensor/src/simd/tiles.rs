@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 const UNROLL: usize = 4;
 
 /// A vector register of floats and the operations the tiles need.
-pub(super) trait Vector: Copy {
+pub(crate) trait Vector: Copy {
     const LANES: usize;
     /// # Safety (every method)
     /// The CPU supports the vector's instruction set.

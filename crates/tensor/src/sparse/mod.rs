@@ -14,10 +14,19 @@
 use crate::gemm::{depth_block, is_parallel, Epilogue};
 use crate::matrix::{MatMut, MatRef};
 use crate::parallel::{for_each_chunk, for_each_chunk_in_order, ByCols, ByRows};
-use crate::simd::{
-    for_each_set_bit, is_exact_divisor, keep_nonzero_bytes, keep_nonzeros, set_bit_positions,
-    sparse_group_product, BlockMut, GroupEntries, Isa, Kept, RowFinish, GROUP, KEEP_SLACK,
+use crate::simd::{BlockMut, Isa};
+use compress::{
+    for_each_set_bit, is_exact_divisor, keep_nonzero_bytes, keep_nonzeros, set_bit_positions, Kept,
+    KEEP_SLACK,
 };
+use group_product::{sparse_group_product, GroupEntries, RowFinish, GROUP};
+
+// The family's instruction-set variants: the compression of a batch to its
+// nonzeros, and the products of a group of rows.
+#[allow(unsafe_code)]
+mod compress;
+#[allow(unsafe_code)]
+mod group_product;
 
 /// Density (nonzeros over all entries) up to which the sparse products, their
 /// compression included, beat the dense GEMMs, as measured on the slowest of the

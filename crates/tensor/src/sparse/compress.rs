@@ -2,7 +2,7 @@
 //! nonzeros, their positions and their bits, with AVX-512's compress or AVX2's
 //! permutations; and the set bits of words compressed to their positions.
 
-use super::Isa;
+use crate::simd::Isa;
 
 /// Floats past the end of a compression's output that [`keep_nonzeros`] may
 /// write (a whole vector stored from its last nonzero).

@@ -5,10 +5,10 @@
 //! entries in their order, as the dense kernels chain over every step of k, so
 //! that the zeros skipped give the dense kernel's bits.
 
-#[cfg(target_arch = "x86_64")]
-use super::tiles::Vector;
-use super::{Isa, TileMut};
 use crate::activation::relu;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::tiles::Vector;
+use crate::simd::{Isa, TileMut};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{__m256, __m512};
 
