@@ -1,7 +1,8 @@
 //! Element-wise activations, forward and backward, applied in place row by row.
 
+use crate::elementwise::exp_in_place;
 use crate::loss::{add_in_order, row_max};
-use crate::simd::{elementwise::exp_in_place, Isa};
+use crate::simd::Isa;
 use std::fmt;
 use std::str::FromStr;
 

@@ -14,6 +14,9 @@ pub mod activation;
 mod aligned;
 pub mod conv;
 pub mod dropout;
+// Element-wise loops, each compiled per instruction set (`simd::per_instruction_set`).
+#[allow(unsafe_code)]
+mod elementwise;
 pub mod gemm;
 pub mod loss;
 mod matrix;

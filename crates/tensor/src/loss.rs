@@ -1,6 +1,7 @@
 //! Losses and the accuracy count, each with its gradient in the same pass.
 
-use crate::simd::{elementwise::exp_in_place, Isa};
+use crate::elementwise::exp_in_place;
+use crate::simd::Isa;
 use crate::tensor::argmax;
 
 /// What a loss compares the model's output with.

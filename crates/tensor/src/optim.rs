@@ -1,7 +1,8 @@
 //! Optimizer updates, one pass over each parameter tensor, as Keras 3 writes them.
 
+use crate::elementwise;
 use crate::parallel::for_each_chunk;
-use crate::simd::{elementwise, Isa};
+use crate::simd::Isa;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Parameters per parallel task of an update. Every element is updated on its own,

@@ -1,7 +1,8 @@
 //! Where a batch's input rows come from: f32 tensors, or bytes scaled on the fly.
 
+use crate::elementwise;
 use crate::parallel::for_each_chunk;
-use crate::simd::{elementwise, prefetch_lines, Isa};
+use crate::simd::{prefetch_lines, Isa};
 use crate::sparse::SparseRows;
 use crate::tensor::Tensor;
 

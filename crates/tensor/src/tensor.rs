@@ -1,7 +1,8 @@
 //! An owned, row-major f32 tensor.
 
+use crate::elementwise;
 use crate::matrix::{MatMut, MatRef};
-use crate::simd::{elementwise, Isa};
+use crate::simd::Isa;
 use std::ops::Range;
 
 /// A shape that does not fit the data or the operation asked of it.

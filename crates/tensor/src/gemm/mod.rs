@@ -18,10 +18,11 @@ mod pack;
 mod panels;
 mod thin;
 
+use crate::elementwise;
 use crate::matrix::{MatMut, MatRef};
 use crate::parallel::{for_each_chunk, for_each_chunk_in_order, ByCols, ByRows};
 use crate::profile::{self, Level, Work};
-use crate::simd::{elementwise, has_thin_loop, BlockMut, Isa, MAX_MR, MAX_THIN_N};
+use crate::simd::{has_thin_loop, BlockMut, Isa, MAX_MR, MAX_THIN_N};
 pub(crate) use block::depth_block;
 use block::gemm_block;
 use panels::{with_b_panels, SMALL_SHARED_B};

@@ -4,7 +4,6 @@
 use std::sync::OnceLock;
 
 mod block;
-pub(crate) mod elementwise;
 mod microkernel;
 mod peak;
 mod thin;
@@ -174,3 +173,41 @@ pub(crate) enum TileEpilogue<'a> {
     BiasRelu(&'a [f32]),
     ReluMask { mask: &'a [f32], row_stride: usize },
 }
+
+/// `pub(crate) fn $name(isa, args)`: the loop `$body` compiled for AVX-512F, for
+/// AVX2 and FMA, and for the build's baseline, run with the one `isa` names.
+macro_rules! per_instruction_set {
+    ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
+        per_instruction_set! { $(#[$doc])* $name($($arg: $ty),*) -> () => $body }
+    };
+    ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty => $body:ident) => {
+        $(#[$doc])*
+        #[allow(clippy::unused_unit)] // `-> ()` for the loops that return nothing.
+        pub(crate) fn $name(isa: Isa, $($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            fn avx512($($arg: $ty),*) -> $ret {
+                $body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2($($arg: $ty),*) -> $ret {
+                $body($($arg),*)
+            }
+            assert!(isa.is_supported(), "{} is not supported here", isa.name());
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU supports AVX-512F, checked just above.
+                Isa::Avx512 => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                Isa::Avx2Fma => unsafe { avx2($($arg),*) },
+                _ => $body($($arg),*),
+            }
+        }
+    };
+}
+/// The one way a kernel written as safe code picks its instruction set at run
+/// time (the GEMM's register tiles and the sparse products, written with
+/// intrinsics, match on `isa` in their own modules).
+pub(crate) use per_instruction_set;

@@ -3,42 +3,8 @@
 //! the same whatever the set (IEEE sqrt and division are exact, and nothing is
 //! contracted into an FMA), so the choice never changes a trained model.
 
-use super::Isa;
 use crate::optim::RmsProp;
-
-/// `pub(crate) fn $name(isa, args)`: the loop `$body` compiled for AVX-512F, for
-/// AVX2 and FMA, and for the build's baseline, run with the one `isa` names.
-macro_rules! per_instruction_set {
-    ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
-        per_instruction_set! { $(#[$doc])* $name($($arg: $ty),*) -> () => $body }
-    };
-    ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty => $body:ident) => {
-        $(#[$doc])*
-        #[allow(clippy::unused_unit)] // `-> ()` for the loops that return nothing.
-        pub(crate) fn $name(isa: Isa, $($arg: $ty),*) -> $ret {
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f")]
-            fn avx512($($arg: $ty),*) -> $ret {
-                $body($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            fn avx2($($arg: $ty),*) -> $ret {
-                $body($($arg),*)
-            }
-            assert!(isa.is_supported(), "{} is not supported here", isa.name());
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the CPU supports AVX-512F, checked just above.
-                Isa::Avx512 => unsafe { avx512($($arg),*) },
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                Isa::Avx2Fma => unsafe { avx2($($arg),*) },
-                _ => $body($($arg),*),
-            }
-        }
-    };
-}
+use crate::simd::{per_instruction_set, Isa};
 
 /// Whether `x` is neither NaN nor infinite, as a comparison the compiler keeps in
 /// vector lanes (`|x| < ∞` is false for NaN).
