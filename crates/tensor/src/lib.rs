@@ -6,7 +6,8 @@
 //! updates ([`optim`]). Each has a plain f64 twin in [`reference`](mod@reference)
 //! that the tests compare against.
 
-// `unsafe` lives only where the intrinsics do (`simd`), each block with its SAFETY line.
+// `unsafe` lives only where the intrinsics do (`simd`, and each family's
+// instruction-set variants, allowed module by module), each block with its SAFETY line.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 

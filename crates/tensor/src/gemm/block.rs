@@ -4,9 +4,10 @@
 use super::pack::{pack_a, pack_b};
 use super::panels::BPanels;
 use super::{add_rows_in_order, with_buffer, Epilogue, Origin, Output};
+use super::{Microkernel, PanelLayout, TileEpilogue, MAX_MR, MAX_NC, MAX_NR};
 use crate::activation::relu;
 use crate::matrix::MatRef;
-use crate::simd::{BlockMut, Isa, Microkernel, PanelLayout, TileEpilogue, MAX_MR, MAX_NC, MAX_NR};
+use crate::simd::{BlockMut, Isa};
 use crate::AlignedBuf;
 use std::cell::RefCell;
 

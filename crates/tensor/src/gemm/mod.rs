@@ -14,15 +14,28 @@
 //! and `thin.rs` computes the outputs too narrow for tiles.
 
 mod block;
+// The GEMM's instruction-set variants: the register-blocked microkernels, their
+// tiles, and the dot products of thin outputs.
+#[allow(unsafe_code)]
+mod microkernel;
 mod pack;
 mod panels;
 mod thin;
+#[allow(unsafe_code)]
+mod thin_dots;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub(crate) mod tiles;
+
+pub(crate) use microkernel::{Microkernel, PanelLayout, TileEpilogue};
+pub use microkernel::{MAX_MR, MAX_NC, MAX_NR};
+use thin_dots::{has_thin_loop, MAX_THIN_N};
 
 use crate::elementwise;
 use crate::matrix::{MatMut, MatRef};
 use crate::parallel::{for_each_chunk, for_each_chunk_in_order, ByCols, ByRows};
 use crate::profile::{self, Level, Work};
-use crate::simd::{has_thin_loop, BlockMut, Isa, MAX_MR, MAX_THIN_N};
+use crate::simd::{BlockMut, Isa};
 pub(crate) use block::depth_block;
 use block::gemm_block;
 use panels::{with_b_panels, SMALL_SHARED_B};

@@ -2,10 +2,10 @@
 //! packed by each task a cache block at a time.
 
 use super::pack::pack_b;
+use super::Microkernel;
 use super::{depth_block, with_buffer};
 use crate::matrix::MatRef;
 use crate::parallel::for_each_chunk;
-use crate::simd::Microkernel;
 use crate::AlignedBuf;
 use std::cell::RefCell;
 

@@ -3,11 +3,11 @@
 
 use super::block::{gemm_block, store_tile, Tile};
 use super::panels::with_b_panels;
+use super::thin_dots::{thin_dots, transpose_thin, MAX_THIN_N, THIN_STEP};
 use super::{for_each_block, with_buffer, Epilogue, Origin, Output, Split};
+use super::{MAX_MR, MAX_NR};
 use crate::matrix::{MatMut, MatRef};
-use crate::simd::{
-    thin_dots, transpose_thin, BlockMut, Isa, MAX_MR, MAX_NR, MAX_THIN_N, THIN_STEP,
-};
+use crate::simd::{BlockMut, Isa};
 use crate::AlignedBuf;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,7 +7,7 @@
 
 use crate::activation::relu;
 #[cfg(target_arch = "x86_64")]
-use crate::simd::tiles::Vector;
+use crate::gemm::tiles::Vector;
 use crate::simd::{Isa, TileMut};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{__m256, __m512};

@@ -4,8 +4,8 @@
 //! (in `microkernel`) are these functions compiled for it, into which they are
 //! always inlined.
 
-use super::microkernel::{a_at, assert_panels_fit};
-use super::{TileEpilogue, TileMut};
+use super::microkernel::{a_at, assert_panels_fit, TileEpilogue};
+use crate::simd::TileMut;
 use std::arch::x86_64::*;
 
 /// Steps of k per pass of a tile's inner loop.

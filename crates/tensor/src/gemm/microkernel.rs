@@ -3,8 +3,8 @@
 //! on `wide`'s vectors for every other target.
 
 #[cfg(target_arch = "x86_64")]
-use super::{tiles, TileEpilogue, TileMut};
-use super::{Isa, Kernels, Microkernel};
+use super::tiles;
+use crate::simd::{Isa, TileMut};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{__m256, __m512};
 
@@ -218,4 +218,97 @@ fn table(isa: Isa) -> Microkernel {
             },
         },
     }
+}
+
+impl Isa {
+    /// The microkernel of this instruction set for a GEMM of `m` rows.
+    pub(crate) fn kernel_for(self, m: usize) -> Microkernel {
+        assert!(
+            self.is_supported(),
+            "{} is not supported on this CPU",
+            self.name()
+        );
+        for_rows(self, m)
+    }
+}
+
+/// A register-blocked `MR × NR` microkernel, in one version for each layout of A's panel.
+#[derive(Clone, Copy)]
+pub(crate) struct Microkernel {
+    pub mr: usize,
+    pub nr: usize,
+    /// Floats of a cache block of B (depth × columns) that stay in L2 beside A.
+    pub b_block_floats: usize,
+    /// Whether a row-major B whose block stays in L2 is read in place rather
+    /// than packed.
+    pub b_in_place: bool,
+    columns: Kernels,
+    rows: Kernels,
+}
+
+impl Microkernel {
+    /// Columns of B per cache block of depth `kc`: whole strips, at most
+    /// [`MAX_NC`], in `b_block_floats`.
+    pub fn block_cols(&self, kc: usize) -> usize {
+        (self.b_block_floats / kc.max(1) / self.nr * self.nr).clamp(self.nr, MAX_NC)
+    }
+
+    /// The kernels that read A's panel laid out as `layout`.
+    pub fn for_layout(&self, layout: PanelLayout) -> Kernels {
+        match layout {
+            PanelLayout::Columns => self.columns,
+            PanelLayout::Rows => self.rows,
+        }
+    }
+}
+
+/// How a panel of `MR` rows and `kc` columns of A lies in memory, `lda` apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PanelLayout {
+    /// Column by column, element (i, p) at `a[p·lda + i]`: a packed panel
+    /// (`lda = MR`), or a transposed A read in place.
+    Columns,
+    /// Row by row, element (i, p) at `a[i·lda + p]`: a row-major A read in place.
+    Rows,
+}
+
+/// A microkernel for one layout of A:
+/// `acc[i·NR + j] = Σ_p A(i, p) · b[p·ldb + j]` over `kc` steps, with A's panel
+/// laid out as the kernel's [`PanelLayout`] says and `kc` rows of `NR` floats of
+/// B, `ldb` apart (`NR` when B is packed).
+#[derive(Clone, Copy)]
+pub(crate) struct Kernels {
+    pub run: RunKernel,
+    /// The products with a row of strips of B, `strip_stride` floats apart,
+    /// written into a row of full `MR × NR` tiles of C with the epilogue applied in
+    /// registers, where the instruction set has it.
+    pub into: Option<IntoTiles>,
+}
+
+/// A microkernel that writes its product into an `MR × NR` array.
+pub(crate) type RunKernel =
+    fn(kc: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, acc: &mut [f32]);
+
+/// A microkernel that writes its products with `c.cols / NR` strips of B into a
+/// row of full tiles of C, epilogue applied.
+pub(crate) type IntoTiles = fn(
+    kc: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    strip_stride: usize,
+    c: TileMut<'_>,
+    epilogue: TileEpilogue<'_>,
+);
+
+/// The epilogue as a row of tiles sees it: slices start at its first column (and row).
+/// Only the x86 kernels store tiles themselves, hence read it.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[derive(Clone, Copy)]
+pub(crate) enum TileEpilogue<'a> {
+    None,
+    Bias(&'a [f32]),
+    BiasRelu(&'a [f32]),
+    ReluMask { mask: &'a [f32], row_stride: usize },
 }

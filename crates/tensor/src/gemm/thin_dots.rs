@@ -3,7 +3,7 @@
 //! a row of A with a row of the packed Bᵀ, summed in 16 (or 8) lanes and then
 //! across them. The portable kernel takes the general tiled path for these shapes.
 
-use super::Isa;
+use crate::simd::Isa;
 
 /// The widest output the thin loop takes (rounded up to [`THIN_STEP`] columns).
 pub(crate) const MAX_THIN_N: usize = 12;
