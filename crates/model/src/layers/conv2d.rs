@@ -8,7 +8,7 @@
 //! gradient is one more row of the product), `dx = patches⁻¹(dz·Wᵀ)` (each
 //! patch row added back onto the pixels it came from).
 
-use super::{keras_shape, Below, BelowDone, ParamGrads, Pass, Plan, Shapes};
+use super::{image_windows, Below, BelowDone, ParamGrads, Pass, Plan, Shapes};
 use kerno_tensor::conv::{
     add_patches_into_images, conv2d_kernel_gradient, forward_operands, images_to_patches,
     input_gradient_product, Padding, Windows,
@@ -85,40 +85,14 @@ impl Conv2D {
     }
 
     fn windows(&self, input: &[usize]) -> Result<Windows, String> {
-        let &[height, width, channels] = input else {
-            return Err(format!(
-                "Conv2D takes images (height, width, channels), not {}",
-                keras_shape(input)
-            ));
-        };
         if self.filters == 0 {
             return Err("Conv2D with 0 filters".into());
-        }
-        if self.kernel_size.contains(&0) || self.strides.contains(&0) {
-            return Err(format!(
-                "Conv2D's kernel_size {:?} and strides {:?} must be at least 1",
-                self.kernel_size, self.strides
-            ));
         }
         if self.activation == Activation::Softmax {
             return Err("Conv2D with a softmax activation is not supported".into());
         }
-        let [kh, kw] = self.kernel_size;
-        Windows::new(
-            [height, width, channels],
-            self.kernel_size,
-            self.strides,
-            self.padding,
-        )
-        .ok_or_else(|| {
-            format!(
-                "Conv2D's {kh}×{kw} window with strides {:?} and padding \"{}\" does not fit \
-                     its input {}",
-                self.strides,
-                self.padding,
-                keras_shape(input)
-            )
-        })
+        let window = (self.kernel_size, "kernel_size");
+        image_windows("Conv2D", input, window, self.strides, self.padding)
     }
 
     pub(crate) fn plan(&self, input: &[usize]) -> Result<Plan, String> {

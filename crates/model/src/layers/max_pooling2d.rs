@@ -4,7 +4,7 @@
 //! Backward: each `dy[p, c]` goes to the first input of window `p` equal to the
 //! maximum (TensorFlow's choice among ties); every other input's gradient is 0.
 
-use super::{keras_shape, Below, BelowDone, Pass, Plan, Shapes};
+use super::{image_windows, Below, BelowDone, Pass, Plan, Shapes};
 use kerno_tensor::conv::{Padding, Windows};
 use kerno_tensor::pool::{max_pool2d_backward, max_pool2d_forward};
 use kerno_tensor::profile::{self, Work};
@@ -70,34 +70,8 @@ impl MaxPooling2D {
     }
 
     fn windows(&self, input: &[usize]) -> Result<Windows, String> {
-        let &[height, width, channels] = input else {
-            return Err(format!(
-                "MaxPooling2D takes images (height, width, channels), not {}",
-                keras_shape(input)
-            ));
-        };
-        if self.pool_size.contains(&0) || self.strides.contains(&0) {
-            return Err(format!(
-                "MaxPooling2D's pool_size {:?} and strides {:?} must be at least 1",
-                self.pool_size, self.strides
-            ));
-        }
-        Windows::new(
-            [height, width, channels],
-            self.pool_size,
-            self.strides,
-            self.padding,
-        )
-        .ok_or_else(|| {
-            format!(
-                "MaxPooling2D's {:?} window with strides {:?} and padding \"{}\" does not fit \
-                     its input {}",
-                self.pool_size,
-                self.strides,
-                self.padding,
-                keras_shape(input)
-            )
-        })
+        let window = (self.pool_size, "pool_size");
+        image_windows("MaxPooling2D", input, window, self.strides, self.padding)
     }
 
     pub(crate) fn plan(&self, input: &[usize]) -> Result<Plan, String> {

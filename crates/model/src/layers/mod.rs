@@ -31,6 +31,7 @@ pub use input::Input;
 pub use max_pooling2d::{MaxPooling2D, MaxPooling2DLayer};
 
 use crate::workspace::InputBatch;
+use kerno_tensor::conv::{Padding, Windows};
 use kerno_tensor::{Activation, AlignedBuf};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -85,6 +86,38 @@ pub(crate) fn shape_len(shape: &[usize]) -> Option<usize> {
 pub(crate) fn keras_shape(shape: &[usize]) -> String {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     format!("(None, {})", dims.join(", "))
+}
+
+/// The windows of a `kind` layer (`Conv2D`, `MaxPooling2D`) over images of
+/// shape `input`, its `window` named as Keras names it; the error says what
+/// does not fit.
+pub(crate) fn image_windows(
+    kind: &str,
+    input: &[usize],
+    (window, window_name): ([usize; 2], &str),
+    strides: [usize; 2],
+    padding: Padding,
+) -> Result<Windows, String> {
+    let &[height, width, channels] = input else {
+        return Err(format!(
+            "{kind} takes images (height, width, channels), not {}",
+            keras_shape(input)
+        ));
+    };
+    if window.contains(&0) || strides.contains(&0) {
+        return Err(format!(
+            "{kind}'s {window_name} {window:?} and strides {strides:?} must be at least 1"
+        ));
+    }
+    Windows::new([height, width, channels], window, strides, padding).ok_or_else(|| {
+        format!(
+            "{kind}'s {}×{} window with strides {strides:?} and padding \"{padding}\" does not \
+             fit its input {}",
+            window[0],
+            window[1],
+            keras_shape(input)
+        )
+    })
 }
 
 macro_rules! each_layer {
