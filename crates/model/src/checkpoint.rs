@@ -194,12 +194,14 @@ impl Sequential {
         self.layers
             .iter()
             .flat_map(|l| {
-                let params = l.params().into_iter().map(|(param, _, _)| param);
-                params.map(|param| format!("optimizer/{}/{param}", l.name()))
+                l.params()
+                    .into_iter()
+                    .map(|(param, _, _)| (l.name(), param))
             })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .flat_map(|param| slot_names.iter().map(move |slot| format!("{param}/{slot}")))
+            .flat_map(|(layer, param)| {
+                let slots = slot_names.iter();
+                slots.map(move |slot| format!("optimizer/{layer}/{param}/{slot}"))
+            })
             .collect()
     }
 }

@@ -119,7 +119,7 @@ pub(crate) fn forward(
 }
 
 /// The loss summed over the batch and the number of right answers, from the last
-/// layer's output (logits when fused). When training, also the gradient of the
+/// layer's output (logits when fused) and the batch's targets gathered in `ws`. When training, also the gradient of the
 /// mean loss with respect to the last layer's pre-activation into its `grads`,
 /// and when fused its bias gradient too. Expects `forward` to have run with
 /// `last_activation = !fused_softmax_xent(..)`.
@@ -129,14 +129,24 @@ pub(crate) fn loss_and_grad(
     ws: &mut Workspace,
     rows: usize,
     train: bool,
-    targets: Targets<'_>,
+    targets: &TargetTable<'_>,
 ) -> LossStats {
+    let Workspace {
+        outputs,
+        grads,
+        dparams,
+        bias_grad_done,
+        y,
+        classes,
+        ..
+    } = ws;
+    let targets = targets.batch(y, classes, rows);
     let last_index = layers.len() - 1;
     let last = &layers[last_index];
     let units = last.output_len();
     let scale = 1.0 / rows.max(1) as f32;
     let fused = fused_softmax_xent(layers, loss);
-    let out = &ws.outputs[last_index][..rows * units];
+    let out = &outputs[last_index][..rows * units];
     let _span = profile::span(|| {
         let name = if fused {
             "softmax + cross-entropy (fused)"
@@ -147,10 +157,10 @@ pub(crate) fn loss_and_grad(
             .layer(last_index)
             .bytes(4 * 3 * out.len() as u64)
     });
-    ws.bias_grad_done[last_index] = train && fused;
-    let grad = train.then(|| &mut ws.grads[last_index][..rows * units]);
+    bias_grad_done[last_index] = train && fused;
+    let grad = train.then(|| &mut grads[last_index][..rows * units]);
     if fused {
-        let bias_grad = &mut ws.dparams[last_index][1][..];
+        let bias_grad = &mut dparams[last_index][1][..];
         let grad = grad.map(|values| LogitsGradient {
             values,
             scale,
@@ -287,11 +297,5 @@ pub(crate) fn forward_and_loss(
 ) -> LossStats {
     let fused = fused_softmax_xent(layers, loss);
     forward(layers, ws, step, !fused, run);
-    // The targets are read from the workspace while the loss writes its
-    // gradient there: they are moved out for the call (no allocation).
-    let (y, classes) = (std::mem::take(&mut ws.y), std::mem::take(&mut ws.classes));
-    let batch_targets = targets.batch(&y, &classes, step.rows);
-    let stats = loss_and_grad(layers, loss, ws, step.rows, step.training, batch_targets);
-    (ws.y, ws.classes) = (y, classes);
-    stats
+    loss_and_grad(layers, loss, ws, step.rows, step.training, targets)
 }
