@@ -4,14 +4,17 @@
 //! files that keep every layer (and version-1 files that still load).
 
 use kerno_model::{
-    Activation, Callback, Control, Conv2D, Dense, Dropout, FitOptions, Flatten, Input, Loss,
-    MaxPooling2D, Metric, ModelError, Optimizer, Padding, RunSettings, Sequential, Verbosity,
+    Activation, Conv2D, Dense, Dropout, FitOptions, Flatten, Input, Loss, MaxPooling2D, Metric,
+    Optimizer, Padding, RunSettings, Sequential, Verbosity,
 };
 use kerno_tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// 150 images in batches of 32: four full steps and a last one of 22.
+mod common;
+use common::{bits, InterruptAt};
+
 const SAMPLES: usize = 150;
 const BATCH: usize = 32;
 const SIDE: usize = 12;
@@ -68,14 +71,6 @@ fn options() -> FitOptions<'static> {
         .verbosity(Verbosity::Silent)
 }
 
-fn bits(model: &Sequential) -> Vec<u32> {
-    model
-        .weights()
-        .iter()
-        .flat_map(|t| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>())
-        .collect()
-}
-
 fn trained_on(threads: usize) -> Vec<u32> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -94,22 +89,6 @@ fn trained_on(threads: usize) -> Vec<u32> {
 #[test]
 fn the_convnet_trains_to_the_same_bits_on_one_and_two_threads() {
     assert_eq!(trained_on(1), trained_on(2));
-}
-
-/// Interrupts the run right after step `step` of epoch `epoch` (both 0-based).
-struct InterruptAt {
-    epoch: usize,
-    step: usize,
-}
-
-impl Callback for InterruptAt {
-    fn on_batch_end(&mut self, epoch: usize, step: usize, _: f32) -> Result<Control, ModelError> {
-        Ok(if (epoch, step) == (self.epoch, self.step) {
-            Control::Interrupt
-        } else {
-            Control::Continue
-        })
-    }
 }
 
 #[test]

@@ -9,6 +9,9 @@ use kerno_tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod common;
+use common::{bits, InterruptAt};
+
 const SAMPLES: usize = 150;
 const EPOCHS: usize = 3;
 /// 150 samples in batches of 32: four full steps and a last one of 22.
@@ -49,14 +52,6 @@ fn options() -> FitOptions<'static> {
         .verbosity(Verbosity::Silent)
 }
 
-fn bits(model: &Sequential) -> Vec<u32> {
-    model
-        .weights()
-        .iter()
-        .flat_map(|t| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>())
-        .collect()
-}
-
 fn optimizers() -> [Optimizer; 3] {
     [
         Optimizer::rmsprop(),
@@ -67,22 +62,6 @@ fn optimizers() -> [Optimizer; 3] {
             nesterov: true,
         },
     ]
-}
-
-/// Interrupts the run right after step `step` of epoch `epoch` (both 0-based).
-struct InterruptAt {
-    epoch: usize,
-    step: usize,
-}
-
-impl Callback for InterruptAt {
-    fn on_batch_end(&mut self, epoch: usize, step: usize, _: f32) -> Result<Control, ModelError> {
-        Ok(if (epoch, step) == (self.epoch, self.step) {
-            Control::Interrupt
-        } else {
-            Control::Continue
-        })
-    }
 }
 
 /// Stops the run at the end of epoch `epoch` (0-based).
