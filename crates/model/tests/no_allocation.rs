@@ -64,6 +64,28 @@ impl Callback for Snapshot {
     }
 }
 
+/// The allocations one epoch of `fit` made between the ends of steps `at[0]` and `at[1]`.
+fn fit_allocations(
+    m: &mut Sequential,
+    x: &Tensor,
+    y: &Tensor,
+    batch: usize,
+    at: [usize; 2],
+) -> usize {
+    let mut snap = Snapshot {
+        at,
+        counts: Vec::with_capacity(2),
+    };
+    let options = FitOptions::new()
+        .epochs(1)
+        .batch_size(batch)
+        .verbosity(Verbosity::Silent);
+    m.fit_with_callbacks(x, y, &options, &mut [&mut snap])
+        .unwrap();
+    assert_eq!(snap.counts.len(), 2, "the epoch reached both steps");
+    snap.counts[1] - snap.counts[0]
+}
+
 #[test]
 fn training_steps_allocate_nothing() {
     let _alone = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
@@ -99,21 +121,9 @@ fn training_steps_allocate_nothing() {
         // and on sparse ones.
         for sparse in [false, true] {
             let (x, y) = data(128 * 50, sparse);
-            let mut m = notebook_model();
-            let mut snap = Snapshot {
-                at: [5, 45],
-                counts: Vec::with_capacity(2),
-            };
-            let options = FitOptions::new()
-                .epochs(1)
-                .batch_size(128)
-                .verbosity(Verbosity::Silent);
-            m.fit_with_callbacks(&x, &y, &options, &mut [&mut snap])
-                .unwrap();
-            assert_eq!(snap.counts.len(), 2);
+            let during = fit_allocations(&mut notebook_model(), &x, &y, 128, [5, 45]);
             assert_eq!(
-                snap.counts[1] - snap.counts[0],
-                0,
+                during, 0,
                 "40 steps of fit allocated (sparse inputs: {sparse})"
             );
         }
@@ -148,22 +158,8 @@ fn convnet_training_steps_allocate_nothing() {
             &[Metric::Accuracy],
         )
         .unwrap();
-        let mut snap = Snapshot {
-            at: [5, 15],
-            counts: Vec::with_capacity(2),
-        };
-        let options = FitOptions::new()
-            .epochs(1)
-            .batch_size(64)
-            .verbosity(Verbosity::Silent);
-        m.fit_with_callbacks(&x, &y, &options, &mut [&mut snap])
-            .unwrap();
-        assert_eq!(snap.counts.len(), 2);
-        assert_eq!(
-            snap.counts[1] - snap.counts[0],
-            0,
-            "10 convnet steps allocated"
-        );
+        let during = fit_allocations(&mut m, &x, &y, 64, [5, 15]);
+        assert_eq!(during, 0, "10 convnet steps allocated");
     });
 }
 
