@@ -1,7 +1,7 @@
 //! Kernel benches: GEMM on the training step's shapes (kerno on each instruction
 //! set, `matrixmultiply`, the `gemm` crate, and the f64 reference), the first
 //! layer's products of a sparse batch against the dense GEMM, the fused softmax +
-//! cross-entropy, the RMSprop update, and the convnet's patch copies and
+//! cross-entropy, the RMSprop update, and the convnet's convolutions and
 //! pooling. Throughput is reported in FLOP
 //! (2 per multiply-add). Every GEMM runs on `RAYON_NUM_THREADS` threads (default:
 //! all cores), named in the group: kerno and `gemm` called from a thread of rayon's
@@ -9,7 +9,10 @@
 //! its own threads, given the same count.
 
 use criterion::{black_box, criterion_group, Bencher, BenchmarkId, Criterion, Throughput};
-use kerno::tensor::conv::{add_patches_into_images, images_to_patches, Padding, Windows};
+use kerno::tensor::conv::{
+    backward_scratch_len, conv2d_backward, conv2d_forward, patch_buffer_len, reserve_patch_buffers,
+    Padding, Windows,
+};
 use kerno::tensor::loss::{softmax_xent_fwd_bwd, LogitsGradient, Targets};
 use kerno::tensor::optim::RmsProp;
 use kerno::tensor::pool::{max_pool2d_backward, max_pool2d_forward};
@@ -22,19 +25,13 @@ use rand_chacha::ChaCha8Rng;
 use std::time::Instant;
 
 /// (name, m, k, n, A transposed, B transposed): the five GEMMs of the notebook's
-/// batch-128 step, the convnet's (batch 64, im2col) of its first two
-/// convolutions, and 1024³.
-const SHAPES: [(&str, usize, usize, usize, bool, bool); 11] = [
+/// batch-128 step, and 1024³.
+const SHAPES: [(&str, usize, usize, usize, bool, bool); 6] = [
     ("fwd1 X·W1 128x784x512", 128, 784, 512, false, false),
     ("fwd2 H·W2 128x512x10", 128, 512, 10, false, false),
     ("dW2 Ht·dZ 512x128x10", 512, 128, 10, true, false),
     ("dH dZ·W2t 128x10x512", 128, 10, 512, false, true),
     ("dW1 Xt·dH 784x128x512", 784, 128, 512, true, false),
-    ("conv1 fwd P·W 43264x9x32", 43264, 9, 32, false, false),
-    ("conv1 dW Pt·dZ 9x43264x32", 9, 43264, 32, true, false),
-    ("conv2 fwd P·W 7744x288x64", 7744, 288, 64, false, false),
-    ("conv2 dW Pt·dZ 288x7744x64", 288, 7744, 64, true, false),
-    ("conv2 dP dZ·Wt 7744x64x288", 7744, 64, 288, false, true),
     ("square 1024x1024x1024", 1024, 1024, 1024, false, false),
 ];
 
@@ -327,29 +324,49 @@ fn rmsprop(c: &mut Criterion) {
     group.finish();
 }
 
-/// The convnet's kernels around its GEMMs, on a batch of 64: the patches of
-/// its first two convolutions (im2col) and the second's col2im, and both max
-/// poolings forward and backward.
+/// The convnet's kernels on a batch of 64: its three convolutions forward
+/// (im2col, GEMM, bias and relu) and backward (im2col again, the kernel's
+/// gradient, and below the first layer the input's: GEMM and col2im), and both
+/// max poolings forward and backward.
 fn convnet_kernels(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let images = 64;
-    let mut group = c.benchmark_group("convnet kernels, batch 64");
+    let mut group = c.benchmark_group("convnet convolutions, batch 64");
     group.sample_size(30);
-    for (name, input) in [
-        ("conv1 28x28x1", [28, 28, 1]),
-        ("conv2 13x13x32", [13, 13, 32]),
+    for (name, input, filters) in [
+        ("conv1 28x28x1", [28, 28, 1], 32),
+        ("conv2 13x13x32", [13, 13, 32], 64),
+        ("conv3 5x5x64", [5, 5, 64], 64),
     ] {
         let w = Windows::new(input, [3, 3], [1, 1], Padding::Valid).expect("fits");
+        reserve_patch_buffers(patch_buffer_len(&w));
         let x = random(images * w.input_len(), &mut rng);
-        let mut patches = AlignedBuf::zeros(images * w.positions() * w.patch_row_len());
-        group.bench_function(format!("im2col {name}"), |b| {
-            iter_in_pool(b, || images_to_patches(&w, images, &x, &mut patches))
+        let kernel = random(w.patch_len() * filters, &mut rng);
+        let bias = random(filters, &mut rng);
+        let mut out = AlignedBuf::zeros(images * w.positions() * filters);
+        let products = (images * w.positions() * w.patch_len() * filters) as u64;
+        group.throughput(Throughput::Elements(2 * products));
+        group.bench_function(format!("conv forward {name}"), |b| {
+            iter_in_pool(b, || {
+                conv2d_forward(&w, images, &x, &kernel, Epilogue::BiasRelu(&bias), &mut out)
+            })
         });
+        let first = input[2] == 1;
+        group.throughput(Throughput::Elements(if first { 2 } else { 4 } * products));
+        let dz = random(out.len(), &mut rng);
+        let mut grads = AlignedBuf::zeros(w.patch_row_len() * filters);
+        let mut scratch = AlignedBuf::zeros(backward_scratch_len(&w, filters, images));
         let mut dx = AlignedBuf::zeros(x.len());
-        group.bench_function(format!("col2im {name}"), |b| {
-            iter_in_pool(b, || add_patches_into_images(&w, images, &patches, &mut dx))
+        group.bench_function(format!("conv backward {name}"), |b| {
+            iter_in_pool(b, || {
+                let dx = (!first).then_some(&mut dx[..]);
+                conv2d_backward(&w, images, &x, &kernel, &dz, &mut grads, dx, &mut scratch)
+            })
         });
     }
+    group.finish();
+    let mut group = c.benchmark_group("convnet pooling, batch 64");
+    group.sample_size(30);
     for (name, input) in [
         ("pool1 26x26x32", [26, 26, 32]),
         ("pool2 11x11x64", [11, 11, 64]),

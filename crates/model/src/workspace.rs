@@ -48,7 +48,7 @@ pub(crate) struct Workspace {
     /// Whether each layer's bias gradient is summed already this step (by the
     /// loss kernel or the backward pass of the layer above).
     pub bias_grad_done: Vec<bool>,
-    /// Each layer's scratch (a convolution's patches, a dropout's mask).
+    /// Each layer's scratch (a convolution's kernel gradient, a dropout's mask).
     pub scratch: Vec<AlignedBuf>,
     /// `0..capacity`, the sample indices of a batch given whole.
     pub sequence: Vec<usize>,
@@ -58,6 +58,10 @@ impl Workspace {
     pub fn new(layers: &[Layer], input_len: usize, capacity: usize) -> Self {
         let deepest = layers.iter().map(|l| l.deepest_product(capacity)).max();
         kerno_tensor::reserve_packing_buffers(deepest.unwrap_or(0).max(capacity));
+        let patches = layers.iter().map(Layer::patch_buffer_len).max();
+        if let Some(len) = patches.filter(|&len| len > 0) {
+            kerno_tensor::conv::reserve_patch_buffers(len);
+        }
         let outputs_len = layers.last().map_or(input_len, Layer::output_len);
         let per_layer = |len: &dyn Fn(&Layer) -> usize| {
             layers

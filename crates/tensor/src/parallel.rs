@@ -122,6 +122,21 @@ impl<C: Chunks> Chunks for Option<C> {
     }
 }
 
+/// Data split in units of `.1` elements (the last unit may be shorter): a
+/// chunk of `len` is `len` units, so that data of other unit sizes split with it.
+pub(crate) struct Units<C>(pub C, pub usize);
+
+impl<C: Chunks> Chunks for Units<C> {
+    fn len(&self) -> usize {
+        self.0.len().div_ceil(self.1.max(1))
+    }
+    fn split_at(self, mid: usize) -> (Self, Self) {
+        let at = (mid * self.1).min(self.0.len());
+        let (left, right) = self.0.split_at(at);
+        (Units(left, self.1), Units(right, self.1))
+    }
+}
+
 /// A block of a matrix split into blocks of whole rows.
 pub(crate) struct ByRows<'a>(pub BlockMut<'a>);
 

@@ -2,11 +2,10 @@
 //! both paddings, strides 1 and 2, and every instruction set of this machine.
 
 use kerno_tensor::conv::{
-    add_patches_into_images, conv2d_kernel_gradient_with, forward_operands, images_to_patches,
-    input_gradient_product_with, Padding, Windows,
+    backward_scratch_len, conv2d_backward_with, conv2d_forward_with, Padding, Windows,
 };
 use kerno_tensor::pool::{max_pool2d_backward, max_pool2d_forward};
-use kerno_tensor::{gemm_with, reference, Epilogue, Isa, MatMut};
+use kerno_tensor::{reference, Epilogue, Isa};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -27,9 +26,9 @@ const CONV_CASES: [ConvCase; 8] = [
     ([5, 5, 64], [3, 3], [1, 1], 64),
 ];
 
-/// The three passes of a convolution as a layer composes them: forward
-/// (patches, GEMM with bias and relu), kernel gradient with the bias gradient
-/// as its last row, input gradient (GEMM, patches back to pixels).
+/// A convolution's two passes as a layer runs them: forward (bias and relu
+/// in the epilogue), and backward (kernel gradient with the bias gradient as
+/// its last row, and the input gradient unless it is the first layer).
 struct Conv<'a> {
     isa: Isa,
     w: &'a Windows,
@@ -38,34 +37,42 @@ struct Conv<'a> {
 }
 
 impl Conv<'_> {
-    fn rows(&self) -> usize {
-        self.images * self.w.positions()
-    }
-
     fn filters(&self) -> usize {
         self.kernel.len() / self.w.patch_len()
     }
 
-    fn forward(&self, x: &[f32], bias: &[f32], patches: &mut [f32]) -> Vec<f32> {
-        images_to_patches(self.w, self.images, x, patches);
-        let (a, b) = forward_operands(self.w, self.images, patches, self.kernel);
-        let mut out = vec![f32::NAN; self.rows() * self.filters()];
-        let c = MatMut::row_major(&mut out, self.rows(), self.filters());
-        gemm_with(self.isa, a, b, c, false, Epilogue::BiasRelu(bias));
+    fn forward(&self, x: &[f32], bias: &[f32]) -> Vec<f32> {
+        let mut out = vec![f32::NAN; self.images * self.w.positions() * self.filters()];
+        let epilogue = Epilogue::BiasRelu(bias);
+        conv2d_forward_with(
+            self.isa,
+            self.w,
+            self.images,
+            x,
+            self.kernel,
+            epilogue,
+            &mut out,
+        );
         out
     }
 
-    fn kernel_and_bias_gradient(&self, patches: &[f32], dz: &[f32]) -> Vec<f32> {
-        let mut out = vec![f32::NAN; self.w.patch_row_len() * self.filters()];
-        conv2d_kernel_gradient_with(self.isa, self.w, self.images, patches, dz, &mut out);
-        out
-    }
-
-    fn input_gradient(&self, dz: &[f32], patches: &mut [f32]) -> Vec<f32> {
-        input_gradient_product_with(self.isa, self.w, self.images, self.kernel, dz, patches);
-        let mut dx = vec![f32::NAN; self.images * self.w.input_len()];
-        add_patches_into_images(self.w, self.images, patches, &mut dx);
-        dx
+    /// The kernel and bias gradient, and the input's when `with_dx`.
+    fn backward(&self, x: &[f32], dz: &[f32], with_dx: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+        let mut dk = vec![f32::NAN; self.w.patch_row_len() * self.filters()];
+        let mut dx = with_dx.then(|| vec![f32::NAN; x.len()]);
+        let mut scratch = vec![f32::NAN; backward_scratch_len(self.w, self.filters(), self.images)];
+        conv2d_backward_with(
+            self.isa,
+            self.w,
+            self.images,
+            x,
+            self.kernel,
+            dz,
+            &mut dk,
+            dx.as_deref_mut(),
+            &mut scratch,
+        );
+        (dk, dx)
     }
 }
 
@@ -79,7 +86,12 @@ fn conv2d_forward_and_gradients_match_the_reference() {
     for (input, window, strides, filters) in CONV_CASES {
         for padding in [Padding::Valid, Padding::Same] {
             let w = Windows::new(input, window, strides, padding).expect("the window fits");
-            let images = if input == [7, 9, 3] { 37 } else { 3 };
+            // Several tasks of images, each of several chunks, for some.
+            let images = match input {
+                [7, 9, 3] => 37,
+                [13, 13, 32] => 9,
+                _ => 3,
+            };
             let x = random(&mut rng, images * w.input_len());
             let kernel = random(&mut rng, w.patch_len() * filters);
             let bias = random(&mut rng, filters);
@@ -115,21 +127,22 @@ fn conv2d_forward_and_gradients_match_the_reference() {
                     images,
                     kernel: &kernel,
                 };
-                let mut patches = vec![f32::NAN; rows * w.patch_row_len()];
-                let out = conv.forward(&x, &bias, &mut patches);
+                let out = conv.forward(&x, &bias);
                 let err = rel_err(&out, &exact);
                 assert!(err < 1e-5, "{isa:?} {case} forward: rel err {err}");
 
-                let dk = conv.kernel_and_bias_gradient(&patches, &dz);
+                let (dk, dx) = conv.backward(&x, &dz, true);
                 let err = rel_err(&dk, &exact_dk_db);
                 assert!(
                     err < 1e-5,
                     "{isa:?} {case} kernel and bias gradient: rel err {err}"
                 );
-
-                let dx = conv.input_gradient(&dz, &mut patches);
-                let err = rel_err(&dx, &exact_dx);
+                let err = rel_err(&dx.expect("asked for"), &exact_dx);
                 assert!(err < 1e-5, "{isa:?} {case} input gradient: rel err {err}");
+
+                // The first layer's pass, without the input gradient.
+                let (first_layer_dk, _) = conv.backward(&x, &dz, false);
+                assert!(same_bits(&first_layer_dk, &dk), "{isa:?} {case}");
             }
         }
     }
@@ -203,10 +216,9 @@ fn conv2d_and_pooling_give_the_same_bits_on_one_and_two_threads() {
                 images,
                 kernel: &kernel,
             };
-            let mut patches = vec![0.0; conv.rows() * conv.w.patch_row_len()];
-            let out = conv.forward(&x, &bias, &mut patches);
-            let dk = conv.kernel_and_bias_gradient(&patches, &out);
-            let dx = conv.input_gradient(&out, &mut patches);
+            let out = conv.forward(&x, &bias);
+            let (dk, dx) = conv.backward(&x, &out, true);
+            let dx = dx.expect("asked for");
             let mut pooled = vec![0.0; images * pool.positions() * 64];
             max_pool2d_forward(&pool, images, &out, &mut pooled);
             let mut d_pool = vec![0.0; out.len()];

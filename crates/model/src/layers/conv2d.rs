@@ -2,19 +2,19 @@
 //! NHWC images, the kernel stored `[kh, kw, in, filters]` as Keras stores it.
 //!
 //! Forward: `P = patches(x)` (im2col: `[N·positions × kh·kw·in]`),
-//! `z = P·W + b`, `y = act(z)`: one GEMM whose rows are the NHWC output, bias
-//! and relu in its epilogue.
+//! `z = P·W + b`, `y = act(z)`: a GEMM whose rows are the NHWC output, bias
+//! and relu in its epilogue (a few images at a time, see `kerno_tensor::conv`).
 //! Backward: `[dW; db] = [P 1]ᵀ·dz` (the patch rows end with a 1, so the bias
 //! gradient is one more row of the product), `dx = patches⁻¹(dz·Wᵀ)` (each
-//! patch row added back onto the pixels it came from).
+//! patch row added back onto the pixels it came from); the patches are made
+//! again from `x`.
 
 use super::{image_windows, Below, BelowDone, ParamGrads, Pass, Plan, Shapes};
 use kerno_tensor::conv::{
-    add_patches_into_images, conv2d_kernel_gradient, forward_operands, images_to_patches,
-    input_gradient_product, Padding, Windows,
+    backward_scratch_len, conv2d_backward, conv2d_forward, patch_buffer_len, Padding, Windows,
 };
 use kerno_tensor::profile::{self, Work};
-use kerno_tensor::{gemm, Activation, AlignedBuf, Epilogue, MatMut};
+use kerno_tensor::{Activation, AlignedBuf, Epilogue};
 
 /// `layers.Conv2D(filters, kernel_size, ...)` as in Keras: strides 1, `"valid"`
 /// padding, no activation and a bias unless told otherwise.
@@ -105,8 +105,10 @@ impl Conv2D {
         Ok(Plan {
             output_shape: vec![w.out_height, w.out_width, self.filters],
             params,
-            // The patches (`Windows::new` checked that this product fits).
-            scratch_per_sample: w.positions() * w.patch_row_len(),
+            // A thread's patches of one image, the kernel gradient's partial sum
+            // and the kernel transposed (`Windows::new` checked these products).
+            scratch_per_sample: w.positions() * w.patch_row_len()
+                + (w.patch_row_len() + w.patch_len()) * self.filters,
         })
     }
 
@@ -158,36 +160,28 @@ impl Conv2DLayer {
         (self.windows.positions() * self.windows.patch_len() * self.config.filters) as u64
     }
 
-    fn work(&self, name: &'static str, pass: &Pass) -> Work {
+    /// The work of `products` GEMMs the size of the forward one.
+    fn work(&self, name: &'static str, pass: &Pass, products: u64) -> Work {
         Work::kernel(name)
             .layer(pass.layer)
-            .flops(2 * pass.rows as u64 * self.multiply_adds_per_sample())
+            .flops(2 * products * pass.rows as u64 * self.multiply_adds_per_sample())
     }
 
-    /// Floats of the patch matrix of `rows` samples.
-    fn patches_len(&self, rows: usize) -> usize {
-        rows * self.windows.positions() * self.windows.patch_row_len()
-    }
-
-    /// Floats of scratch a pass over `rows` samples needs: the patches, and the
-    /// kernel gradient with its bias row.
+    /// Floats of scratch a pass over `rows` samples needs: the kernel gradient
+    /// with its bias row, and what the backward pass sums it in.
     pub(crate) fn scratch_len(&self, rows: usize) -> usize {
-        self.patches_len(rows) + self.windows.patch_row_len() * self.config.filters
+        let filters = self.config.filters;
+        self.windows.patch_row_len() * filters + backward_scratch_len(&self.windows, filters, rows)
     }
 
-    /// `out = act(patches(x)·W + b)`, the patches left in `scratch` for the
-    /// weight gradient.
-    pub(crate) fn forward(&self, pass: &Pass, x: &[f32], out: &mut [f32], scratch: &mut [f32]) {
+    /// Floats of the patches a thread makes at once.
+    pub(crate) fn patch_buffer_len(&self) -> usize {
+        patch_buffer_len(&self.windows)
+    }
+
+    /// `out = act(patches(x)·W + b)`.
+    pub(crate) fn forward(&self, pass: &Pass, x: &[f32], out: &mut [f32]) {
         let (rows, filters) = (pass.rows, self.config.filters);
-        let patches = &mut scratch[..self.patches_len(rows)];
-        {
-            let _span = profile::span(|| {
-                Work::kernel("conv patches (im2col)")
-                    .layer(pass.layer)
-                    .bytes(4 * patches.len() as u64)
-            });
-            images_to_patches(&self.windows, rows, x, patches);
-        }
         let relu = pass.activate && self.config.activation == Activation::Relu;
         let epilogue = match (&self.bias, relu) {
             (Some(bias), true) => Epilogue::BiasRelu(bias),
@@ -196,14 +190,12 @@ impl Conv2DLayer {
         };
         {
             let name = if relu {
-                "conv forward GEMM + bias + relu"
+                "conv forward: im2col, GEMM + bias + relu"
             } else {
-                "conv forward GEMM + bias"
+                "conv forward: im2col, GEMM + bias"
             };
-            let _span = profile::span(|| self.work(name, pass));
-            let (a, b) = forward_operands(&self.windows, rows, patches, &self.kernel);
-            let c = MatMut::row_major(out, a.rows(), filters);
-            gemm(a, b, c, false, epilogue);
+            let _span = profile::span(|| self.work(name, pass, 1));
+            conv2d_forward(&self.windows, rows, x, &self.kernel, epilogue, out);
         }
         // Without a bias there is no epilogue to fuse the relu into.
         let separate = pass.activate && (!relu || self.bias.is_none());
@@ -222,18 +214,34 @@ impl Conv2DLayer {
     pub(crate) fn backward(
         &self,
         pass: &Pass,
+        x: &[f32],
         dz: &[f32],
         params: ParamGrads<'_>,
         scratch: &mut [f32],
         below: Option<Below<'_>>,
     ) -> BelowDone {
         let (rows, filters) = (pass.rows, self.config.filters);
-        let (patches, rest) = scratch.split_at_mut(self.patches_len(rows));
-        let with_bias = &mut rest[..self.windows.patch_row_len() * filters];
+        let (with_bias, scratch) = scratch.split_at_mut(self.windows.patch_row_len() * filters);
         {
-            let name = "conv weight-gradient GEMM (+ bias gradient)";
-            let _span = profile::span(|| self.work(name, pass));
-            conv2d_kernel_gradient(&self.windows, rows, patches, dz, with_bias);
+            let (name, products) = match below {
+                Some(_) => (
+                    "conv backward: im2col, weight- and input-gradient GEMMs, col2im",
+                    2,
+                ),
+                None => ("conv backward: im2col, weight-gradient GEMM", 1),
+            };
+            let _span = profile::span(|| self.work(name, pass, products));
+            let dx = below.map(|below| below.d_out);
+            conv2d_backward(
+                &self.windows,
+                rows,
+                x,
+                &self.kernel,
+                dz,
+                with_bias,
+                dx,
+                scratch,
+            );
         }
         let (kernel_grad, bias_grad) = with_bias.split_at(self.kernel.len());
         match params.grads {
@@ -245,18 +253,6 @@ impl Conv2DLayer {
             }
             [dkernel] => dkernel.copy_from_slice(kernel_grad),
             _ => unreachable!("a Conv2D layer has a kernel and maybe a bias"),
-        }
-        if let Some(below) = below {
-            {
-                let _span = profile::span(|| self.work("conv input-gradient GEMM", pass));
-                input_gradient_product(&self.windows, rows, &self.kernel, dz, patches);
-            }
-            let _span = profile::span(|| {
-                Work::kernel("conv patches back to pixels (col2im)")
-                    .layer(pass.layer)
-                    .bytes(4 * (patches.len() + below.d_out.len()) as u64)
-            });
-            add_patches_into_images(&self.windows, rows, patches, below.d_out);
         }
         BelowDone::default()
     }

@@ -412,11 +412,19 @@ impl Layer {
     }
 
     /// Floats of scratch a pass over `rows` samples needs (a convolution's
-    /// patches, a dropout's mask).
+    /// kernel gradient and its partial sums, a dropout's mask).
     pub(crate) fn scratch_len(&self, rows: usize) -> usize {
         match self {
             Layer::Conv2D(l) => l.scratch_len(rows),
             Layer::Dropout(l) => rows * l.shapes.output.iter().product::<usize>(),
+            _ => 0,
+        }
+    }
+
+    /// Floats of the patches a thread makes at once (a convolution's; else 0).
+    pub(crate) fn patch_buffer_len(&self) -> usize {
+        match self {
+            Layer::Conv2D(l) => l.patch_buffer_len(),
             _ => 0,
         }
     }
@@ -426,7 +434,10 @@ impl Layer {
     pub(crate) fn deepest_product(&self, rows: usize) -> usize {
         match self {
             Layer::Dense(l) => l.inputs.max(l.units).max(rows),
-            Layer::Conv2D(l) => (rows * l.windows.positions()).max(l.windows.patch_row_len()),
+            Layer::Conv2D(l) => {
+                let chunk_rows = l.patch_buffer_len() / l.windows.patch_row_len();
+                chunk_rows.max(l.windows.patch_row_len())
+            }
             _ => 0,
         }
     }
@@ -441,7 +452,7 @@ impl Layer {
     ) {
         match self {
             Layer::Dense(l) => l.forward(pass, input, out),
-            Layer::Conv2D(l) => l.forward(pass, input.values(), out, scratch),
+            Layer::Conv2D(l) => l.forward(pass, input.values(), out),
             Layer::MaxPooling2D(l) => l.forward(pass, input.values(), out),
             Layer::Flatten(l) => l.forward(input.values(), out),
             Layer::Dropout(l) => l.forward(pass, input.values(), out, scratch),
@@ -462,7 +473,7 @@ impl Layer {
     ) -> BelowDone {
         match self {
             Layer::Dense(l) => l.backward(pass, input, dz, params, below),
-            Layer::Conv2D(l) => l.backward(pass, dz, params, scratch, below),
+            Layer::Conv2D(l) => l.backward(pass, input.values(), dz, params, scratch, below),
             Layer::MaxPooling2D(l) => l.backward(pass, input.values(), output, dz, below),
             Layer::Flatten(l) => l.backward(dz, below),
             Layer::Dropout(l) => l.backward(dz, scratch, below),

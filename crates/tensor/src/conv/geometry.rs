@@ -119,7 +119,7 @@ impl Windows {
     }
 
     /// Floats of a row of the patch matrix: the patch, then the 1 of the bias
-    /// column (see `images_to_patches`).
+    /// column (see `conv::patches`).
     pub fn patch_row_len(&self) -> usize {
         self.patch_len() + 1
     }

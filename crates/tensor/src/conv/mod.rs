@@ -1,99 +1,276 @@
-//! 2-D convolution over NHWC images on kerno's GEMM (im2col): each output
-//! position's window is copied into a row of a patch matrix, so that the
-//! convolution is one GEMM of `patches [N·positions × kh·kw·in]` by the kernel
-//! `[kh·kw·in × filters]` (Keras' `[kh, kw, in, filters]`, read flat), whose
-//! output rows are the NHWC output, with bias and relu fused in its epilogue.
-//! The kernel's gradient is `patchesᵀ·dz` (its row of ones giving the bias
-//! gradient too), and the input's `dz·kernelᵀ` scattered back from patch rows
-//! to pixels (col2im).
+//! 2-D convolution over NHWC images on kerno's GEMM (im2col), a few images at a
+//! time: each output position's window is copied into a row of a patch matrix,
+//! so that the convolution is a GEMM of `patches [positions × kh·kw·in]` by the
+//! kernel `[kh·kw·in × filters]` (Keras' `[kh, kw, in, filters]`, read flat),
+//! whose output rows are the NHWC output, with bias and relu fused in its
+//! epilogue. The kernel's gradient is `patchesᵀ·dz` (each patch row ends with a
+//! 1, so the bias gradient is one more row of it), and the input's `dz·kernelᵀ`
+//! scattered back from patch rows to pixels (col2im).
 //!
-//! The copies split the batch into fixed chunks of images, and the GEMMs give
-//! the same bits on any thread count: so does a convolution.
+//! The patches of a chunk of images are written into the thread's own buffer
+//! and read by the GEMM while they are still in L2, never for the whole batch:
+//! the patch matrix of the convnet's second layer is 8.9 MB a batch, and
+//! writing it out and reading it back from memory cost more than the products
+//! on it. The backward pass makes the patches again rather than keep them.
+//!
+//! Tasks take fixed groups of images, each summing its images' kernel
+//! gradient in order into its own partial sum, and the partial sums are added
+//! in group order: the same bits on any number of threads.
 
 mod geometry;
 mod patches;
 
 pub use geometry::{Padding, Windows};
-pub use patches::{add_patches_into_images, images_to_patches};
 
-use crate::gemm::{gemm_with, Epilogue};
+use crate::gemm::{gemm_one_task, with_buffer, Epilogue};
 use crate::matrix::{MatMut, MatRef};
+use crate::parallel::{for_each_chunk, Units};
 use crate::simd::Isa;
+use crate::AlignedBuf;
+use patches::{add_image_patches, image_patches_of};
+use std::cell::RefCell;
 
-/// `out = patchesᵀ·dz`: the kernel's gradient, `[kh·kw·in × filters]`, then
-/// the bias gradient (`Σ_rows dz`) as its last row; `patches` as
-/// [`images_to_patches`] wrote them, `dz` the gradient with respect to the
-/// convolution's output before its activation, `[N·positions × filters]`.
+/// Images per parallel task: the split depends on the batch alone, never on
+/// the thread count, and a task is large enough to pay for its hand-over.
+const IMAGES_PER_TASK: usize = 4;
+/// Floats of patches made at once (256 KiB): they stay in L2 (512 KiB a core on
+/// Zen 3) beside the rest of the GEMM's operands, until it has read them.
+const CHUNK_FLOATS: usize = 64 * 1024;
+
+thread_local! {
+    /// The patches of the chunk of images a task works on.
+    static PATCHES: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
+}
+
+/// Images whose patches are made and multiplied at once: as many as fit in
+/// [`CHUNK_FLOATS`] (at least one), at most a task's.
+fn images_per_chunk(w: &Windows) -> usize {
+    let image_patches = w.positions() * w.patch_row_len();
+    (CHUNK_FLOATS / image_patches.max(1)).clamp(1, IMAGES_PER_TASK)
+}
+
+/// Floats of the patch buffer each thread needs for convolutions over `windows`.
+pub fn patch_buffer_len(windows: &Windows) -> usize {
+    images_per_chunk(windows) * windows.positions() * windows.patch_row_len()
+}
+
+/// Gives every thread of the current rayon pool its patch buffer at `len`
+/// floats (the largest [`patch_buffer_len`] of a model's convolutions): a
+/// thread that rayon first gives part of a convolution then allocates nothing.
+pub fn reserve_patch_buffers(len: usize) {
+    rayon::broadcast(|_| {
+        PATCHES.with(|buffer| {
+            buffer.borrow_mut().grow(len);
+        })
+    });
+}
+
+/// Runs `chunk(first_image, images, patches)` over the task's images, a chunk
+/// at a time and in order, with the chunk's patches made in the thread's buffer.
+fn for_each_chunk_of_patches(
+    w: &Windows,
+    input: &[f32],
+    first: usize,
+    images: usize,
+    mut chunk: impl FnMut(usize, usize, &mut [f32]),
+) {
+    let (image_len, image_patches) = (w.input_len(), w.positions() * w.patch_row_len());
+    let per_chunk = images_per_chunk(w);
+    with_buffer(&PATCHES, |buffer: &mut AlignedBuf| {
+        for start in (first..first + images).step_by(per_chunk) {
+            let count = per_chunk.min(first + images - start);
+            let patches = &mut buffer.grow(per_chunk * image_patches)[..count * image_patches];
+            for (i, rows) in patches.chunks_exact_mut(image_patches).enumerate() {
+                image_patches_of(w, &input[(start + i) * image_len..][..image_len], rows);
+            }
+            chunk(start, count, patches);
+        }
+    })
+}
+
+/// `out = patches(input)·kernel`, then the epilogue (bias, relu) on each tile:
+/// the convolution of `images` NHWC images into their NHWC outputs
+/// (`[images · positions × filters]`).
 ///
 /// # Panics
 /// When a buffer is shorter than `images` need.
-pub fn conv2d_kernel_gradient(
+pub fn conv2d_forward(
     windows: &Windows,
     images: usize,
-    patches: &[f32],
-    dz: &[f32],
+    input: &[f32],
+    kernel: &[f32],
+    epilogue: Epilogue<'_>,
     out: &mut [f32],
 ) {
-    conv2d_kernel_gradient_with(Isa::detected(), windows, images, patches, dz, out)
+    conv2d_forward_with(
+        Isa::detected(),
+        windows,
+        images,
+        input,
+        kernel,
+        epilogue,
+        out,
+    )
 }
 
-/// [`conv2d_kernel_gradient`] with a chosen instruction set (tests force each one).
-pub fn conv2d_kernel_gradient_with(
+/// [`conv2d_forward`] with a chosen instruction set (tests force each one).
+pub fn conv2d_forward_with(
     isa: Isa,
     windows: &Windows,
     images: usize,
-    patches: &[f32],
-    dz: &[f32],
+    input: &[f32],
+    kernel: &[f32],
+    epilogue: Epilogue<'_>,
     out: &mut [f32],
 ) {
-    let row_len = windows.patch_row_len();
-    let filters = out.len() / row_len;
-    let rows = images * windows.positions();
-    let a = MatRef::row_major(&patches[..rows * row_len], rows, row_len);
-    let b = MatRef::row_major(&dz[..rows * filters], rows, filters);
-    let c = MatMut::row_major(out, row_len, filters);
-    gemm_with(isa, a.t(), b, c, false, Epilogue::None);
-}
-
-/// The GEMM views of a convolution's forward pass: the patches without their
-/// ones' column (`[N·positions × kh·kw·in]`) and the kernel.
-pub fn forward_operands<'a>(
-    windows: &Windows,
-    images: usize,
-    patches: &'a [f32],
-    kernel: &'a [f32],
-) -> (MatRef<'a>, MatRef<'a>) {
-    let (rows, depth) = (images * windows.positions(), windows.patch_len());
+    let (positions, depth) = (windows.positions(), windows.patch_len());
     let filters = kernel.len() / depth.max(1);
-    let a = MatRef::new(&patches[..rows * (depth + 1)], rows, depth, depth + 1, 1);
-    (a, MatRef::row_major(kernel, depth, filters))
+    let image_out = positions * filters;
+    let input = &input[..images * windows.input_len()];
+    let kernel = MatRef::row_major(kernel, depth, filters);
+    for_each_chunk(
+        &mut out[..images * image_out],
+        IMAGES_PER_TASK * image_out,
+        &|task, out: &mut [f32]| {
+            let first = task * IMAGES_PER_TASK;
+            let count = out.len() / image_out.max(1);
+            for_each_chunk_of_patches(windows, input, first, count, |start, n, patches| {
+                let rows = n * positions;
+                let a = MatRef::new(patches, rows, depth, depth + 1, 1);
+                let out = &mut out[(start - first) * image_out..][..n * image_out];
+                let c = MatMut::row_major(out, rows, filters);
+                gemm_one_task(isa, a, kernel, c, false, epilogue);
+            });
+        },
+    );
 }
 
-/// The GEMM of the input's gradient: `dz·kernelᵀ` into the patch rows (their
-/// ones' column left alone), for [`add_patches_into_images`] to scatter.
-pub fn input_gradient_product(
+/// Floats of scratch [`conv2d_backward`] needs for `images` images: a partial
+/// kernel gradient per task, and the kernel transposed.
+pub fn backward_scratch_len(windows: &Windows, filters: usize, images: usize) -> usize {
+    let tasks = images.div_ceil(IMAGES_PER_TASK);
+    (tasks * windows.patch_row_len() + windows.patch_len()) * filters
+}
+
+/// The gradients of a convolution: `kernel_and_bias = [P 1]ᵀ·dz` (the kernel's
+/// gradient, `[kh·kw·in × filters]`, then the bias gradient `Σ_rows dz` as its
+/// last row), and when `dx` is given the input's, `dx = col2im(dz·kernelᵀ)`.
+/// `dz` is the gradient with respect to the convolution's output before its
+/// activation, `[images · positions × filters]`; `scratch` holds
+/// [`backward_scratch_len`] floats.
+///
+/// # Panics
+/// When a buffer is shorter than `images` need.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward(
     windows: &Windows,
     images: usize,
+    input: &[f32],
     kernel: &[f32],
     dz: &[f32],
-    patches: &mut [f32],
+    kernel_and_bias: &mut [f32],
+    dx: Option<&mut [f32]>,
+    scratch: &mut [f32],
 ) {
-    input_gradient_product_with(Isa::detected(), windows, images, kernel, dz, patches)
+    let isa = Isa::detected();
+    conv2d_backward_with(
+        isa,
+        windows,
+        images,
+        input,
+        kernel,
+        dz,
+        kernel_and_bias,
+        dx,
+        scratch,
+    )
 }
 
-/// [`input_gradient_product`] with a chosen instruction set (tests force each one).
-pub fn input_gradient_product_with(
+/// [`conv2d_backward`] with a chosen instruction set (tests force each one).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_with(
     isa: Isa,
     windows: &Windows,
     images: usize,
+    input: &[f32],
     kernel: &[f32],
     dz: &[f32],
-    patches: &mut [f32],
+    kernel_and_bias: &mut [f32],
+    dx: Option<&mut [f32]>,
+    scratch: &mut [f32],
 ) {
-    let (rows, depth) = (images * windows.positions(), windows.patch_len());
+    let (positions, depth, row_len) = (
+        windows.positions(),
+        windows.patch_len(),
+        windows.patch_row_len(),
+    );
     let filters = kernel.len() / depth.max(1);
-    let a = MatRef::row_major(&dz[..rows * filters], rows, filters);
-    let b = MatRef::row_major(kernel, depth, filters).t();
-    let c = MatMut::new(&mut patches[..rows * (depth + 1)], rows, depth, depth + 1);
-    gemm_with(isa, a, b, c, false, Epilogue::None);
+    let (image_len, image_dz) = (windows.input_len(), positions * filters);
+    let (input, dz) = (&input[..images * image_len], &dz[..images * image_dz]);
+    let grad_len = row_len * filters;
+    let tasks = images.div_ceil(IMAGES_PER_TASK);
+    let (partials, kernel_t) = scratch.split_at_mut(tasks * grad_len);
+    let kernel_t = &mut kernel_t[..depth * filters];
+    // `kernelᵀ` row-major, so that the input gradient's GEMM reads it in place
+    // instead of packing it for every chunk.
+    if dx.is_some() {
+        for (t, row) in kernel.chunks_exact(filters.max(1)).enumerate() {
+            for (f, &value) in row.iter().enumerate() {
+                kernel_t[f * depth + t] = value;
+            }
+        }
+    }
+    let kernel_t = MatRef::row_major(kernel_t, filters, depth);
+    let dx = dx.map(|dx| Units(&mut dx[..images * image_len], IMAGES_PER_TASK * image_len));
+    for_each_chunk((Units(&mut *partials, grad_len), dx), 1, &|task,
+                                                               (
+        Units(partial, _),
+        dx,
+    ): (
+        Units<&mut [f32]>,
+        Option<Units<&mut [f32]>>,
+    )| {
+        let first = task * IMAGES_PER_TASK;
+        let count = IMAGES_PER_TASK.min(images - first);
+        let mut dx = dx.map(|Units(dx, _)| dx);
+        for_each_chunk_of_patches(windows, input, first, count, |start, n, patches| {
+            let rows = n * positions;
+            let dz = MatRef::row_major(&dz[start * image_dz..][..rows * filters], rows, filters);
+            let p = MatRef::row_major(patches, rows, row_len);
+            let c = MatMut::row_major(partial, row_len, filters);
+            gemm_one_task(isa, p.t(), dz, c, start > first, Epilogue::None);
+            if let Some(dx) = dx.as_deref_mut() {
+                let dp = MatMut::new(patches, rows, depth, row_len);
+                gemm_one_task(isa, dz, kernel_t, dp, false, Epilogue::None);
+                let dx = &mut dx[(start - first) * image_len..][..n * image_len];
+                for (rows, image) in patches
+                    .chunks_exact(row_len * positions)
+                    .zip(dx.chunks_exact_mut(image_len))
+                {
+                    add_image_patches(windows, rows, image);
+                }
+            }
+        });
+    });
+    // The tasks' partial sums added in task order.
+    let partials = &*partials;
+    for_each_chunk(
+        &mut kernel_and_bias[..grad_len],
+        SUM_CHUNK,
+        &|i, out: &mut [f32]| {
+            let at = i * SUM_CHUNK;
+            let mut partials = partials.chunks_exact(grad_len.max(1));
+            match partials.next() {
+                Some(first) => out.copy_from_slice(&first[at..][..out.len()]),
+                None => out.fill(0.0),
+            }
+            for partial in partials {
+                let partial = &partial[at..][..out.len()];
+                out.iter_mut().zip(partial).for_each(|(o, p)| *o += p);
+            }
+        },
+    );
 }
+
+/// Floats of the kernel gradient each task of the final sum adds up.
+const SUM_CHUNK: usize = 4096;

@@ -7,35 +7,6 @@
 //! gradient's product.
 
 use super::Windows;
-use crate::parallel::for_each_chunk;
-
-/// Images per parallel task: the split depends on the batch alone, never on
-/// the thread count, and a task is large enough to pay for its hand-over.
-const IMAGES_PER_TASK: usize = 4;
-
-/// Writes row `image·positions + oy·out_width + ox` of `patches` (rows of
-/// `windows.patch_row_len()`) with the window of output position `(oy, ox)`:
-/// for each `(ky, kx)` in order the `channels` values of the pixel under it,
-/// zeros in the padding, then a 1.
-///
-/// # Panics
-/// When `input` or `patches` is shorter than `images` need.
-pub fn images_to_patches(windows: &Windows, images: usize, input: &[f32], patches: &mut [f32]) {
-    let image_len = windows.input_len();
-    let image_patches = windows.positions() * windows.patch_row_len();
-    let input = &input[..images * image_len];
-    for_each_chunk(
-        &mut patches[..images * image_patches],
-        IMAGES_PER_TASK * image_patches,
-        &|task, chunk: &mut [f32]| {
-            let first = task * IMAGES_PER_TASK;
-            for (i, image_rows) in chunk.chunks_exact_mut(image_patches).enumerate() {
-                let image = &input[(first + i) * image_len..][..image_len];
-                image_patches_of(windows, image, image_rows);
-            }
-        },
-    );
-}
 
 /// For output position `(oy, ox)` and window row `ky`: where the run of
 /// `kw·channels` patch values starts in the image, or how it straddles the edge.
@@ -62,7 +33,11 @@ fn run(w: &Windows, oy: usize, ox: usize, ky: usize) -> Run {
     }
 }
 
-fn image_patches_of(w: &Windows, image: &[f32], rows: &mut [f32]) {
+/// Writes the patch rows of one image: row `oy·out_width + ox` (of
+/// `w.patch_row_len()` floats) holds the window of output position `(oy, ox)`,
+/// for each `(ky, kx)` in order the `channels` values of the pixel under it,
+/// zeros in the padding, then a 1.
+pub(super) fn image_patches_of(w: &Windows, image: &[f32], rows: &mut [f32]) {
     let (c, run_len) = (w.channels, w.window[1] * w.channels);
     let mut rows = rows.chunks_exact_mut(w.patch_row_len());
     for oy in 0..w.out_height {
@@ -108,35 +83,10 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// The adjoint of [`images_to_patches`]: each image `= Σ` of its patch values
-/// onto the pixels they were copied from (padding and the ones' column
-/// dropped), summed in patch-row order.
-///
-/// # Panics
-/// When `patches` or `images_out` is shorter than `images` need.
-pub fn add_patches_into_images(
-    windows: &Windows,
-    images: usize,
-    patches: &[f32],
-    images_out: &mut [f32],
-) {
-    let image_len = windows.input_len();
-    let image_patches = windows.positions() * windows.patch_row_len();
-    let patches = &patches[..images * image_patches];
-    for_each_chunk(
-        &mut images_out[..images * image_len],
-        IMAGES_PER_TASK * image_len,
-        &|task, chunk: &mut [f32]| {
-            let first = task * IMAGES_PER_TASK;
-            for (i, image) in chunk.chunks_exact_mut(image_len).enumerate() {
-                let rows = &patches[(first + i) * image_patches..][..image_patches];
-                add_image_patches(windows, rows, image);
-            }
-        },
-    );
-}
-
-fn add_image_patches(w: &Windows, rows: &[f32], image: &mut [f32]) {
+/// The adjoint of [`image_patches_of`]: `image = Σ` of its patch values onto
+/// the pixels they were copied from (padding and the ones' column dropped),
+/// summed in patch-row order.
+pub(super) fn add_image_patches(w: &Windows, rows: &[f32], image: &mut [f32]) {
     let (c, run_len) = (w.channels, w.window[1] * w.channels);
     image.fill(0.0);
     let mut rows = rows.chunks_exact(w.patch_row_len());

@@ -64,7 +64,7 @@ pub fn reserve_packing_buffers(max_depth: usize) {
 
 /// Runs `f` with this thread's buffer `key`, or with a new one when the buffer is
 /// held further up this thread's stack (a GEMM run here while another waits).
-fn with_buffer<T: Default, R>(
+pub(crate) fn with_buffer<T: Default, R>(
     key: &'static LocalKey<RefCell<T>>,
     f: impl FnOnce(&mut T) -> R,
 ) -> R {
@@ -110,7 +110,27 @@ pub fn gemm_with(
     accumulate: bool,
     epilogue: Epilogue<'_>,
 ) {
-    gemm_summing(isa, a, b, c, accumulate, epilogue, None)
+    gemm_summing(isa, a, b, c, accumulate, epilogue, None, Threads::Pool)
+}
+
+/// [`gemm_with`] as one task on the calling thread: for kernels that already
+/// split their work among the threads (a convolution, a chunk of images each).
+pub(crate) fn gemm_one_task(
+    isa: Isa,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: MatMut<'_>,
+    accumulate: bool,
+    epilogue: Epilogue<'_>,
+) {
+    gemm_summing(isa, a, b, c, accumulate, epilogue, None, Threads::One)
+}
+
+/// Whether a GEMM may spread over the pool's threads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Threads {
+    Pool,
+    One,
 }
 
 /// [`gemm`] that also writes the column sums of the finished C into `sums`
@@ -148,10 +168,20 @@ pub fn gemm_column_sums_with(
 ) {
     let n = b.cols();
     assert_eq!(sums.len(), n, "gemm: column sums must have {n} elements");
-    gemm_summing(isa, a, b, c, accumulate, epilogue, Some(sums))
+    gemm_summing(
+        isa,
+        a,
+        b,
+        c,
+        accumulate,
+        epilogue,
+        Some(sums),
+        Threads::Pool,
+    )
 }
 
 /// [`gemm_with`], and the column sums of C into `sums` when there are any.
+#[allow(clippy::too_many_arguments)]
 fn gemm_summing(
     isa: Isa,
     a: MatRef<'_>,
@@ -160,6 +190,7 @@ fn gemm_summing(
     accumulate: bool,
     epilogue: Epilogue<'_>,
     mut sums: Option<&mut [f32]>,
+    threads: Threads,
 ) {
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     assert_eq!(
@@ -206,10 +237,11 @@ fn gemm_summing(
             && 2 * n < isa.kernel_for(m).nr
     };
     if n <= MAX_THIN_N && has_thin_loop(isa) && (a.col_stride() == 1 || thin_transposed()) {
+        let parallel = threads == Threads::Pool && is_parallel(2 * m * k * n);
         if a.col_stride() == 1 {
-            gemm_thin_n(isa, a, b, c.reborrow(), accumulate, epilogue);
+            gemm_thin_n(isa, a, b, c.reborrow(), accumulate, epilogue, parallel);
         } else {
-            gemm_thin_n_transposed(isa, a, b, c.reborrow(), accumulate, epilogue);
+            gemm_thin_n_transposed(isa, a, b, c.reborrow(), accumulate, epilogue, parallel);
         }
         if let Some(sums) = sums {
             sum_columns(isa, c.as_ref(), sums);
@@ -217,8 +249,8 @@ fn gemm_summing(
         return;
     }
     let kernel = isa.kernel_for(m);
+    let parallel = threads == Threads::Pool && is_parallel(2 * m * k * n);
     let threads = rayon::current_num_threads();
-    let parallel = is_parallel(2 * m * k * n);
     // (split, whether every task reads all of B, the columns of B a task reads)
     let (split, shared, task_cols) = if !parallel && sums.is_some() {
         // One task: it adds each finished panel of rows to the sums, rows in order.
@@ -254,7 +286,7 @@ fn gemm_summing(
     };
     with_b_panels(b, kernel, shared, task_cols, |panels| {
         let c = BlockMut::new(c.reborrow());
-        for_each_block(c, fused_sums, k, split, |origin, block, sums| {
+        for_each_block(c, fused_sums, k, split, parallel, |origin, block, sums| {
             let a = a.rows_range(origin.row, block.rows());
             let cols = block.cols();
             let output = Output {
@@ -347,6 +379,7 @@ fn for_each_block(
     sums: Option<BlockMut<'_>>,
     k: usize,
     split: Split,
+    parallel: bool,
     task: impl Fn(Origin, BlockMut<'_>, Option<BlockMut<'_>>) + Sync,
 ) {
     let run = |index: usize, block: BlockMut<'_>, sums: Option<BlockMut<'_>>| {
@@ -362,7 +395,6 @@ fn for_each_block(
         };
         run_task(block, k, |block| task(origin, block, sums));
     };
-    let parallel = is_parallel(2 * c.rows() * c.cols() * k);
     match split {
         Split::Rows(rows) if sums.is_some() => {
             assert!(rows >= c.rows(), "column sums need every row in one block");

@@ -78,6 +78,7 @@ pub(super) fn gemm_thin_n(
     c: MatMut<'_>,
     accumulate: bool,
     epilogue: Epilogue<'_>,
+    parallel: bool,
 ) {
     let (k, n) = (a.cols(), b.cols());
     let (width, len) = (n.next_multiple_of(THIN_STEP), bt_len(n, k));
@@ -106,6 +107,7 @@ pub(super) fn gemm_thin_n(
         None,
         k,
         split,
+        parallel,
         |origin, mut c_block, _| {
             with_thin_bt(gemm, build, |bt| {
                 let bt = &bt[..len];
@@ -147,6 +149,7 @@ pub(super) fn gemm_thin_n_transposed(
     c: MatMut<'_>,
     accumulate: bool,
     epilogue: Epilogue<'_>,
+    parallel: bool,
 ) {
     let (k, n) = (a.cols(), b.cols());
     let kernel = isa.kernel_for(n);
@@ -158,6 +161,7 @@ pub(super) fn gemm_thin_n_transposed(
             None,
             k,
             split,
+            parallel,
             |origin, mut c_block, _| {
                 let rows = c_block.rows();
                 // This block of Cᵀ: at most 6 KiB, on the stack.
