@@ -223,36 +223,37 @@ pub fn conv2d_backward_with(
     }
     let kernel_t = MatRef::row_major(kernel_t, filters, depth);
     let dx = dx.map(|dx| Units(&mut dx[..images * image_len], IMAGES_PER_TASK * image_len));
-    for_each_chunk((Units(&mut *partials, grad_len), dx), 1, &|task,
-                                                               (
-        Units(partial, _),
-        dx,
-    ): (
-        Units<&mut [f32]>,
-        Option<Units<&mut [f32]>>,
-    )| {
-        let first = task * IMAGES_PER_TASK;
-        let count = IMAGES_PER_TASK.min(images - first);
-        let mut dx = dx.map(|Units(dx, _)| dx);
-        for_each_chunk_of_patches(windows, input, first, count, |start, n, patches| {
-            let rows = n * positions;
-            let dz = MatRef::row_major(&dz[start * image_dz..][..rows * filters], rows, filters);
-            let p = MatRef::row_major(patches, rows, row_len);
-            let c = MatMut::row_major(partial, row_len, filters);
-            gemm_one_task(isa, p.t(), dz, c, start > first, Epilogue::None);
-            if let Some(dx) = dx.as_deref_mut() {
-                let dp = MatMut::new(patches, rows, depth, row_len);
-                gemm_one_task(isa, dz, kernel_t, dp, false, Epilogue::None);
-                let dx = &mut dx[(start - first) * image_len..][..n * image_len];
-                for (rows, image) in patches
-                    .chunks_exact(row_len * positions)
-                    .zip(dx.chunks_exact_mut(image_len))
-                {
-                    add_image_patches(windows, rows, image);
+    // A task's partial sum of the kernel gradient, and its images' input gradient.
+    type TaskOutputs<'a> = (Units<&'a mut [f32]>, Option<Units<&'a mut [f32]>>);
+    let outputs: TaskOutputs<'_> = (Units(&mut *partials, grad_len), dx);
+    for_each_chunk(
+        outputs,
+        1,
+        &|task, (Units(partial, _), dx): TaskOutputs<'_>| {
+            let first = task * IMAGES_PER_TASK;
+            let count = IMAGES_PER_TASK.min(images - first);
+            let mut dx = dx.map(|Units(dx, _)| dx);
+            for_each_chunk_of_patches(windows, input, first, count, |start, n, patches| {
+                let rows = n * positions;
+                let dz =
+                    MatRef::row_major(&dz[start * image_dz..][..rows * filters], rows, filters);
+                let p = MatRef::row_major(patches, rows, row_len);
+                let c = MatMut::row_major(partial, row_len, filters);
+                gemm_one_task(isa, p.t(), dz, c, start > first, Epilogue::None);
+                if let Some(dx) = dx.as_deref_mut() {
+                    let dp = MatMut::new(patches, rows, depth, row_len);
+                    gemm_one_task(isa, dz, kernel_t, dp, false, Epilogue::None);
+                    let dx = &mut dx[(start - first) * image_len..][..n * image_len];
+                    for (rows, image) in patches
+                        .chunks_exact(row_len * positions)
+                        .zip(dx.chunks_exact_mut(image_len))
+                    {
+                        add_image_patches(windows, rows, image);
+                    }
                 }
-            }
-        });
-    });
+            });
+        },
+    );
     // The tasks' partial sums added in task order.
     let partials = &*partials;
     for_each_chunk(
