@@ -26,8 +26,9 @@ pub const MAX_PARAMS: usize = (MAX_FILE_BYTES / 4) as usize;
 /// The most layers a model file may describe.
 pub const MAX_LAYERS: usize = 10_000;
 /// The most values a model file may claim for one sample, its input, every
-/// layer's output and scratch (a convolution's patches) together: 8 MiB of
-/// f32 a sample (the book's convnet takes 0.1 M). The file holds no
+/// layer's output and scratch (a convolution's patches of one image and its
+/// kernel gradient's sums) together: 8 MiB of f32 a sample (the book's convnet
+/// takes 0.2 M). The file holds no
 /// activations, so this bounds what a few bytes of it can make kerno allocate
 /// per sample.
 pub const MAX_SAMPLE_VALUES: usize = 1 << 21;
