@@ -5,6 +5,7 @@ use crate::parallel::for_each_chunk;
 use crate::simd::{prefetch_lines, Isa};
 use crate::sparse::SparseRows;
 use crate::tensor::Tensor;
+use std::sync::OnceLock;
 
 /// Rows per parallel task of a batch gather.
 const GATHER_ROWS: usize = 16;
@@ -37,6 +38,14 @@ pub trait Samples: Sync {
 
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The share of the table's values that are not zero, where the table keeps
+    /// or can count it once (`None`, the default, where it cannot): a table
+    /// known to be denser than the sparse products pay for is never offered to
+    /// them batch by batch.
+    fn density(&self) -> Option<f64> {
+        None
     }
 
     /// Bytes each stored value takes (for the memory traffic `kerno profile` reports).
@@ -76,6 +85,8 @@ pub struct ScaledBytes<'a> {
     bytes: &'a [u8],
     features: usize,
     divisor: f32,
+    /// The share of nonzero bytes, counted at the first call of `density`.
+    density: OnceLock<f64>,
 }
 
 impl<'a> ScaledBytes<'a> {
@@ -91,6 +102,7 @@ impl<'a> ScaledBytes<'a> {
             bytes,
             features,
             divisor,
+            density: OnceLock::new(),
         }
     }
 
@@ -115,6 +127,16 @@ impl Samples for ScaledBytes<'_> {
 
     fn bytes_per_value(&self) -> usize {
         1
+    }
+
+    /// Nonzero bytes over all bytes, counted once: milliseconds for a whole
+    /// dataset. (A guide to which products to try; either gives the same bits.)
+    fn density(&self) -> Option<f64> {
+        let count = || {
+            let nonzeros = self.bytes.iter().filter(|&&b| b != 0).count();
+            nonzeros as f64 / self.bytes.len().max(1) as f64
+        };
+        Some(*self.density.get_or_init(count))
     }
 
     fn features(&self) -> usize {
@@ -171,6 +193,15 @@ mod tests {
         assert_eq!(out[0], 240.0f32 / 255.0);
         assert_eq!(out[16], 0.0);
         assert_eq!(out[31], 15.0f32 / 255.0);
+    }
+
+    #[test]
+    fn scaled_bytes_know_their_density() {
+        let bytes = [0, 3, 0, 0, 255, 0, 0, 0];
+        assert_eq!(ScaledBytes::new(&bytes, 4, 255.0).density(), Some(0.25));
+        assert_eq!(ScaledBytes::new(&[], 4, 255.0).density(), Some(0.0));
+        let tensor = ScaledBytes::new(&bytes, 4, 255.0).to_tensor();
+        assert_eq!(tensor.density(), None);
     }
 
     #[test]
