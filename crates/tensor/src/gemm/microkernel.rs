@@ -4,7 +4,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::tiles;
-use crate::simd::{Isa, TileMut};
+use crate::simd::{on_instruction_set, Isa, TileMut};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{__m256, __m512};
 
@@ -166,43 +166,38 @@ tile_kernel!(avx2_kernel, __m256, "avx2,fma", 64 * 1024, false);
 /// that divides `m` (5 for 10), where one does. The portable kernel has one height.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub(super) fn for_rows(isa: Isa, m: usize) -> Microkernel {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2Fma {
-        match m {
-            1 => return avx2_kernel::<1>(),
-            2 => return avx2_kernel::<2>(),
-            3 | 9 => return avx2_kernel::<3>(),
-            4 | 8 => return avx2_kernel::<4>(),
-            5 | 10 => return avx2_kernel::<5>(),
-            _ => {}
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        match m {
-            1 => return avx512_kernel::<1>(),
-            2 => return avx512_kernel::<2>(),
-            3 => return avx512_kernel::<3>(),
-            4 => return avx512_kernel::<4>(),
-            5 => return avx512_kernel::<5>(),
-            6 => return avx512_kernel::<6>(),
-            7 => return avx512_kernel::<7>(),
-            9 => return avx512_kernel::<9>(),
-            10 => return avx512_kernel::<10>(),
-            11 => return avx512_kernel::<11>(),
-            12 => return avx512_kernel::<12>(),
-            _ => {}
-        }
-    }
-    table(isa)
+    let exact = on_instruction_set!(isa;
+        avx512 => match m {
+            1 => Some(avx512_kernel::<1>()),
+            2 => Some(avx512_kernel::<2>()),
+            3 => Some(avx512_kernel::<3>()),
+            4 => Some(avx512_kernel::<4>()),
+            5 => Some(avx512_kernel::<5>()),
+            6 => Some(avx512_kernel::<6>()),
+            7 => Some(avx512_kernel::<7>()),
+            9 => Some(avx512_kernel::<9>()),
+            10 => Some(avx512_kernel::<10>()),
+            11 => Some(avx512_kernel::<11>()),
+            12 => Some(avx512_kernel::<12>()),
+            _ => None,
+        };
+        avx2 => match m {
+            1 => Some(avx2_kernel::<1>()),
+            2 => Some(avx2_kernel::<2>()),
+            3 | 9 => Some(avx2_kernel::<3>()),
+            4 | 8 => Some(avx2_kernel::<4>()),
+            5 | 10 => Some(avx2_kernel::<5>()),
+            _ => None,
+        };
+        _ => None
+    );
+    exact.unwrap_or_else(|| table(isa))
 }
 
 fn table(isa: Isa) -> Microkernel {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => avx512_kernel::<8>(),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => avx2_kernel::<6>(),
+    on_instruction_set!(isa;
+        avx512 => avx512_kernel::<8>();
+        avx2 => avx2_kernel::<6>();
         _ => Microkernel {
             mr: 4,
             nr: 16,
@@ -216,8 +211,8 @@ fn table(isa: Isa) -> Microkernel {
                 run: portable_4x16::<true>,
                 into: None,
             },
-        },
-    }
+        }
+    )
 }
 
 impl Isa {

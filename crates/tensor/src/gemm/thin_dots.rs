@@ -3,7 +3,7 @@
 //! a row of A with a row of the packed Bᵀ, summed in 16 (or 8) lanes and then
 //! across them. The portable kernel takes the general tiled path for these shapes.
 
-use crate::simd::Isa;
+use crate::simd::{on_instruction_set, Isa};
 
 /// The widest output the thin loop takes (rounded up to [`THIN_STEP`] columns).
 pub(crate) const MAX_THIN_N: usize = 12;
@@ -89,20 +89,11 @@ fn dots<const R: usize, const N: usize>(
     bt: &[f32],
     k: usize,
 ) -> [[f32; N]; R] {
-    assert!(
-        has_thin_loop(isa) && isa.is_supported(),
-        "no thin loop for {} here",
-        isa.name()
-    );
-    #[cfg(target_arch = "x86_64")]
-    return match isa {
-        // SAFETY: the CPU supports AVX-512F, checked just above.
-        Isa::Avx512 => unsafe { dots_avx512(a, bt, k) },
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        _ => a.map(|row| unsafe { dot_row_avx2(row, bt, k) }),
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("only x86-64 has a thin loop ({a:?}, {bt:?}, {k})")
+    on_instruction_set!(isa;
+        avx512 => dots_avx512(a, bt, k);
+        avx2 => a.map(|row| dot_row_avx2(row, bt, k));
+        _ => unreachable!("{} has no thin loop ({a:?}, {bt:?}, {k})", isa.name())
+    )
 }
 
 /// The products of one or two rows of A (`k` values each) with the `width` rows of
@@ -161,14 +152,12 @@ pub(crate) fn transpose_thin(
         k == 0 || b.len() >= (k - 1) * stride + n,
         "b has k rows of n values"
     );
-    #[cfg(target_arch = "x86_64")]
-    if has_thin_loop(isa) && Isa::Avx2Fma.is_supported() {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { transpose_thin_avx2(b, stride, k, n, bt) };
-    }
-    // Elsewhere a value at a time: no GEMM takes the thin path without a thin loop.
-    let _ = isa;
-    transpose_thin_columns(b, stride, 0..n, 0..k, k, bt);
+    on_instruction_set!(isa;
+        avx512 => transpose_thin_avx2(b, stride, k, n, bt);
+        avx2 => transpose_thin_avx2(b, stride, k, n, bt);
+        // A value at a time: no GEMM takes the thin path without a thin loop.
+        _ => transpose_thin_columns(b, stride, 0..n, 0..k, k, bt)
+    )
 }
 
 /// [`transpose_thin`] of `columns` and `rows` only, a value at a time.

@@ -1,6 +1,7 @@
 //! The instruction-set layer the kernel families share: run-time CPU
-//! detection (`Isa`), the one macro that compiles a loop written as safe code
-//! for each instruction set (`per_instruction_set!`), the blocks of C the
+//! detection (`Isa`), the one way a kernel runs the variant of its instruction
+//! set (`on_instruction_set!`, which `per_instruction_set!` uses to compile a
+//! loop written as safe code for each), the blocks of C the
 //! kernels write, prefetching and the FMA peak. Each family's own intrinsics
 //! live in its folder (`gemm/microkernel.rs`, `gemm/tiles.rs`,
 //! `gemm/thin_dots.rs`, `sparse/compress.rs`, `sparse/group_product.rs`).
@@ -58,7 +59,12 @@ impl Isa {
         match self {
             Isa::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"),
+            // With AVX2 too, which every AVX-512 CPU has: the AVX-512 kernels' helpers use it.
+            Isa::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(not(target_arch = "x86_64"))]
@@ -81,8 +87,47 @@ impl Isa {
     }
 }
 
+/// Runs the variant of a kernel for `isa`, the one way every kernel picks its
+/// instruction set at run time:
+/// `on_instruction_set!(isa; avx512 => a(..); avx2 => b(..); _ => portable(..))`.
+/// It asserts that this CPU supports `isa`, then evaluates the arm for it
+/// inside an `unsafe` block, so an arm may call its instruction set's
+/// `#[target_feature]` function: the instruction set is what such a call needs,
+/// and any other precondition of it the caller asserts before. An instruction
+/// set without an arm of its own takes the `_` arm; on other architectures
+/// only `_` is compiled.
+macro_rules! on_instruction_set {
+    ($isa:expr; $(avx512 => $avx512:expr;)? $(avx2 => $avx2:expr;)? _ => $other:expr $(;)?) => {{
+        let isa: $crate::simd::Isa = $isa;
+        assert!(isa.is_supported(), "{} is not supported on this CPU", isa.name());
+        match isa {
+            $(
+                #[cfg(target_arch = "x86_64")]
+                $crate::simd::Isa::Avx512 => {
+                    #[allow(unused_unsafe)]
+                    // SAFETY: the CPU supports AVX-512F, AVX2 and FMA, asserted above.
+                    let result = unsafe { $avx512 };
+                    result
+                }
+            )?
+            $(
+                #[cfg(target_arch = "x86_64")]
+                $crate::simd::Isa::Avx2Fma => {
+                    #[allow(unused_unsafe)]
+                    // SAFETY: the CPU supports AVX2 and FMA, asserted above.
+                    let result = unsafe { $avx2 };
+                    result
+                }
+            )?
+            _ => $other,
+        }
+    }};
+}
+pub(crate) use on_instruction_set;
+
 /// `pub(crate) fn $name(isa, args)`: the loop `$body` compiled for AVX-512F, for
-/// AVX2 and FMA, and for the build's baseline, run with the one `isa` names.
+/// AVX2 and FMA, and for the build's baseline, run with the one `isa` names
+/// (through [`on_instruction_set!`]).
 macro_rules! per_instruction_set {
     ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
         per_instruction_set! { $(#[$doc])* $name($($arg: $ty),*) -> () => $body }
@@ -101,20 +146,13 @@ macro_rules! per_instruction_set {
             fn avx2($($arg: $ty),*) -> $ret {
                 $body($($arg),*)
             }
-            assert!(isa.is_supported(), "{} is not supported here", isa.name());
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the CPU supports AVX-512F, checked just above.
-                Isa::Avx512 => unsafe { avx512($($arg),*) },
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                Isa::Avx2Fma => unsafe { avx2($($arg),*) },
-                _ => $body($($arg),*),
-            }
+            $crate::simd::on_instruction_set!(isa;
+                avx512 => avx512($($arg),*);
+                avx2 => avx2($($arg),*);
+                _ => $body($($arg),*)
+            )
         }
     };
 }
-/// The one way a kernel written as safe code picks its instruction set at run
-/// time (the GEMM's register tiles and the sparse products, written with
-/// intrinsics, match on `isa` in their own modules).
+/// A loop written as safe code, compiled for each instruction set.
 pub(crate) use per_instruction_set;

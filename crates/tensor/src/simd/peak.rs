@@ -1,6 +1,6 @@
 //! The machine's f32 FMA peak, measured with a loop that never leaves the registers.
 
-use super::Isa;
+use super::{on_instruction_set, Isa};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -59,17 +59,16 @@ fn portable_loop(iterations: u64) -> f64 {
 }
 
 /// GFLOP/s of one thread running `isa`'s widest FMA for about `seconds`.
+///
+/// # Panics
+/// When this CPU does not support `isa`.
 pub fn fma_peak_gflops(isa: Isa, seconds: f64) -> f64 {
     let run = |iterations: u64| -> f64 {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `is_supported` confirmed AVX-512F and FMA on this CPU.
-            Isa::Avx512 if isa.is_supported() => unsafe { avx512_loop(iterations) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `is_supported` confirmed AVX2 and FMA on this CPU.
-            Isa::Avx2Fma if isa.is_supported() => unsafe { avx2_loop(iterations) },
-            _ => portable_loop(iterations),
-        }
+        on_instruction_set!(isa;
+            avx512 => avx512_loop(iterations);
+            avx2 => avx2_loop(iterations);
+            _ => portable_loop(iterations)
+        )
     };
     // Calibrate the iteration count, then keep the best of a few timed runs.
     let mut iterations = 1 << 16;

@@ -2,7 +2,7 @@
 //! nonzeros, their positions and their bits, with AVX-512's compress or AVX2's
 //! permutations; and the set bits of words compressed to their positions.
 
-use crate::simd::Isa;
+use crate::simd::{on_instruction_set, Isa};
 
 /// Floats past the end of a compression's output that [`keep_nonzeros`] may
 /// write (a whole vector stored from its last nonzero).
@@ -39,21 +39,12 @@ impl Kept<'_> {
 /// When the outputs have no room for them ([`Kept::assert_room`]).
 pub(crate) fn keep_nonzeros(isa: Isa, values: &[f32], kept: Kept<'_>) -> usize {
     kept.assert_room(values.len());
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
-            assert!(isa.is_supported(), "AVX-512F is not supported on this CPU");
-            // SAFETY: the CPU has AVX-512F (asserted); the outputs' room is asserted above.
-            unsafe { keep_nonzeros_avx512(values, kept) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => {
-            assert!(isa.is_supported(), "AVX2 is not supported on this CPU");
-            // SAFETY: as above, for AVX2.
-            unsafe { keep_nonzeros_avx2(values, kept) }
-        }
-        _ => keep_nonzeros_scalar(values.iter().copied(), 0, kept, 0),
-    }
+    // The outputs' room is asserted above.
+    on_instruction_set!(isa;
+        avx512 => keep_nonzeros_avx512(values, kept);
+        avx2 => keep_nonzeros_avx2(values, kept);
+        _ => keep_nonzeros_scalar(values.iter().copied(), 0, kept, 0)
+    )
 }
 
 /// [`keep_nonzeros`] of `values`, the first at position `first` (a multiple of
@@ -223,21 +214,12 @@ unsafe fn keep_nonzeros_avx2(values: &[f32], mut kept: Kept<'_>) -> usize {
 pub(crate) fn keep_nonzero_bytes(isa: Isa, bytes: &[u8], divisor: f32, kept: Kept<'_>) -> usize {
     kept.assert_room(bytes.len());
     assert!(is_exact_divisor(divisor), "a byte over {divisor} may be 0");
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
-            assert!(isa.is_supported(), "AVX-512F is not supported on this CPU");
-            // SAFETY: the CPU has AVX-512F (asserted); the outputs' room is asserted above.
-            unsafe { keep_nonzero_bytes_avx512(bytes, divisor, kept) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => {
-            assert!(isa.is_supported(), "AVX2 is not supported on this CPU");
-            // SAFETY: as above, for AVX2.
-            unsafe { keep_nonzero_bytes_avx2(bytes, divisor, kept) }
-        }
-        _ => keep_nonzeros_scalar(scaled(bytes, divisor), 0, kept, 0),
-    }
+    // The outputs' room is asserted above.
+    on_instruction_set!(isa;
+        avx512 => keep_nonzero_bytes_avx512(bytes, divisor, kept);
+        avx2 => keep_nonzero_bytes_avx2(bytes, divisor, kept);
+        _ => keep_nonzeros_scalar(scaled(bytes, divisor), 0, kept, 0)
+    )
 }
 
 /// Whether `byte as f32 / divisor` is 0 for the byte 0 alone, and never a NaN or
@@ -347,13 +329,9 @@ pub(crate) fn set_bit_positions(
         u32::try_from(64 * words.len()).is_ok(),
         "positions fit in u32"
     );
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
-            assert!(isa.is_supported(), "AVX-512F is not supported on this CPU");
-            // SAFETY: the CPU has AVX-512F (asserted); the room is asserted above.
-            unsafe { set_bit_positions_avx512(words, positions, ranks) }
-        }
+    // The room is asserted above.
+    on_instruction_set!(isa;
+        avx512 => set_bit_positions_avx512(words, positions, ranks);
         _ => {
             let mut rank = 0;
             for_each_set_bit(words, |n| {
@@ -363,7 +341,7 @@ pub(crate) fn set_bit_positions(
             });
             rank
         }
-    }
+    )
 }
 
 /// [`set_bit_positions`] 16 bits at a time, without a branch: the positions

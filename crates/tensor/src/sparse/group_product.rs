@@ -8,7 +8,7 @@
 use crate::activation::relu;
 #[cfg(target_arch = "x86_64")]
 use crate::gemm::tiles::Vector;
-use crate::simd::{Isa, TileMut};
+use crate::simd::{on_instruction_set, Isa, TileMut};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{__m256, __m512};
 
@@ -69,24 +69,11 @@ pub(crate) fn sparse_group_product(
     if let Some(bias) = finish.bias {
         assert!(bias.len() >= tile.cols, "a bias for every output");
     }
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
-            assert!(isa.is_supported(), "AVX-512F is not supported on this CPU");
-            // SAFETY: the CPU has AVX-512F and FMA (asserted).
-            unsafe { group_product_avx512(entries, b, ldb, tile, finish) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => {
-            assert!(
-                isa.is_supported(),
-                "AVX2 and FMA are not supported on this CPU"
-            );
-            // SAFETY: as above, for AVX2 and FMA.
-            unsafe { group_product_avx2(entries, b, ldb, tile, finish) }
-        }
-        _ => group_product_portable(entries, b, ldb, tile, finish),
-    }
+    on_instruction_set!(isa;
+        avx512 => group_product_avx512(entries, b, ldb, tile, finish);
+        avx2 => group_product_avx2(entries, b, ldb, tile, finish);
+        _ => group_product_portable(entries, b, ldb, tile, finish)
+    )
 }
 
 /// Panics unless every entry's row of B (`width` floats from `index·ldb`) lies
