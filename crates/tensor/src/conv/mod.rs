@@ -30,9 +30,19 @@ use crate::AlignedBuf;
 use patches::{add_image_patches, image_patches_of};
 use std::cell::RefCell;
 
-/// Images per parallel task: the split depends on the batch alone, never on
-/// the thread count, and a task is large enough to pay for its hand-over.
-const IMAGES_PER_TASK: usize = 4;
+/// Output positions a parallel task takes at least, in whole images, from 4 to
+/// 16 of them: the split depends on the layer and the batch alone, never on the
+/// thread count, and a task is large enough to pay for its hand-over and the
+/// partial sum of the kernel gradient it writes.
+const TASK_POSITIONS: usize = 128;
+
+/// Images per parallel task.
+fn images_per_task(w: &Windows) -> usize {
+    TASK_POSITIONS
+        .div_ceil(w.positions().max(1))
+        .next_power_of_two()
+        .clamp(4, 16)
+}
 /// Floats of patches made at once (384 KiB): they stay in L2 (512 KiB a core on
 /// Zen 3) until the GEMM has read them. Two images of the convnet's second
 /// layer (280 KiB) at a time made its forward pass faster than one.
@@ -47,7 +57,7 @@ thread_local! {
 /// [`CHUNK_FLOATS`] (at least one), at most a task's.
 fn images_per_chunk(w: &Windows) -> usize {
     let image_patches = w.positions() * w.patch_row_len();
-    (CHUNK_FLOATS / image_patches.max(1)).clamp(1, IMAGES_PER_TASK)
+    (CHUNK_FLOATS / image_patches.max(1)).clamp(1, images_per_task(w))
 }
 
 /// Floats of the patch buffer each thread needs for convolutions over `windows`.
@@ -129,11 +139,12 @@ pub fn conv2d_forward_with(
     let image_out = positions * filters;
     let input = &input[..images * windows.input_len()];
     let kernel = MatRef::row_major(kernel, depth, filters);
+    let per_task = images_per_task(windows);
     for_each_chunk(
         &mut out[..images * image_out],
-        IMAGES_PER_TASK * image_out,
+        per_task * image_out,
         &|task, out: &mut [f32]| {
-            let first = task * IMAGES_PER_TASK;
+            let first = task * per_task;
             let count = out.len() / image_out.max(1);
             for_each_chunk_of_patches(windows, input, first, count, |start, n, patches| {
                 let rows = n * positions;
@@ -149,7 +160,7 @@ pub fn conv2d_forward_with(
 /// Floats of scratch [`conv2d_backward`] needs for `images` images: a partial
 /// kernel gradient per task, and the kernel transposed.
 pub fn backward_scratch_len(windows: &Windows, filters: usize, images: usize) -> usize {
-    let tasks = images.div_ceil(IMAGES_PER_TASK);
+    let tasks = images.div_ceil(images_per_task(windows));
     (tasks * windows.patch_row_len() + windows.patch_len()) * filters
 }
 
@@ -209,7 +220,8 @@ pub fn conv2d_backward_with(
     let (image_len, image_dz) = (windows.input_len(), positions * filters);
     let (input, dz) = (&input[..images * image_len], &dz[..images * image_dz]);
     let grad_len = row_len * filters;
-    let tasks = images.div_ceil(IMAGES_PER_TASK);
+    let per_task = images_per_task(windows);
+    let tasks = images.div_ceil(per_task);
     let (partials, kernel_t) = scratch.split_at_mut(tasks * grad_len);
     let kernel_t = &mut kernel_t[..depth * filters];
     // `kernelᵀ` row-major, so that the input gradient's GEMM reads it in place
@@ -222,7 +234,7 @@ pub fn conv2d_backward_with(
         }
     }
     let kernel_t = MatRef::row_major(kernel_t, filters, depth);
-    let dx = dx.map(|dx| Units(&mut dx[..images * image_len], IMAGES_PER_TASK * image_len));
+    let dx = dx.map(|dx| Units(&mut dx[..images * image_len], per_task * image_len));
     // A task's partial sum of the kernel gradient, and its images' input gradient.
     type TaskOutputs<'a> = (Units<&'a mut [f32]>, Option<Units<&'a mut [f32]>>);
     let outputs: TaskOutputs<'_> = (Units(&mut *partials, grad_len), dx);
@@ -230,8 +242,8 @@ pub fn conv2d_backward_with(
         outputs,
         1,
         &|task, (Units(partial, _), dx): TaskOutputs<'_>| {
-            let first = task * IMAGES_PER_TASK;
-            let count = IMAGES_PER_TASK.min(images - first);
+            let first = task * per_task;
+            let count = per_task.min(images - first);
             let mut dx = dx.map(|Units(dx, _)| dx);
             for_each_chunk_of_patches(windows, input, first, count, |start, n, patches| {
                 let rows = n * positions;
