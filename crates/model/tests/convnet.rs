@@ -201,6 +201,14 @@ fn layers_that_do_not_fit_their_input_are_errors_at_compile() {
     let x = Tensor::zeros(&[1, 16]);
     let error = missing_a_layer.predict(&x, 1).unwrap_err().to_string();
     assert!(error.contains("layer 'dense' (1)"), "{error}");
+    // Sizes past usize are errors, not overflows.
+    let mut too_many_filters =
+        Sequential::new(Input::shape([28, 28, 1])).add(Conv2D::new(usize::MAX / 4, 3));
+    let error = too_many_filters
+        .compile(Optimizer::rmsprop(), Loss::MeanSquaredError, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("too large"), "{error}");
     let mut bad_rate = Sequential::new(4).add(Dropout::new(1.0));
     assert!(bad_rate
         .compile(Optimizer::rmsprop(), Loss::MeanSquaredError, &[])

@@ -102,13 +102,16 @@ impl Conv2D {
         if self.use_bias {
             params.push(("bias", vec![self.filters]));
         }
+        // A thread's patches of one image (`Windows::new` checked that product),
+        // the kernel gradient's partial sum and the kernel transposed.
+        let scratch_per_sample = (w.patch_row_len() + w.patch_len())
+            .checked_mul(self.filters)
+            .and_then(|sums| sums.checked_add(w.positions() * w.patch_row_len()))
+            .ok_or("Conv2D's working space is too large")?;
         Ok(Plan {
             output_shape: vec![w.out_height, w.out_width, self.filters],
             params,
-            // A thread's patches of one image, the kernel gradient's partial sum
-            // and the kernel transposed (`Windows::new` checked these products).
-            scratch_per_sample: w.positions() * w.patch_row_len()
-                + (w.patch_row_len() + w.patch_len()) * self.filters,
+            scratch_per_sample,
         })
     }
 

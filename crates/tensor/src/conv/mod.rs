@@ -43,6 +43,7 @@ fn images_per_task(w: &Windows) -> usize {
         .next_power_of_two()
         .clamp(4, 16)
 }
+
 /// Floats of patches made at once (384 KiB): they stay in L2 (512 KiB a core on
 /// Zen 3) until the GEMM has read them. Two images of the convnet's second
 /// layer (280 KiB) at a time made its forward pass faster than one.
