@@ -11,7 +11,7 @@
 use criterion::{black_box, criterion_group, Bencher, BenchmarkId, Criterion, Throughput};
 use kerno::tensor::conv::{
     backward_scratch_len, conv2d_backward, conv2d_forward, patch_buffer_len, reserve_patch_buffers,
-    Padding, Windows,
+    ConvGradients, Padding, Windows,
 };
 use kerno::tensor::loss::{softmax_xent_fwd_bwd, LogitsGradient, Targets};
 use kerno::tensor::optim::RmsProp;
@@ -354,13 +354,17 @@ fn convnet_kernels(c: &mut Criterion) {
         let first = input[2] == 1;
         group.throughput(Throughput::Elements(if first { 2 } else { 4 } * products));
         let dz = random(out.len(), &mut rng);
-        let mut grads = AlignedBuf::zeros(w.patch_row_len() * filters);
+        let (mut dk, mut db) = (AlignedBuf::zeros(kernel.len()), AlignedBuf::zeros(filters));
         let mut scratch = AlignedBuf::zeros(backward_scratch_len(&w, filters, images));
         let mut dx = AlignedBuf::zeros(x.len());
         group.bench_function(format!("conv backward {name}"), |b| {
             iter_in_pool(b, || {
-                let dx = (!first).then_some(&mut dx[..]);
-                conv2d_backward(&w, images, &x, &kernel, &dz, &mut grads, dx, &mut scratch)
+                let grads = ConvGradients {
+                    kernel: &mut dk,
+                    bias: Some(&mut db),
+                    input: (!first).then_some(&mut dx[..]),
+                };
+                conv2d_backward(&w, images, &x, &kernel, &dz, grads, &mut scratch)
             })
         });
     }

@@ -48,7 +48,7 @@ pub(crate) struct Workspace {
     /// Whether each layer's bias gradient is summed already this step (by the
     /// loss kernel or the backward pass of the layer above).
     pub bias_grad_done: Vec<bool>,
-    /// Each layer's scratch (a convolution's kernel gradient, a dropout's mask).
+    /// Each layer's scratch (a convolution's partial sums, a dropout's mask).
     pub scratch: Vec<AlignedBuf>,
     /// `0..capacity`, the sample indices of a batch given whole.
     pub sequence: Vec<usize>,

@@ -2,7 +2,8 @@
 //! both paddings, strides 1 and 2, and every instruction set of this machine.
 
 use kerno_tensor::conv::{
-    backward_scratch_len, conv2d_backward_with, conv2d_forward_with, Padding, Windows,
+    backward_scratch_len, conv2d_backward_with, conv2d_forward_with, ConvGradients, Padding,
+    Windows,
 };
 use kerno_tensor::pool::{max_pool2d_backward, max_pool2d_forward};
 use kerno_tensor::{reference, Epilogue, Isa};
@@ -58,20 +59,18 @@ impl Conv<'_> {
 
     /// The kernel and bias gradient, and the input's when `with_dx`.
     fn backward(&self, x: &[f32], dz: &[f32], with_dx: bool) -> (Vec<f32>, Option<Vec<f32>>) {
-        let mut dk = vec![f32::NAN; self.w.patch_row_len() * self.filters()];
+        let mut dk = vec![f32::NAN; self.kernel.len()];
+        let mut db = vec![f32::NAN; self.filters()];
         let mut dx = with_dx.then(|| vec![f32::NAN; x.len()]);
         let mut scratch = vec![f32::NAN; backward_scratch_len(self.w, self.filters(), self.images)];
-        conv2d_backward_with(
-            self.isa,
-            self.w,
-            self.images,
-            x,
-            self.kernel,
-            dz,
-            &mut dk,
-            dx.as_deref_mut(),
-            &mut scratch,
-        );
+        let grads = ConvGradients {
+            kernel: &mut dk,
+            bias: Some(&mut db),
+            input: dx.as_deref_mut(),
+        };
+        let (w, images) = (self.w, self.images);
+        conv2d_backward_with(self.isa, w, images, x, self.kernel, dz, grads, &mut scratch);
+        dk.extend(db);
         (dk, dx)
     }
 }

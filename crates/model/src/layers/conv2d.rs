@@ -11,7 +11,8 @@
 
 use super::{image_windows, Below, BelowDone, ParamGrads, Pass, Plan, Shapes};
 use kerno_tensor::conv::{
-    backward_scratch_len, conv2d_backward, conv2d_forward, patch_buffer_len, Padding, Windows,
+    backward_scratch_len, conv2d_backward, conv2d_forward, patch_buffer_len, ConvGradients,
+    Padding, Windows,
 };
 use kerno_tensor::profile::{self, Work};
 use kerno_tensor::{Activation, AlignedBuf, Epilogue};
@@ -223,40 +224,26 @@ impl Conv2DLayer {
         scratch: &mut [f32],
         below: Option<Below<'_>>,
     ) -> BelowDone {
-        let (rows, filters) = (pass.rows, self.config.filters);
-        let (with_bias, scratch) = scratch.split_at_mut(self.windows.patch_row_len() * filters);
-        {
-            let (name, products) = match below {
-                Some(_) => (
-                    "conv backward: im2col, weight- and input-gradient GEMMs, col2im",
-                    2,
-                ),
-                None => ("conv backward: im2col, weight-gradient GEMM", 1),
-            };
-            let _span = profile::span(|| self.work(name, pass, products));
-            let dx = below.map(|below| below.d_out);
-            conv2d_backward(
-                &self.windows,
-                rows,
-                x,
-                &self.kernel,
-                dz,
-                with_bias,
-                dx,
-                scratch,
-            );
-        }
-        let (kernel_grad, bias_grad) = with_bias.split_at(self.kernel.len());
-        match params.grads {
-            [dkernel, dbias] => {
-                dkernel.copy_from_slice(kernel_grad);
-                if !params.bias_done {
-                    dbias.copy_from_slice(bias_grad);
-                }
-            }
-            [dkernel] => dkernel.copy_from_slice(kernel_grad),
+        let rows = pass.rows;
+        let (name, products) = match below {
+            Some(_) => (
+                "conv backward: im2col, weight- and input-gradient GEMMs, col2im",
+                2,
+            ),
+            None => ("conv backward: im2col, weight-gradient GEMM", 1),
+        };
+        let _span = profile::span(|| self.work(name, pass, products));
+        let (kernel, bias) = match params.grads {
+            [dkernel, dbias] => (dkernel, (!params.bias_done).then_some(dbias)),
+            [dkernel] => (dkernel, None),
             _ => unreachable!("a Conv2D layer has a kernel and maybe a bias"),
-        }
+        };
+        let grads = ConvGradients {
+            kernel,
+            bias: bias.map(|b| &mut b[..]),
+            input: below.map(|below| below.d_out),
+        };
+        conv2d_backward(&self.windows, rows, x, &self.kernel, dz, grads, scratch);
         BelowDone::default()
     }
 }

@@ -411,8 +411,8 @@ impl Layer {
         2 * passes * products
     }
 
-    /// Floats of scratch a pass over `rows` samples needs (a convolution's
-    /// kernel gradient and its partial sums, a dropout's mask).
+    /// Floats of scratch a pass over `rows` samples needs (the partial sums
+    /// of a convolution's kernel gradient, a dropout's mask).
     pub(crate) fn scratch_len(&self, rows: usize) -> usize {
         match self {
             Layer::Conv2D(l) => l.scratch_len(rows),

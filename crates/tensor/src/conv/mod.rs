@@ -165,38 +165,35 @@ pub fn backward_scratch_len(windows: &Windows, filters: usize, images: usize) ->
     (tasks * windows.patch_row_len() + windows.patch_len()) * filters
 }
 
-/// The gradients of a convolution: `kernel_and_bias = [P 1]ᵀ·dz` (the kernel's
-/// gradient, `[kh·kw·in × filters]`, then the bias gradient `Σ_rows dz` as its
-/// last row), and when `dx` is given the input's, `dx = col2im(dz·kernelᵀ)`.
+/// The gradients of a convolution: `[kernel_grad; bias_grad] = [P 1]ᵀ·dz` (the
+/// kernel's gradient, `[kh·kw·in × filters]`, and when `bias_grad` is given the
+/// bias gradient `Σ_rows dz`), and when `dx` is given the input's,
+/// `dx = col2im(dz·kernelᵀ)`.
 /// `dz` is the gradient with respect to the convolution's output before its
 /// activation, `[images · positions × filters]`; `scratch` holds
 /// [`backward_scratch_len`] floats.
 ///
 /// # Panics
 /// When a buffer is shorter than `images` need.
-#[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
     windows: &Windows,
     images: usize,
     input: &[f32],
     kernel: &[f32],
     dz: &[f32],
-    kernel_and_bias: &mut [f32],
-    dx: Option<&mut [f32]>,
+    grads: ConvGradients<'_>,
     scratch: &mut [f32],
 ) {
     let isa = Isa::detected();
-    conv2d_backward_with(
-        isa,
-        windows,
-        images,
-        input,
-        kernel,
-        dz,
-        kernel_and_bias,
-        dx,
-        scratch,
-    )
+    conv2d_backward_with(isa, windows, images, input, kernel, dz, grads, scratch)
+}
+
+/// Where [`conv2d_backward`] writes: the kernel's gradient, and the bias's and
+/// the input's where they are wanted.
+pub struct ConvGradients<'a> {
+    pub kernel: &'a mut [f32],
+    pub bias: Option<&'a mut [f32]>,
+    pub input: Option<&'a mut [f32]>,
 }
 
 /// [`conv2d_backward`] with a chosen instruction set (tests force each one).
@@ -208,10 +205,14 @@ pub fn conv2d_backward_with(
     input: &[f32],
     kernel: &[f32],
     dz: &[f32],
-    kernel_and_bias: &mut [f32],
-    dx: Option<&mut [f32]>,
+    grads: ConvGradients<'_>,
     scratch: &mut [f32],
 ) {
+    let ConvGradients {
+        kernel: kernel_grad,
+        bias: bias_grad,
+        input: dx,
+    } = grads;
     let (positions, depth, row_len) = (
         windows.positions(),
         windows.patch_len(),
@@ -267,24 +268,31 @@ pub fn conv2d_backward_with(
             });
         },
     );
-    // The tasks' partial sums added in task order.
-    let partials = &*partials;
+    // The tasks' partial sums added in task order: the kernel's rows, then the
+    // bias row.
+    let (partials, kernel_len) = (&*partials, depth * filters);
     for_each_chunk(
-        &mut kernel_and_bias[..grad_len],
+        &mut kernel_grad[..kernel_len],
         SUM_CHUNK,
-        &|i, out: &mut [f32]| {
-            let at = i * SUM_CHUNK;
-            let mut partials = partials.chunks_exact(grad_len.max(1));
-            match partials.next() {
-                Some(first) => out.copy_from_slice(&first[at..][..out.len()]),
-                None => out.fill(0.0),
-            }
-            for partial in partials {
-                let partial = &partial[at..][..out.len()];
-                out.iter_mut().zip(partial).for_each(|(o, p)| *o += p);
-            }
-        },
+        &|i, out: &mut [f32]| add_partials(partials, grad_len, i * SUM_CHUNK, out),
     );
+    if let Some(bias_grad) = bias_grad {
+        add_partials(partials, grad_len, kernel_len, &mut bias_grad[..filters]);
+    }
+}
+
+/// `out = Σ` over the partial sums (each `len` floats) of their floats from
+/// `at`, the partial sums in order.
+fn add_partials(partials: &[f32], len: usize, at: usize, out: &mut [f32]) {
+    let mut partials = partials.chunks_exact(len.max(1));
+    match partials.next() {
+        Some(first) => out.copy_from_slice(&first[at..][..out.len()]),
+        None => out.fill(0.0),
+    }
+    for partial in partials {
+        let partial = &partial[at..][..out.len()];
+        out.iter_mut().zip(partial).for_each(|(o, p)| *o += p);
+    }
 }
 
 /// Floats of the kernel gradient each task of the final sum adds up.
