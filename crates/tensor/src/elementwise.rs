@@ -111,6 +111,35 @@ per_instruction_set! {
     scale_bytes(src: &[u8], dst: &mut [f32], divisor: f32) => scale_bytes_body
 }
 
+#[inline(always)]
+fn round_to_bf16_body(values: &mut [f32]) {
+    values.iter_mut().for_each(|x| *x = crate::bf16::round(*x));
+}
+
+per_instruction_set! {
+    /// Each value rounded to bf16 in place ([`crate::bf16::round`]), with the
+    /// loop built for `isa`.
+    ///
+    /// # Panics
+    /// When `isa` is not supported by this CPU.
+    round_to_bf16(values: &mut [f32]) => round_to_bf16_body
+}
+
+#[inline(always)]
+fn round_to_bf16_into_body(src: &[f32], dst: &mut [f32]) {
+    dst.iter_mut()
+        .zip(src)
+        .for_each(|(d, &s)| *d = crate::bf16::round(s));
+}
+
+per_instruction_set! {
+    /// `dst[i]` = `src[i]` rounded to bf16, with the loop built for `isa`.
+    ///
+    /// # Panics
+    /// When `isa` is not supported by this CPU.
+    round_to_bf16_into(src: &[f32], dst: &mut [f32]) => round_to_bf16_into_body
+}
+
 /// `eˣ` from additions, multiplications and the bits of a float alone (Cephes'
 /// `expf`: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, a polynomial in `r`, then
 /// `2ⁿ`), so that each set's compiler vectorises it and every set, the scalar

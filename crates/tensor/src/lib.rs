@@ -13,6 +13,7 @@
 
 pub mod activation;
 mod aligned;
+pub mod bf16;
 pub mod conv;
 pub mod dropout;
 // Element-wise loops, each compiled per instruction set (`simd::per_instruction_set`).

@@ -220,3 +220,21 @@ pub fn max_pool2d(w: &Windows, images: usize, x: &[f64], d_out: &[f64]) -> (Vec<
     }
     (out, dx)
 }
+
+/// `x` rounded to the nearest bfloat16 (8 significant bits, f32's exponent
+/// range, steps of 2⁻¹³³ below 2⁻¹²⁶), ties to even, by arithmetic in f64;
+/// NaN for a NaN.
+pub fn round_to_bf16(x: f32) -> f32 {
+    if x.is_nan() || x.is_infinite() || x == 0.0 {
+        return x;
+    }
+    let v = x as f64;
+    // Every f32 is a normal f64, whose exponent field is exact.
+    let exponent = (((v.to_bits() >> 52) & 0x7ff) as i32 - 1023).max(-126);
+    let step = 2f64.powi(exponent - 7);
+    let rounded = (v / step).round_ties_even() * step;
+    if rounded.abs() >= 2f64.powi(128) {
+        return f32::INFINITY.copysign(x);
+    }
+    rounded as f32
+}

@@ -396,3 +396,53 @@ fn multiply_adds_count_each_group_s_union_for_its_four_lines() {
     // Columns 0-3: rows 0, 1, 3 and 4; column 4: row 4.
     assert_eq!(sparse.t_product_multiply_adds(7), 4 * (4 + 1) * 7);
 }
+
+/// Nonzeros rounded to bf16 after compression are the entries, and give the
+/// products, of the matrix rounded before it (the `mixed_bfloat16` input path),
+/// columns built before the rounding included.
+#[test]
+fn nonzeros_rounded_to_bf16_are_those_of_the_rounded_matrix() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for (m, k, n) in SHAPES {
+        let a = sparse_values(&mut rng, m * k, 0.2);
+        let mut rounded = a.clone();
+        kerno_tensor::bf16::round_in_place(&mut rounded);
+        let (a_mat, rounded_mat) = (
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&rounded, m, k),
+        );
+        let (b, bt) = (random(&mut rng, k * n), random(&mut rng, m * n));
+        let (b_mat, bt_mat) = (MatRef::row_major(&b, k, n), MatRef::row_major(&bt, m, n));
+        let mut want = SparseRows::default();
+        want.compress(rounded_mat);
+        want.build_columns();
+        let mut got = SparseRows::default();
+        got.compress(a_mat);
+        got.build_columns();
+        got.round_values_to_bf16();
+        assert!(!got.has_columns(), "{m}x{k}: stale columns kept");
+        got.build_columns();
+        assert_same_entries(&got, &want, true, &format!("{m}x{k}"));
+        let isa = Isa::detected();
+        let (mut c_got, mut c_want) = (vec![0.0; m * n], vec![0.0; m * n]);
+        sparse_gemm_with(
+            isa,
+            &got,
+            b_mat,
+            MatMut::row_major(&mut c_got, m, n),
+            Epilogue::None,
+        );
+        sparse_gemm_with(
+            isa,
+            &want,
+            b_mat,
+            MatMut::row_major(&mut c_want, m, n),
+            Epilogue::None,
+        );
+        assert!(same_bits(&c_got, &c_want), "{m}x{k}x{n}");
+        let (mut t_got, mut t_want) = (vec![0.0; k * n], vec![0.0; k * n]);
+        sparse_t_gemm_with(isa, &got, bt_mat, MatMut::row_major(&mut t_got, k, n));
+        sparse_t_gemm_with(isa, &want, bt_mat, MatMut::row_major(&mut t_want, k, n));
+        assert!(same_bits(&t_got, &t_want), "transposed {m}x{k}x{n}");
+    }
+}

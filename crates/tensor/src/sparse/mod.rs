@@ -458,6 +458,17 @@ impl SparseRows {
         }
     }
 
+    /// Rounds every nonzero to bf16 ([`crate::bf16::round`]), for a product
+    /// computed under Keras' `mixed_bfloat16` policy; the columns, if built,
+    /// are built again from the rounded rows when next asked for.
+    pub fn round_values_to_bf16(&mut self) {
+        let (nonzeros, entries) = (self.nonzeros(), self.row_groups.starts.last());
+        let entries = entries.copied().unwrap_or(0);
+        crate::bf16::round_in_place(&mut self.row_values[..nonzeros]);
+        crate::bf16::round_in_place(&mut self.row_groups.values[..GROUP * entries]);
+        self.col_groups.starts.clear();
+    }
+
     /// Row `i`'s nonzeros: their column indices, in order, and values.
     pub fn row(&self, i: usize) -> (&[u32], &[f32]) {
         let blocks = depth_blocks(self.cols);
