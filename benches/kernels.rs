@@ -303,6 +303,7 @@ fn rmsprop(c: &mut Criterion) {
                 &g,
                 &mut v,
                 None,
+                None,
                 p,
             ));
         })
@@ -317,6 +318,24 @@ fn rmsprop(c: &mut Criterion) {
                 &g,
                 &mut v,
                 zero_rows,
+                None,
+                p,
+            ));
+        })
+    });
+    // mixed_bfloat16's update also refreshes the bf16 copy the layers compute with.
+    let mut copy = vec![0.0; w.len()];
+    let refreshed = format!("784x512, {zero_rows} rows of zeros skipped, bf16 copy refreshed");
+    group.bench_function(refreshed, |b| {
+        iter_in_pool(b, || {
+            let zero_rows = Some(&is_zero[..]);
+            black_box(optim::rmsprop_step_with(
+                Isa::detected(),
+                &mut w,
+                &g,
+                &mut v,
+                zero_rows,
+                Some(&mut copy),
                 p,
             ));
         })

@@ -11,6 +11,7 @@ use crate::fit::FitOptions;
 use crate::history::EpochLogs;
 use crate::loss::{Loss, Metric};
 use crate::optimizer::Optimizer;
+use crate::policy::Policy;
 use crate::sequential::Sequential;
 use crate::weights;
 use serde::{Deserialize, Serialize};
@@ -80,6 +81,9 @@ pub(crate) struct TrainingState {
     iterations: u64,
     progress: TrainingProgress,
     settings: RunSettings,
+    /// The dtype policy the run computes with (`float32` in files from before it was kept).
+    #[serde(default)]
+    policy: Policy,
 }
 
 /// A model read back from a checkpoint: compiled, with its optimizer's state.
@@ -136,6 +140,7 @@ impl Checkpoint {
             slot.copy_from_slice(&values);
         }
         compiled.state.iterations = state.iterations;
+        model.set_dtype_policy(state.policy);
         Ok(Checkpoint {
             model,
             progress: state.progress,
@@ -151,8 +156,8 @@ impl Checkpoint {
 
 impl Sequential {
     /// Writes a checkpoint: the model file of [`Sequential::save`] plus the
-    /// optimizer's buffers and step count, the loss and metrics, `progress` and
-    /// `settings`. Written atomically; the model must be compiled.
+    /// optimizer's buffers and step count, the loss and metrics, the dtype
+    /// policy, `progress` and `settings`. Written atomically; the model must be compiled.
     pub fn save_checkpoint(
         &self,
         path: impl AsRef<Path>,
@@ -171,6 +176,7 @@ impl Sequential {
             iterations: compiled.state.iterations,
             progress: *progress,
             settings: *settings,
+            policy: self.policy,
         };
         let slots = self.optimizer_slot_names(compiled.optimizer);
         let extra = slots

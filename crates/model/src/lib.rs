@@ -1,6 +1,6 @@
 //! kerno-model: Keras' `Sequential` of layers (`Dense`, `Conv2D`, `MaxPooling2D`,
 //! `Flatten`, `Dropout`), its optimizers, losses and
-//! metrics, `fit` / `evaluate` / `predict`, callbacks, and weights in safetensors.
+//! metrics, the `float32` and `mixed_bfloat16` dtype policies, `fit` / `evaluate` / `predict`, callbacks, and weights in safetensors.
 //!
 //! Names and defaults follow Keras 3: Glorot-uniform kernels, zero biases,
 //! `RMSprop(learning_rate=0.001, rho=0.9, epsilon=1e-7)`, and softmax followed by
@@ -18,6 +18,7 @@ mod inference;
 mod layers;
 mod loss;
 mod optimizer;
+mod policy;
 mod progress;
 mod schedule;
 mod sequential;
@@ -41,5 +42,6 @@ pub use layers::{
 };
 pub use loss::{Loss, Metric};
 pub use optimizer::Optimizer;
+pub use policy::Policy;
 pub use progress::Verbosity;
 pub use sequential::Sequential;

@@ -158,15 +158,22 @@ impl Optimizer {
         }
     }
 
-    /// Applies one update to every parameter from the gradients in `ws`; returns
-    /// whether every value it wrote into the first layer's kernel and its state is
+    /// Applies one update to every parameter from the gradients in `ws`, and
+    /// refreshes its bf16 copies there under `mixed_bfloat16`; returns whether
+    /// every value it wrote into the first layer's kernel and its state is
     /// finite (the rows it skipped keep what they held).
     pub(crate) fn apply(
         &self,
         state: &mut OptimizerState,
         layers: &mut [Layer],
-        ws: &Workspace,
+        ws: &mut Workspace,
     ) -> bool {
+        let Workspace {
+            zero_inputs,
+            dparams,
+            compute_params,
+            ..
+        } = ws;
         let mut first_kernel_finite = true;
         state.iterations += 1;
         let per_param = self.slots();
@@ -174,7 +181,7 @@ impl Optimizer {
         for (l, layer) in layers.iter_mut().enumerate() {
             // A sparse batch's empty columns: rows of the first kernel's gradient
             // that the weight-gradient product has set to zeros.
-            let zero_rows = (l == 0 && !ws.zero_inputs.is_empty()).then_some(&ws.zero_inputs[..]);
+            let zero_rows = (l == 0 && !zero_inputs.is_empty()).then_some(&zero_inputs[..]);
             let units = layer.output_shape().last().copied().unwrap_or(1);
             let params = layer.params_mut();
             if params.iter().all(Option::is_none) {
@@ -194,12 +201,14 @@ impl Optimizer {
                 let bytes = 4 * ((values - decayed) * (3 + 2 * per_param as u64) + 2 * decayed);
                 Work::kernel("optimizer update").layer(l).bytes(bytes)
             });
-            let grads = ws.dparams[l].iter();
+            let grads = dparams[l].iter();
+            let mut copies = compute_params.get_mut(l).map(|c| c.iter_mut());
             for (i, (w, g)) in params.into_iter().flatten().zip(grads).enumerate() {
                 // Only the kernel (the first parameter) of the first layer has zero rows.
                 let zero_rows = if i == 0 { zero_rows } else { None };
                 let slot = if per_param > 0 { slots.next() } else { None };
-                let finite = self.step(w, g, zero_rows, slot, state.iterations);
+                let copy = copies.as_mut().and_then(Iterator::next).map(|c| &mut c[..]);
+                let finite = self.step(w, g, zero_rows, slot, copy, state.iterations);
                 if l == 0 && i == 0 {
                     first_kernel_finite = finite;
                 }
@@ -210,16 +219,23 @@ impl Optimizer {
 
     /// One update of `w`, whose gradient is `g`, zeros in `zero_rows` if given
     /// (only RMSprop takes the shortcut; the others' updates there are not just
-    /// their state's decay); whether every value it wrote is finite.
+    /// their state's decay), and of its bf16 copy if given (`mixed_bfloat16`);
+    /// whether every value it wrote is finite.
     fn step(
         &self,
         w: &mut [f32],
         g: &[f32],
         zero_rows: Option<&[bool]>,
         slot: Option<&mut [AlignedBuf]>,
+        bf16_copy: Option<&mut [f32]>,
         iteration: u64,
     ) -> bool {
-        match (*self, slot) {
+        // RMSprop, the default, refreshes the copy in its own pass, in cache.
+        let (bf16_copy, copy_after) = match self {
+            Optimizer::RmsProp { .. } => (bf16_copy, None),
+            _ => (None, bf16_copy),
+        };
+        let finite = match (*self, slot) {
             (
                 Optimizer::RmsProp {
                     learning_rate,
@@ -233,7 +249,7 @@ impl Optimizer {
                     rho,
                     epsilon,
                 };
-                optim::rmsprop_step_with(Isa::detected(), w, g, v, zero_rows, p)
+                optim::rmsprop_step_with(Isa::detected(), w, g, v, zero_rows, bf16_copy, p)
             }
             (
                 Optimizer::Sgd {
@@ -259,7 +275,11 @@ impl Optimizer {
                 optim::adam_step(w, g, m, v, alpha, beta_1, beta_2, epsilon)
             }
             _ => unreachable!("state holds {} slots per parameter", self.slots()),
+        };
+        if let Some(copy) = copy_after {
+            kerno_tensor::bf16::round_into(w, copy);
         }
+        finite
     }
 }
 

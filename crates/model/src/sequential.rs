@@ -4,6 +4,7 @@ use crate::error::ModelError;
 use crate::layers::{Input, Layer, LayerConfig};
 use crate::loss::{Loss, Metric};
 use crate::optimizer::{Optimizer, OptimizerState};
+use crate::policy::Policy;
 use crate::workspace::Workspace;
 use kerno_tensor::{all_finite, Samples, Tensor};
 use rand::SeedableRng;
@@ -31,6 +32,7 @@ pub struct Sequential {
     pub(crate) workspace: Option<Workspace>,
     /// Whether the first layer's products skip the zeros of a sparse batch.
     pub(crate) skip_input_zeros: bool,
+    pub(crate) policy: Policy,
 }
 
 impl std::fmt::Debug for Sequential {
@@ -72,6 +74,7 @@ impl Sequential {
             compiled: None,
             workspace: None,
             skip_input_zeros: true,
+            policy: Policy::Float32,
         }
     }
 
@@ -149,6 +152,31 @@ impl Sequential {
                     .get_or_insert(format!("layer '{name}' ({index}): {problem}"));
             }
         }
+    }
+
+    /// Sets the dtype policy the layers compute with (`float32` by default),
+    /// as Keras' `keras.mixed_precision.set_global_policy("mixed_bfloat16")`
+    /// before the model is built. The weights stay as they are, in f32.
+    ///
+    /// ```
+    /// use kerno_model::{Activation, Dense, Policy, Sequential};
+    /// let model = Sequential::new(784)
+    ///     .with_dtype_policy(Policy::MixedBfloat16)
+    ///     .add(Dense::new(10, Activation::Softmax));
+    /// assert_eq!(model.dtype_policy(), Policy::MixedBfloat16);
+    /// ```
+    pub fn with_dtype_policy(mut self, policy: Policy) -> Self {
+        self.set_dtype_policy(policy);
+        self
+    }
+
+    /// [`with_dtype_policy`](Self::with_dtype_policy) in place.
+    pub fn set_dtype_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    pub fn dtype_policy(&self) -> Policy {
+        self.policy
     }
 
     pub fn seed(&self) -> u64 {
@@ -319,6 +347,8 @@ impl Sequential {
                 ws
             }
         };
+        // The weights may have changed since the workspace's bf16 copies were made.
+        ws.use_policy(self.policy, &self.layers);
         // Only a first `Dense` reads a batch by its nonzeros.
         let first_dense = self.layers.first().is_some_and(|l| l.as_dense().is_some());
         ws.skip_input_zeros = self.skip_input_zeros && first_dense;

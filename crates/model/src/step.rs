@@ -9,7 +9,7 @@ use crate::workspace::{InputBatch, Workspace};
 use kerno_tensor::loss::{self, LogitsGradient, LossStats, Targets};
 use kerno_tensor::profile::{self, Work};
 use kerno_tensor::sparse::SPARSE_DENSITY_LIMIT;
-use kerno_tensor::{Activation, MatRef, Samples};
+use kerno_tensor::{bf16, Activation, MatRef, Samples};
 use std::ops::Range;
 
 /// Loads the samples `indices` of `x` into `input`: when `skip_zeros` and they
@@ -43,6 +43,10 @@ pub(crate) fn load_input(
     input.is_sparse = compressed == Some(true);
     if input.is_sparse {
         // The values themselves are never read.
+        if input.round_to_bf16 {
+            let _span = rounding_span(None, input.sparse.nonzeros());
+            input.sparse.round_values_to_bf16();
+        }
         return;
     }
     let values = &mut input.x[..rows * features];
@@ -52,11 +56,27 @@ pub(crate) fn load_input(
     });
     x.gather(indices, values);
     drop(span);
+    if input.round_to_bf16 {
+        let _span = rounding_span(None, values.len());
+        bf16::round_in_place(values);
+    }
     if skip_zeros && rows > 0 && compressed.is_none() {
         let _span = compression(std::mem::size_of::<f32>());
         let values = MatRef::row_major(values, rows, features);
         input.is_sparse = input.sparse.compress_rows_if_sparse(values, limit);
     }
+}
+
+/// The profile's span of rounding `values` values to bf16 (`mixed_bfloat16`),
+/// of layer `layer`'s output or gradient, or of the batch.
+fn rounding_span(layer: Option<usize>, values: usize) -> profile::Span {
+    profile::span(|| {
+        let work = Work::kernel("bf16 rounding").bytes(8 * values as u64);
+        match layer {
+            Some(l) => work.layer(l),
+            None => work,
+        }
+    })
 }
 
 /// Whether the last layer's softmax and the loss run as one kernel on the logits
@@ -106,8 +126,11 @@ pub(crate) fn forward(
         input,
         outputs,
         scratch,
+        policy,
+        compute_params,
         ..
     } = ws;
+    let bf16 = policy.is_bf16();
     for l in run {
         let layer = &layers[l];
         let (before, rest) = outputs.split_at_mut(l);
@@ -116,8 +139,27 @@ pub(crate) fn forward(
             _ => LayerInput::Values(&before[l - 1][..step.rows * layers[l - 1].output_len()]),
         };
         let out = &mut rest[0][..step.rows * layer.output_len()];
-        let pass = step.pass(l, last_activation || l + 1 < layers.len());
-        layer.forward(&pass, input, out, &mut scratch[l]);
+        let activate = last_activation || l + 1 < layers.len();
+        // Under mixed_bfloat16 the last layer's softmax is computed in f32 from
+        // its bf16 logits, as Keras advises (and as the fused loss does).
+        let f32_softmax =
+            bf16 && activate && l + 1 == layers.len() && layer.activation() == Activation::Softmax;
+        let pass = step.pass(l, activate && !f32_softmax);
+        let weights = layer.weights(compute_params.get(l).map(|c| &c[..]));
+        layer.forward(&pass, weights, input, out, &mut scratch[l]);
+        if bf16 {
+            let _span = rounding_span(Some(l), out.len());
+            bf16::round_in_place(out);
+        }
+        if f32_softmax {
+            let _span = profile::span(|| {
+                Work::kernel("activation")
+                    .layer(l)
+                    .bytes(8 * out.len() as u64)
+            });
+            let units = layer.output_len();
+            Activation::Softmax.forward_inplace(out, units);
+        }
     }
 }
 
@@ -200,6 +242,8 @@ pub(crate) fn backward(layers: &[Layer], ws: &mut Workspace, step: StepRun, run:
         dparams,
         bias_grad_done,
         scratch,
+        policy,
+        compute_params,
         ..
     } = ws;
     let rows = step.rows;
@@ -207,7 +251,13 @@ pub(crate) fn backward(layers: &[Layer], ws: &mut Workspace, step: StepRun, run:
         let layer = &layers[l];
         let (lower_grads, upper_grads) = grads.split_at_mut(l);
         let (lower_dparams, upper_dparams) = dparams.split_at_mut(l);
-        let dz = &upper_grads[0][..rows * layer.output_len()];
+        let dz = &mut upper_grads[0][..rows * layer.output_len()];
+        if policy.is_bf16() {
+            let _span = rounding_span(Some(l), dz.len());
+            bf16::round_in_place(dz);
+        }
+        let dz = &*dz;
+        let weights = layer.weights(compute_params.get(l).map(|c| &c[..]));
         let params = ParamGrads {
             grads: &mut upper_dparams[0],
             bias_done: bias_grad_done[l],
@@ -216,7 +266,16 @@ pub(crate) fn backward(layers: &[Layer], ws: &mut Workspace, step: StepRun, run:
         let pass = step.pass(l, true);
         if l == 0 {
             let input = LayerInput::Batch(input);
-            layer.backward(&pass, input, output, dz, params, &mut scratch[l], None);
+            layer.backward(
+                &pass,
+                weights,
+                input,
+                output,
+                dz,
+                params,
+                &mut scratch[l],
+                None,
+            );
             break;
         }
         let below_layer = &layers[l - 1];
@@ -234,6 +293,7 @@ pub(crate) fn backward(layers: &[Layer], ws: &mut Workspace, step: StepRun, run:
         let input = LayerInput::Values(below_out);
         let done = layer.backward(
             &pass,
+            weights,
             input,
             output,
             dz,

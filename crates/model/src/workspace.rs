@@ -2,7 +2,8 @@
 //! so that the steady-state training loop allocates nothing.
 
 use crate::layers::Layer;
-use kerno_tensor::{AlignedBuf, SparseRows};
+use crate::policy::Policy;
+use kerno_tensor::{bf16, AlignedBuf, SparseRows};
 
 /// A batch of inputs: its values and, when it is sparse enough for the first
 /// layer's products to skip its zeros, its nonzeros.
@@ -13,6 +14,8 @@ pub(crate) struct InputBatch {
     pub x: AlignedBuf,
     pub sparse: SparseRows,
     pub is_sparse: bool,
+    /// Whether its values are rounded to bf16 as they are loaded (`mixed_bfloat16`).
+    pub round_to_bf16: bool,
     /// The samples a training step loaded, with their targets, for the step
     /// after it; empty after any other load.
     pub loaded_ahead: Vec<usize>,
@@ -52,6 +55,11 @@ pub(crate) struct Workspace {
     pub scratch: Vec<AlignedBuf>,
     /// `0..capacity`, the sample indices of a batch given whole.
     pub sequence: Vec<usize>,
+    /// The policy the layers compute with.
+    pub policy: Policy,
+    /// Under `mixed_bfloat16`, each layer's parameters rounded to bf16, which
+    /// its passes compute with, refreshed by each update; empty under `float32`.
+    pub compute_params: Vec<Vec<AlignedBuf>>,
 }
 
 impl Workspace {
@@ -76,6 +84,7 @@ impl Workspace {
                 // Its buffers come with the first batch, sized by the density limit.
                 sparse: SparseRows::default(),
                 is_sparse: false,
+                round_to_bf16: false,
                 loaded_ahead: Vec::with_capacity(capacity),
             },
             zero_inputs: Vec::with_capacity(input_len),
@@ -98,6 +107,39 @@ impl Workspace {
             bias_grad_done: vec![false; layers.len()],
             scratch: per_layer(&|l| l.scratch_len(capacity)),
             sequence: (0..capacity).collect(),
+            policy: Policy::Float32,
+            compute_params: Vec::new(),
+        }
+    }
+
+    /// Computes under `policy` from now on: under `mixed_bfloat16`, with
+    /// `layers`' parameters as they are now, rounded to bf16.
+    pub fn use_policy(&mut self, policy: Policy, layers: &[Layer]) {
+        self.policy = policy;
+        self.input.round_to_bf16 = policy.is_bf16();
+        if !policy.is_bf16() {
+            self.compute_params.clear();
+            return;
+        }
+        // Kept from the last call (no allocation): they have the gradients' shapes.
+        let shaped_as_grads = |copies: &Vec<Vec<AlignedBuf>>| {
+            copies.len() == self.dparams.len()
+                && copies.iter().zip(&self.dparams).all(|(c, g)| {
+                    c.len() == g.len() && c.iter().zip(g).all(|(c, g)| c.len() == g.len())
+                })
+        };
+        if !shaped_as_grads(&self.compute_params) {
+            self.compute_params = (self.dparams.iter())
+                .map(|grads| grads.iter().map(|g| AlignedBuf::zeros(g.len())).collect())
+                .collect();
+        }
+        for (copies, layer) in self.compute_params.iter_mut().zip(layers) {
+            for (copy, values) in copies
+                .iter_mut()
+                .zip(layer.param_values().into_iter().flatten())
+            {
+                bf16::round_into(values, copy);
+            }
         }
     }
 

@@ -5,7 +5,7 @@
 
 use kerno_model::{
     Activation, Conv2D, Dense, Dropout, FitOptions, Flatten, Input, Loss, MaxPooling2D, Metric,
-    Optimizer, Padding, RunSettings, Sequential, Verbosity,
+    Optimizer, Padding, Policy, RunSettings, Sequential, Verbosity,
 };
 use kerno_tensor::Tensor;
 use rand::{Rng, SeedableRng};
@@ -41,8 +41,14 @@ fn data() -> (Tensor, Tensor) {
 
 /// The book's convnet in small, with a dropout and a padded, strided convolution.
 fn model() -> Sequential {
+    model_under(Policy::Float32)
+}
+
+/// [`model`] computing under `policy`.
+fn model_under(policy: Policy) -> Sequential {
     let mut m = Sequential::new(Input::shape([SIDE, SIDE, 1]))
         .with_seed(4)
+        .with_dtype_policy(policy)
         .add(Conv2D::new(8, 3).activation(Activation::Relu))
         .add(MaxPooling2D::new(2))
         .add(
@@ -71,14 +77,14 @@ fn options() -> FitOptions<'static> {
         .verbosity(Verbosity::Silent)
 }
 
-fn trained_on(threads: usize) -> Vec<u32> {
+fn trained_on(threads: usize, policy: Policy) -> Vec<u32> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .unwrap();
     pool.install(|| {
         let (x, y) = data();
-        let mut m = model();
+        let mut m = model_under(policy);
         let history = m.fit(&x, &y, &options()).unwrap();
         let loss = history.metric("loss");
         assert!(loss[2] < loss[0], "the convnet learns: {loss:?}");
@@ -86,32 +92,41 @@ fn trained_on(threads: usize) -> Vec<u32> {
     })
 }
 
+/// Under both dtype policies, which train to different weights.
 #[test]
 fn the_convnet_trains_to_the_same_bits_on_one_and_two_threads() {
-    assert_eq!(trained_on(1), trained_on(2));
+    let f32_trained = trained_on(1, Policy::Float32);
+    assert_eq!(f32_trained, trained_on(2, Policy::Float32));
+    let bf16_trained = trained_on(1, Policy::MixedBfloat16);
+    assert_eq!(bf16_trained, trained_on(2, Policy::MixedBfloat16));
+    assert_ne!(f32_trained, bf16_trained);
 }
 
+/// Under both dtype policies: the checkpoint keeps the run's.
 #[test]
 fn an_interrupted_convnet_resumes_to_the_uninterrupted_weights() {
     let (x, y) = data();
-    let mut whole = model();
-    whole.fit(&x, &y, &options()).unwrap();
+    for policy in [Policy::Float32, Policy::MixedBfloat16] {
+        let mut whole = model_under(policy);
+        whole.fit(&x, &y, &options()).unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("run.ckpt");
-    let mut first = model();
-    let mut stop = InterruptAt { epoch: 1, step: 2 };
-    let history = first
-        .fit_with_callbacks(&x, &y, &options(), &mut [&mut stop])
-        .unwrap();
-    let progress = history.interrupted.expect("the run was interrupted");
-    first
-        .save_checkpoint(&path, &progress, &RunSettings::of(&options()))
-        .unwrap();
-    let mut checkpoint = Sequential::load_checkpoint(&path).unwrap();
-    let resume = checkpoint.resume_options().verbosity(Verbosity::Silent);
-    checkpoint.model.fit(&x, &y, &resume).unwrap();
-    assert_eq!(bits(&checkpoint.model), bits(&whole));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.ckpt");
+        let mut first = model_under(policy);
+        let mut stop = InterruptAt { epoch: 1, step: 2 };
+        let history = first
+            .fit_with_callbacks(&x, &y, &options(), &mut [&mut stop])
+            .unwrap();
+        let progress = history.interrupted.expect("the run was interrupted");
+        first
+            .save_checkpoint(&path, &progress, &RunSettings::of(&options()))
+            .unwrap();
+        let mut checkpoint = Sequential::load_checkpoint(&path).unwrap();
+        assert_eq!(checkpoint.model.dtype_policy(), policy);
+        let resume = checkpoint.resume_options().verbosity(Verbosity::Silent);
+        checkpoint.model.fit(&x, &y, &resume).unwrap();
+        assert_eq!(bits(&checkpoint.model), bits(&whole), "{policy}");
+    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use kerno_model::{
     Activation, Callback, Control, Conv2D, Dense, Dropout, FitOptions, Flatten, Input, Loss,
-    MaxPooling2D, Metric, ModelError, Optimizer, Sequential, Verbosity,
+    MaxPooling2D, Metric, ModelError, Optimizer, Policy, Sequential, Verbosity,
 };
 use kerno_tensor::{gemm, reserve_packing_buffers, Epilogue, Isa, MatMut, MatRef, Tensor};
 use kerno_testkit::alloc::{allocations, count_this_thread, peak_during, TrackingAllocator};
@@ -118,14 +118,17 @@ fn training_steps_allocate_nothing() {
         );
 
         // The fit loop itself, between its 5th and 45th steps, on dense inputs
-        // and on sparse ones.
-        for sparse in [false, true] {
-            let (x, y) = data(128 * 50, sparse);
-            let during = fit_allocations(&mut notebook_model(), &x, &y, 128, [5, 45]);
-            assert_eq!(
-                during, 0,
-                "40 steps of fit allocated (sparse inputs: {sparse})"
-            );
+        // and on sparse ones, under both dtype policies.
+        for policy in [Policy::Float32, Policy::MixedBfloat16] {
+            for sparse in [false, true] {
+                let (x, y) = data(128 * 50, sparse);
+                let mut m = notebook_model().with_dtype_policy(policy);
+                let during = fit_allocations(&mut m, &x, &y, 128, [5, 45]);
+                assert_eq!(
+                    during, 0,
+                    "40 steps of fit allocated (sparse inputs: {sparse}, {policy})"
+                );
+            }
         }
     });
 }
@@ -160,6 +163,9 @@ fn convnet_training_steps_allocate_nothing() {
         .unwrap();
         let during = fit_allocations(&mut m, &x, &y, 64, [5, 15]);
         assert_eq!(during, 0, "10 convnet steps allocated");
+        m.set_dtype_policy(Policy::MixedBfloat16);
+        let during = fit_allocations(&mut m, &x, &y, 64, [5, 15]);
+        assert_eq!(during, 0, "10 convnet steps allocated under mixed_bfloat16");
     });
 }
 

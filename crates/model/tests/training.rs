@@ -2,7 +2,7 @@
 
 use kerno_model::{
     Activation, Control, Dense, EarlyStopping, FitOptions, Loss, Metric, ModelCheckpoint,
-    ModelError, Optimizer, Sequential, TerminateOnNaN, Verbosity,
+    ModelError, Optimizer, Policy, Sequential, TerminateOnNaN, Verbosity,
 };
 use kerno_tensor::Tensor;
 use rand::{Rng, SeedableRng};
@@ -275,30 +275,33 @@ fn sparse_blobs(n: usize, seed: u64) -> (Tensor, Tensor) {
     (Tensor::from_vec(&[n, 80], lit).unwrap(), y)
 }
 
+/// Under either dtype policy (`mixed_bfloat16` rounds the nonzeros, or the
+/// gathered values, to bf16).
 #[test]
 fn skipping_the_zeros_of_sparse_inputs_changes_no_bit() {
     let (x, y) = sparse_blobs(300, 5);
-    let train = |skip: bool| {
-        let mut m = model_of(80, 40, 5);
-        m.skip_input_zeros(skip);
-        let history = m.fit(&x, &y, &quiet(3)).unwrap();
-        let accuracy = history.metric("accuracy");
-        let predictions = m.predict(&x, 64).unwrap();
-        (m.weights(), accuracy, predictions)
-    };
-    let (sparse, dense) = (train(true), train(false));
-    assert!(sparse.1.last().unwrap() > &0.9, "{:?}", sparse.1);
-    assert_eq!(sparse.1, dense.1);
-    let bits = |ts: &[Tensor]| -> Vec<u32> {
-        ts.iter()
-            .flat_map(|t| t.data().iter().map(|v| v.to_bits()))
-            .collect()
-    };
-    assert_eq!(bits(&sparse.0), bits(&dense.0));
-    assert_eq!(bits(&[sparse.2]), bits(&[dense.2]));
+    for policy in [Policy::Float32, Policy::MixedBfloat16] {
+        let train = |skip: bool| {
+            let mut m = model_of(80, 40, 5).with_dtype_policy(policy);
+            m.skip_input_zeros(skip);
+            let history = m.fit(&x, &y, &quiet(3)).unwrap();
+            let accuracy = history.metric("accuracy");
+            let predictions = m.predict(&x, 64).unwrap();
+            (m.weights(), accuracy, predictions)
+        };
+        let (sparse, dense) = (train(true), train(false));
+        assert!(sparse.1.last().unwrap() > &0.9, "{policy}: {:?}", sparse.1);
+        assert_eq!(sparse.1, dense.1, "{policy}");
+        let bits = |ts: &[Tensor]| -> Vec<u32> {
+            ts.iter()
+                .flat_map(|t| t.data().iter().map(|v| v.to_bits()))
+                .collect()
+        };
+        assert_eq!(bits(&sparse.0), bits(&dense.0), "{policy}");
+        assert_eq!(bits(&[sparse.2]), bits(&[dense.2]), "{policy}");
+    }
 }
 
-/// The weights' bits, every tensor's in turn.
 fn weight_bits(m: &Sequential) -> Vec<u32> {
     m.weights()
         .iter()
@@ -381,15 +384,17 @@ fn sparse_bytes_train_as_their_scaled_values() {
     let bytes: Vec<u8> = x.data().iter().map(|&v| (v.abs() * 60.0) as u8).collect();
     let from_bytes = kerno_tensor::ScaledBytes::new(&bytes, 80, 255.0);
     let from_values = from_bytes.to_tensor();
-    let train = |x: &dyn kerno_tensor::Samples| {
-        let mut m = model_of(80, 40, 11);
-        m.fit(x, &y, &quiet(2)).unwrap();
-        (weight_bits(&m), m.predict(x, 64).unwrap())
-    };
-    let (bytes_trained, values_trained) = (train(&from_bytes), train(&from_values));
-    assert_eq!(bytes_trained.0, values_trained.0);
-    let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&bytes_trained.1), bits(&values_trained.1));
+    for policy in [Policy::Float32, Policy::MixedBfloat16] {
+        let train = |x: &dyn kerno_tensor::Samples| {
+            let mut m = model_of(80, 40, 11).with_dtype_policy(policy);
+            m.fit(x, &y, &quiet(2)).unwrap();
+            (weight_bits(&m), m.predict(x, 64).unwrap())
+        };
+        let (bytes_trained, values_trained) = (train(&from_bytes), train(&from_values));
+        assert_eq!(bytes_trained.0, values_trained.0, "{policy}");
+        let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&bytes_trained.1), bits(&values_trained.1), "{policy}");
+    }
 }
 
 /// A sparse batch's first layer runs apart from the layers above it (its columns

@@ -1,14 +1,15 @@
 //! `kerno bench`: the machine's FMA peak, and how close steady-state training gets to it.
 
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, TimedTraining};
 use crate::commands::{check_writable, load_data, PIXEL_SCALE};
 use crate::output::{dataset_json, Output};
 use crate::records;
 use anyhow::Result;
 use kerno_data::to_categorical;
-use kerno_model::{FitOptions, Optimizer, Verbosity};
+use kerno_data::Dataset;
+use kerno_model::{FitOptions, Optimizer, Policy, Sequential, Verbosity};
 use kerno_tensor::sparse::SPARSE_DENSITY_LIMIT;
-use kerno_tensor::{fma_peak_gflops, Isa};
+use kerno_tensor::{bf16, fma_peak_gflops, Isa};
 
 /// Seconds each thread spends measuring the FMA peak, in this many rounds.
 const PEAK_SECONDS: f64 = 0.5;
@@ -50,6 +51,42 @@ pub(crate) fn peak_around<R>(isa: Isa, work: impl FnOnce() -> R) -> (Peak, R) {
     (peak, result)
 }
 
+/// The model `bench` and `profile` time, compiled as `train` compiles it, with
+/// the dtype policy and input path asked for.
+pub(crate) fn timed_model(training: &TimedTraining, data: &Dataset) -> Result<Sequential> {
+    let mut model = training.model.compiled(data, 1, Optimizer::rmsprop())?;
+    model.skip_input_zeros(!training.dense_input);
+    model.set_dtype_policy(training.precision.unwrap_or_default());
+    Ok(model)
+}
+
+/// How the products of `policy` ran: under `mixed_bfloat16`, which path its
+/// bf16 products took and whether this CPU has bf16 units.
+pub(crate) fn precision_json(policy: Policy) -> serde_json::Value {
+    let bf16 = policy == Policy::MixedBfloat16;
+    serde_json::json!({
+        "precision": policy.name(),
+        "bf16_path": bf16.then_some("conversion"),
+        "cpu_has_bf16_units": bf16::cpu_has_bf16_units(),
+    })
+}
+
+/// [`precision_json`] as a line of text.
+pub(crate) fn precision_line(policy: Policy) -> String {
+    if policy == Policy::Float32 {
+        return "precision float32".into();
+    }
+    let units = match bf16::cpu_has_bf16_units() {
+        true => "this CPU's bf16 units are not used by kerno's kernels yet",
+        false => "this CPU has no bf16 units",
+    };
+    format!(
+        "precision mixed_bfloat16: bf16 products by the conversion path (operands and \
+         results rounded to bf16, products on the f32 units, counted against the f32 \
+         peak; {units})"
+    )
+}
+
 pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
     // Both files are checked before the minutes of measuring.
     let before = args.compare.as_deref().map(records::last).transpose()?;
@@ -57,11 +94,7 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
     let isa = Isa::detected();
     let threads = rayon::current_num_threads();
     let data = load_data(&args.training.data, Output::new(args.training.json, quiet))?;
-    let mut model = args
-        .training
-        .model
-        .compiled(&data, 1, Optimizer::rmsprop())?;
-    model.skip_input_zeros(!args.training.dense_input);
+    let mut model = timed_model(&args.training, &data)?;
     let x = data.train.images.scaled(PIXEL_SCALE);
     let y = to_categorical(&data.train.labels, data.classes);
     let options = FitOptions::new()
@@ -114,7 +147,7 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
     let floor_s = samples * model_flops / (peak_all * 1e9);
     let executed = samples * (model_flops - skipped) / epoch_s / 1e9;
 
-    let figures = serde_json::json!({
+    let mut figures = serde_json::json!({
         "peak_gflops": peak_all,
         "peak_gflops_one_core": peak_one_core,
         "epoch_s": epoch_s,
@@ -133,6 +166,10 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
         "epochs_timed": seconds.len(),
         "dataset": dataset_json(&data),
     });
+    let precision = precision_json(model.dtype_policy());
+    for (key, value) in precision.as_object().expect("an object") {
+        figures[key] = value.clone();
+    }
     let current = records::record(&figures);
     if args.training.json {
         let mut printed = current.clone();
@@ -146,6 +183,7 @@ pub fn run(args: BenchArgs, quiet: bool) -> Result<()> {
             args.training.model,
             isa.name()
         );
+        println!("{}", precision_line(model.dtype_policy()));
         println!("FMA peak: {peak_one_core:.1} GFLOP/s on one core, {peak_all:.1} GFLOP/s on {threads} threads");
         println!(
             "epoch: {epoch_s:.3} s (median of {}), {:.0} samples/s",

@@ -3,7 +3,7 @@
 use crate::models::ModelKind;
 use clap::{Args, Parser, Subcommand};
 use kerno_data::DatasetKind;
-use kerno_model::Optimizer;
+use kerno_model::{Optimizer, Policy};
 use std::path::PathBuf;
 
 /// Train, evaluate and predict with the Keras MNIST model, fast on a CPU.
@@ -63,12 +63,13 @@ pub struct DataArgs {
 }
 
 /// The options a resumed run takes from its checkpoint.
-const RUN_SETTINGS: [&str; 8] = [
+const RUN_SETTINGS: [&str; 9] = [
     "model",
     "batch_size",
     "optimizer",
     "lr",
     "seed",
+    "precision",
     "validation_split",
     "no_shuffle",
     "init_weights",
@@ -95,6 +96,11 @@ pub struct TrainArgs {
     /// Seed of the weight initialisation and the shuffling.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// f32 (the default) or mixed-bf16: Keras' mixed_bfloat16 policy, layers
+    /// computing in bf16, weights and optimizer state in f32 [default: f32, or
+    /// with --resume the checkpoint's].
+    #[arg(long, value_name = "f32|mixed-bf16", value_parser = parse_policy)]
+    pub precision: Option<Policy>,
     /// Worker threads (default: all cores).
     #[arg(long, env = "KERNO_THREADS", value_parser = parse_threads)]
     pub threads: Option<usize>,
@@ -144,6 +150,7 @@ impl Default for TrainArgs {
             optimizer: Optimizer::rmsprop(),
             lr: None,
             seed: 1,
+            precision: None,
             threads: None,
             data: DataArgs {
                 data: None,
@@ -232,6 +239,10 @@ pub struct TimedTraining {
     /// Samples per optimizer step [default: 128 for mlp, 64 for convnet].
     #[arg(long, value_parser = at_least_one)]
     pub batch_size: Option<usize>,
+    /// f32 (the default) or mixed-bf16: Keras' mixed_bfloat16 policy, layers
+    /// computing in bf16, weights and optimizer state in f32.
+    #[arg(long, value_name = "f32|mixed-bf16", value_parser = parse_policy)]
+    pub precision: Option<Policy>,
     /// Worker threads (default: all cores).
     #[arg(long, env = "KERNO_THREADS", value_parser = parse_threads)]
     pub threads: Option<usize>,
@@ -326,6 +337,10 @@ fn parse_split(s: &str) -> Result<f64, String> {
 }
 
 fn parse_optimizer(s: &str) -> Result<Optimizer, String> {
+    s.parse()
+}
+
+fn parse_policy(s: &str) -> Result<Policy, String> {
     s.parse()
 }
 

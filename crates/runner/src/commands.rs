@@ -152,6 +152,7 @@ fn train(args: TrainArgs, quiet: bool) -> Result<()> {
                 "log": args.log.as_ref().map(|p| p.display().to_string()),
                 "test_loss": test.loss,
                 "test_accuracy": test.accuracy,
+                "precision": model.dtype_policy().name(),
             })
         );
         return Ok(());
@@ -187,6 +188,7 @@ fn new_model(args: &TrainArgs, data: &Dataset) -> Result<Sequential> {
         None => args.optimizer,
     };
     let mut model = args.model.compiled(data, args.seed, optimizer)?;
+    model.set_dtype_policy(args.precision.unwrap_or_default());
     if let Some(path) = &args.init_weights {
         model.load_weights(path)?;
     }

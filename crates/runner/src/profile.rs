@@ -1,13 +1,13 @@
 //! `kerno profile`: where the time of a training step goes, kernel by kernel, as a
 //! table (or JSON), and as a Chrome trace with one span per kernel call per thread.
 
-use crate::bench::{peak_around, Peak};
+use crate::bench::{peak_around, precision_json, precision_line, timed_model, Peak};
 use crate::cli::ProfileArgs;
 use crate::commands::{check_writable, load_data, PIXEL_SCALE};
 use crate::output::{dataset_json, Output};
 use anyhow::{Context, Result};
 use kerno_data::to_categorical;
-use kerno_model::{Callback, Control, FitOptions, ModelError, Optimizer, Sequential, Verbosity};
+use kerno_model::{Callback, Control, FitOptions, ModelError, Sequential, Verbosity};
 use kerno_tensor::profile::{self, Event, Level, Recording};
 use kerno_tensor::Isa;
 use serde_json::json;
@@ -18,11 +18,7 @@ pub fn run(args: ProfileArgs, quiet: bool) -> Result<()> {
     let isa = Isa::detected();
     let threads = rayon::current_num_threads();
     let data = load_data(&args.training.data, Output::new(args.training.json, quiet))?;
-    let mut model = args
-        .training
-        .model
-        .compiled(&data, 1, Optimizer::rmsprop())?;
-    model.skip_input_zeros(!args.training.dense_input);
+    let mut model = timed_model(&args.training, &data)?;
     let x = data.train.images.scaled(PIXEL_SCALE);
     let y = to_categorical(&data.train.labels, data.classes);
 
@@ -47,12 +43,17 @@ pub fn run(args: ProfileArgs, quiet: bool) -> Result<()> {
         let mut result = summary.json(isa, threads, args.training.batch_size());
         result["dataset"] = dataset_json(&data);
         result["model"] = args.training.model.name().into();
+        let precision = precision_json(model.dtype_policy());
+        for (key, value) in precision.as_object().expect("an object") {
+            result[key] = value.clone();
+        }
         println!("{result}");
     } else {
         print!(
             "{}",
             summary.table(isa, threads, args.training.batch_size())
         );
+        println!("{}", precision_line(model.dtype_policy()));
         if let Some(path) = &args.trace {
             println!(
                 "trace written to {} (open it in ui.perfetto.dev or chrome://tracing)",

@@ -14,6 +14,8 @@ fn out_of_range_arguments_are_one_line_errors() {
         (&["train", "--lr", "NaN"], "--lr"),
         (&["train", "--lr", "inf"], "--lr"),
         (&["train", "--optimizer", "adagrad"], "adagrad"),
+        (&["train", "--precision", "fp8"], "fp8"),
+        (&["bench", "--precision", "bf16"], "bf16"),
         (&["train", "--threads", "0"], "--threads"),
         (&["train", "--validation-split", "1"], "--validation-split"),
         (
@@ -256,37 +258,38 @@ fn summary_prints_the_keras_table() {
     );
 }
 
+/// Under each precision, which it names with the path its bf16 products took.
 #[test]
 fn bench_json_has_the_documented_keys() {
     let dir = tempfile::tempdir().unwrap();
     write_dataset(dir.path(), 256);
-    let out = kerno(
-        &[
-            "bench",
-            "--json",
-            "--epochs",
-            "1",
-            "--data",
-            dir.path().to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let record: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
-    for key in [
-        "peak_gflops",
-        "epoch_s",
-        "samples_per_s",
-        "gflops",
-        "fraction_of_peak",
-    ] {
-        let v = record[key]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{key} missing: {record}"));
-        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    for (precision, name) in [("f32", "float32"), ("mixed-bf16", "mixed_bfloat16")] {
+        let args = ["bench", "--json", "--epochs", "1", "--precision", precision];
+        let out = kerno(
+            &[&args[..], &["--data", dir.path().to_str().unwrap()]].concat(),
+            &[],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let record: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+        for key in [
+            "peak_gflops",
+            "epoch_s",
+            "samples_per_s",
+            "gflops",
+            "fraction_of_peak",
+        ] {
+            let v = record[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} missing: {record}"));
+            assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+        }
+        assert!(record["threads"].as_u64().unwrap() >= 1);
+        assert!(record["isa"].as_str().is_some());
+        assert_eq!(record["precision"], name);
+        let path = (name == "mixed_bfloat16").then_some("conversion");
+        assert_eq!(record["bf16_path"].as_str(), path);
+        assert!(record["cpu_has_bf16_units"].is_boolean());
     }
-    assert!(record["threads"].as_u64().unwrap() >= 1);
-    assert!(record["isa"].as_str().is_some());
 }
 
 /// `gflops` and `fraction_of_peak` count the model's operations, as if every input

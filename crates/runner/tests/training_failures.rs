@@ -80,6 +80,7 @@ fn an_unwritable_save_location_fails_before_training_and_keeps_the_old_file() {
     assert_eq!(std::fs::read(folder.join("keep")).unwrap(), b"precious");
 }
 
+/// Under either precision: the checkpoint keeps the run's.
 #[test]
 fn a_run_continued_from_an_epoch_checkpoint_saves_the_same_bytes() {
     let data = dataset();
@@ -93,40 +94,46 @@ fn a_run_continued_from_an_epoch_checkpoint_saves_the_same_bytes() {
         assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
         out
     };
-    train(&["--epochs", "3", "--seed", "4", "--save", path_str(&full)]);
-    train(&[
-        "--epochs",
-        "2",
-        "--seed",
-        "4",
-        "--checkpoint",
-        path_str(&ckpt),
-    ]);
-    let out = train(&[
-        "--resume",
-        path_str(&ckpt),
-        "--epochs",
-        "3",
-        "--save",
-        path_str(&resumed),
-    ]);
-    assert!(stdout(&out).contains("Epoch 3/3"), "{}", stdout(&out));
-    assert!(!stdout(&out).contains("Epoch 2/3"), "{}", stdout(&out));
-    assert_eq!(
-        std::fs::read(&full).unwrap(),
-        std::fs::read(&resumed).unwrap()
-    );
+    let mut saved = Vec::new();
+    for precision in ["f32", "mixed-bf16"] {
+        let run = ["--seed", "4", "--precision", precision];
+        train(&[&run[..], &["--epochs", "3", "--save", path_str(&full)]].concat());
+        train(
+            &[
+                &run[..],
+                &["--epochs", "2", "--checkpoint", path_str(&ckpt)],
+            ]
+            .concat(),
+        );
+        let out = train(&[
+            "--resume",
+            path_str(&ckpt),
+            "--epochs",
+            "3",
+            "--save",
+            path_str(&resumed),
+        ]);
+        assert!(stdout(&out).contains("Epoch 3/3"), "{}", stdout(&out));
+        assert!(!stdout(&out).contains("Epoch 2/3"), "{}", stdout(&out));
+        let bytes = std::fs::read(&full).unwrap();
+        assert_eq!(bytes, std::fs::read(&resumed).unwrap(), "{precision}");
+        saved.push(bytes);
+    }
+    assert_ne!(saved[0], saved[1], "both precisions trained alike");
 
-    let out = kerno(
-        &[
-            &["train", "--resume", path_str(&ckpt), "--seed", "5"],
-            &data_args[..],
-        ]
-        .concat(),
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--seed"), "{}", stderr(&out));
+    for setting in [["--seed", "5"], ["--precision", "f32"]] {
+        let out = kerno(
+            &[
+                &["train", "--resume", path_str(&ckpt)],
+                &setting[..],
+                &data_args[..],
+            ]
+            .concat(),
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains(setting[0]), "{}", stderr(&out));
+    }
 }
 
 /// Sends SIGINT to a real `kerno train` once it has finished an epoch, then checks

@@ -66,6 +66,18 @@ pub fn round_into(src: &[f32], dst: &mut [f32]) {
     });
 }
 
+/// Whether this CPU has bf16 dot-product units (x86's AVX512_BF16, Arm's
+/// BF16). kerno's products do not use them yet: under `mixed_bfloat16` they run
+/// on the f32 units, on operands rounded here, on every CPU.
+pub fn cpu_has_bf16_units() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512bf16");
+    #[cfg(target_arch = "aarch64")]
+    return std::arch::is_aarch64_feature_detected!("bf16");
+    #[allow(unreachable_code)]
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ pub fn rmsprop_step(
     epsilon: f32,
 ) -> bool {
     let p = RmsProp { lr, rho, epsilon };
-    rmsprop_step_with(Isa::detected(), w, g, v, None, p)
+    rmsprop_step_with(Isa::detected(), w, g, v, None, None, p)
 }
 
 /// [`rmsprop_step`] with a chosen instruction set (tests force each one), and,
@@ -37,7 +37,10 @@ pub fn rmsprop_step(
 /// gradient, for the pixels that are 0 in every image of a batch; the tensors
 /// split into as many rows as there are flags): there the update is `v ← ρv`
 /// alone, the full update's bits (`ρv + 0`, and `w − 0/√(v+ε)` is `w`), without
-/// its square root and division, which bound its speed.
+/// its square root and division, which bound its speed. If `bf16_copy` is
+/// given (`mixed_bfloat16`'s copy of the weights, which the layers compute
+/// with), each weight it updates is also written there rounded to bf16, while
+/// in cache; the rows of zeros, unchanged, are not.
 ///
 /// Returns whether every weight it wrote is finite. (A NaN velocity makes its
 /// weight NaN; an infinite one leaves it unchanged, as a decayed one does.)
@@ -51,6 +54,7 @@ pub fn rmsprop_step_with(
     g: &[f32],
     v: &mut [f32],
     zero_rows: Option<&[bool]>,
+    bf16_copy: Option<&mut [f32]>,
     p: RmsProp,
 ) -> bool {
     assert!(
@@ -60,17 +64,26 @@ pub fn rmsprop_step_with(
         g.len(),
         v.len()
     );
+    if let Some(copy) = &bf16_copy {
+        assert_eq!(copy.len(), w.len(), "rmsprop: the bf16 copy's length");
+    }
     let finite = AtomicBool::new(true);
-    let update = |w: &mut [f32], g: &[f32], v: &mut [f32]| {
+    let update = |w: &mut [f32], g: &[f32], v: &mut [f32], copy: Option<&mut [f32]>| {
         if !elementwise::rmsprop(isa, w, g, v, p) {
             finite.store(false, Ordering::Relaxed);
         }
+        if let Some(copy) = copy {
+            elementwise::round_to_bf16_into(isa, w, copy);
+        }
     };
     let Some(zero_rows) = zero_rows else {
-        if w.len() <= CHUNK {
-            return elementwise::rmsprop(isa, w, g, v, p);
+        let data = (w, (g, (v, bf16_copy)));
+        if data.0.len() <= CHUNK {
+            let (w, (g, (v, copy))) = data;
+            update(w, g, v, copy);
+        } else {
+            for_each_chunk(data, CHUNK, &|_, (w, (g, (v, copy)))| update(w, g, v, copy));
         }
-        for_each_chunk((w, (g, v)), CHUNK, &|_, (w, (g, v))| update(w, g, v));
         return finite.into_inner();
     };
     let width = w.len() / zero_rows.len().max(1);
@@ -81,7 +94,11 @@ pub fn rmsprop_step_with(
         zero_rows.len()
     );
     let rows_per_task = (CHUNK / width).max(1);
-    let task = |t: usize, (w, (g, v)): (&mut [f32], (&[f32], &mut [f32]))| {
+    type Task<'a> = (
+        &'a mut [f32],
+        (&'a [f32], (&'a mut [f32], Option<&'a mut [f32]>)),
+    );
+    let task = |t: usize, (w, (g, (v, mut copy))): Task<'_>| {
         let first = t * rows_per_task;
         let rows = w.len() / width;
         let mut r = 0;
@@ -94,12 +111,15 @@ pub fn rmsprop_step_with(
             let run = r * width..end * width;
             match zero {
                 true => elementwise::scale(isa, &mut v[run], p.rho),
-                false => update(&mut w[run.clone()], &g[run.clone()], &mut v[run]),
+                false => {
+                    let copy = copy.as_deref_mut().map(|c| &mut c[run.clone()]);
+                    update(&mut w[run.clone()], &g[run.clone()], &mut v[run], copy)
+                }
             }
             r = end;
         }
     };
-    for_each_chunk((w, (g, v)), rows_per_task * width, &task);
+    for_each_chunk((w, (g, (v, bf16_copy))), rows_per_task * width, &task);
     finite.into_inner()
 }
 

@@ -2,7 +2,7 @@
 //! against the f64 reference over many steps.
 
 use kerno_tensor::optim::RmsProp;
-use kerno_tensor::{optim, reference, Isa};
+use kerno_tensor::{bf16, optim, reference, Isa};
 
 const KERAS_RMSPROP: RmsProp = RmsProp {
     lr: 0.001,
@@ -148,7 +148,7 @@ fn rmsprop_on_every_instruction_set_matches_the_plain_loop_bit_for_bit() {
         reference::rmsprop_step(&mut w64, &g64, &mut v64, 0.001, 0.9, 1e-7);
         for isa in Isa::available() {
             let (mut w, mut v) = (w0.clone(), v0.clone());
-            optim::rmsprop_step_with(isa, &mut w, &g, &mut v, None, KERAS_RMSPROP);
+            optim::rmsprop_step_with(isa, &mut w, &g, &mut v, None, None, KERAS_RMSPROP);
             let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&w), bits(&w_plain), "{isa:?}, n = {n}: weights");
             assert_eq!(bits(&v), bits(&v_plain), "{isa:?}, n = {n}: velocities");
@@ -165,7 +165,8 @@ fn rmsprop_on_every_instruction_set_matches_the_plain_loop_bit_for_bit() {
 }
 
 /// Rows named as zeros take the shortcut (the velocity's decay alone) and end
-/// with the full update's bits, on every instruction set, over several tasks.
+/// with the full update's bits, on every instruction set, over several tasks;
+/// a bf16 copy of the weights, kept by either, is the updated weights rounded.
 #[test]
 fn rmsprop_skipping_zero_rows_gives_the_full_updates_bits() {
     for (rows, width) in [(1, 1), (5, 7), (40, 17), (100, 512), (784, 33)] {
@@ -183,16 +184,33 @@ fn rmsprop_skipping_zero_rows_gives_the_full_updates_bits() {
             .collect();
         let v0: Vec<f32> = (0..n).map(|i| (i % 5 + 1) as f32 / 10.0).collect();
         let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let rounded = |x: &[f32]| {
+            x.iter()
+                .map(|&f| bf16::round(f).to_bits())
+                .collect::<Vec<_>>()
+        };
+        let copy0: Vec<f32> = w0.iter().map(|&x| bf16::round(x)).collect();
         for isa in Isa::available() {
             let (mut w_full, mut v_full) = (w0.clone(), v0.clone());
-            optim::rmsprop_step_with(isa, &mut w_full, &g, &mut v_full, None, KERAS_RMSPROP);
+            let mut copy_full = copy0.clone();
+            let copy = Some(&mut copy_full[..]);
+            optim::rmsprop_step_with(isa, &mut w_full, &g, &mut v_full, None, copy, KERAS_RMSPROP);
             let (mut w, mut v) = (w0.clone(), v0.clone());
+            let mut copy = copy0.clone();
             let zero_rows: Vec<bool> = (0..rows).map(is_zero).collect();
-            optim::rmsprop_step_with(isa, &mut w, &g, &mut v, Some(&zero_rows), KERAS_RMSPROP);
+            let zero_rows = Some(&zero_rows[..]);
+            let p = KERAS_RMSPROP;
+            optim::rmsprop_step_with(isa, &mut w, &g, &mut v, zero_rows, Some(&mut copy), p);
             let at = format!("{isa:?}, {rows}x{width}");
             assert_eq!(bits(&w), bits(&w_full), "{at}: weights");
             assert_eq!(bits(&v), bits(&v_full), "{at}: velocities");
             assert_ne!(bits(&v), bits(&v0), "{at}: the velocities decayed");
+            assert_eq!(bits(&copy_full), rounded(&w_full), "{at}: bf16 copy");
+            assert_eq!(
+                bits(&copy),
+                rounded(&w),
+                "{at}: bf16 copy, zero rows skipped"
+            );
         }
     }
 }
@@ -208,6 +226,7 @@ fn rmsprop_refuses_zero_rows_that_do_not_divide_the_tensor() {
         &[0.0; 10],
         &mut v,
         Some(zero_rows),
+        None,
         KERAS_RMSPROP,
     );
 }
@@ -225,7 +244,7 @@ fn rmsprop_keeps_epsilon_inside_the_square_root() {
         let (mut inside, mut outside) = (vec![0.0f64; g.len()], vec![0.0f64; g.len()]);
         let mut v64 = vec![0.0f64; g.len()];
         for _ in 0..3 {
-            optim::rmsprop_step_with(isa, &mut w, &g, &mut v, None, KERAS_RMSPROP);
+            optim::rmsprop_step_with(isa, &mut w, &g, &mut v, None, None, KERAS_RMSPROP);
             for i in 0..g.len() {
                 let g = g[i] as f64;
                 v64[i] = 0.9 * v64[i] + 0.1 * g * g;

@@ -9,7 +9,7 @@
 //! patch row added back onto the pixels it came from); the patches are made
 //! again from `x`.
 
-use super::{image_windows, Below, BelowDone, ParamGrads, Pass, Plan, Shapes};
+use super::{image_windows, Below, BelowDone, ParamGrads, Pass, Plan, Shapes, Weights};
 use kerno_tensor::conv::{
     backward_scratch_len, conv2d_backward, conv2d_forward, patch_buffer_len, ConvGradients,
     Padding, Windows,
@@ -184,10 +184,10 @@ impl Conv2DLayer {
     }
 
     /// `out = act(patches(x)·W + b)`.
-    pub(crate) fn forward(&self, pass: &Pass, x: &[f32], out: &mut [f32]) {
+    pub(crate) fn forward(&self, pass: &Pass, weights: Weights<'_>, x: &[f32], out: &mut [f32]) {
         let (rows, filters) = (pass.rows, self.config.filters);
         let relu = pass.activate && self.config.activation == Activation::Relu;
-        let epilogue = match (&self.bias, relu) {
+        let epilogue = match (weights.bias, relu) {
             (Some(bias), true) => Epilogue::BiasRelu(bias),
             (Some(bias), false) => Epilogue::Bias(bias),
             (None, _) => Epilogue::None,
@@ -199,7 +199,7 @@ impl Conv2DLayer {
                 "conv forward: im2col, GEMM + bias"
             };
             let _span = profile::span(|| self.work(name, pass, 1));
-            conv2d_forward(&self.windows, rows, x, &self.kernel, epilogue, out);
+            conv2d_forward(&self.windows, rows, x, weights.kernel, epilogue, out);
         }
         // Without a bias there is no epilogue to fuse the relu into.
         let separate = pass.activate && (!relu || self.bias.is_none());
@@ -215,9 +215,11 @@ impl Conv2DLayer {
 
     /// `[dW; db] = [P 1]ᵀ·dz`, and below the first layer `dx = patches⁻¹(dz·Wᵀ)`
     /// (overwriting the patches).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn backward(
         &self,
         pass: &Pass,
+        weights: Weights<'_>,
         x: &[f32],
         dz: &[f32],
         params: ParamGrads<'_>,
@@ -243,7 +245,7 @@ impl Conv2DLayer {
             bias: bias.map(|b| &mut b[..]),
             input: below.map(|below| below.d_out),
         };
-        conv2d_backward(&self.windows, rows, x, &self.kernel, dz, grads, scratch);
+        conv2d_backward(&self.windows, rows, x, weights.kernel, dz, grads, scratch);
         BelowDone::default()
     }
 }

@@ -8,7 +8,7 @@
 //! zeros) by its nonzeros: the forward product and the weight gradient then
 //! skip the zeros, with the same bits (see `kerno_tensor::sparse`).
 
-use super::{Below, BelowDone, LayerInput, ParamGrads, Pass, Plan, Shapes};
+use super::{Below, BelowDone, LayerInput, ParamGrads, Pass, Plan, Shapes, Weights};
 use kerno_tensor::activation::column_sums;
 use kerno_tensor::profile::{self, Work};
 use kerno_tensor::{
@@ -155,15 +155,22 @@ impl DenseLayer {
 
     /// `out = act(x·W + b)`: bias and relu in the GEMM's epilogue, other
     /// activations in a pass of their own.
-    pub(crate) fn forward(&self, pass: &Pass, input: LayerInput<'_>, out: &mut [f32]) {
+    pub(crate) fn forward(
+        &self,
+        pass: &Pass,
+        weights: Weights<'_>,
+        input: LayerInput<'_>,
+        out: &mut [f32],
+    ) {
         let (rows, inputs, units) = (pass.rows, self.inputs, self.units);
         let relu = pass.activate && self.activation == Activation::Relu;
+        let bias = weights.bias.expect("a Dense layer has a bias");
         let epilogue = if relu {
-            Epilogue::BiasRelu(&self.bias)
+            Epilogue::BiasRelu(bias)
         } else {
-            Epilogue::Bias(&self.bias)
+            Epilogue::Bias(bias)
         };
-        let kernel = MatRef::row_major(&self.kernel, inputs, units);
+        let kernel = MatRef::row_major(weights.kernel, inputs, units);
         let out_mat = MatMut::row_major(out, rows, units);
         match input {
             LayerInput::Batch(batch) if batch.is_sparse => {
@@ -209,6 +216,7 @@ impl DenseLayer {
     pub(crate) fn backward(
         &self,
         pass: &Pass,
+        weights: Weights<'_>,
         input: LayerInput<'_>,
         dz: &[f32],
         params: ParamGrads<'_>,
@@ -291,7 +299,7 @@ impl DenseLayer {
                 .layer(pass.layer)
                 .bytes(4 * (rows * units + inputs * units + 2 * rows * inputs) as u64)
         });
-        let kernel_t = MatRef::row_major(&self.kernel, inputs, units).t();
+        let kernel_t = MatRef::row_major(weights.kernel, inputs, units).t();
         let d_below = MatMut::row_major(&mut below.d_out[..rows * inputs], rows, inputs);
         let bias = sums.is_some();
         match sums {

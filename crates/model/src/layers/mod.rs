@@ -274,6 +274,14 @@ pub(crate) struct Pass {
     pub seed: u64,
 }
 
+/// The parameter values a pass computes with (see [`Layer::weights`]): a
+/// kernel (empty for a layer without parameters) and maybe a bias.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Weights<'a> {
+    pub kernel: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+}
+
 /// The layer below, for the backward pass of a layer above the first.
 pub(crate) struct Below<'a> {
     /// Written with the gradient with respect to its output.
@@ -382,6 +390,28 @@ impl Layer {
         }
     }
 
+    /// Its parameters' values, in the order of [`Layer::params`], without allocating.
+    pub(crate) fn param_values(&self) -> [Option<&AlignedBuf>; 2] {
+        match self {
+            Layer::Dense(l) => [Some(&l.kernel), Some(&l.bias)],
+            Layer::Conv2D(l) => [Some(&l.kernel), l.bias.as_ref()],
+            _ => [None, None],
+        }
+    }
+
+    /// The values its passes compute with: its parameters, or under
+    /// `mixed_bfloat16` their bf16 copies (`copies`, in the same order).
+    pub(crate) fn weights<'a>(&'a self, copies: Option<&'a [AlignedBuf]>) -> Weights<'a> {
+        let [kernel, bias] = match copies {
+            Some(copies) => [copies.first(), copies.get(1)],
+            None => self.param_values(),
+        };
+        Weights {
+            kernel: kernel.map_or(&[][..], |k| &k[..]),
+            bias: bias.map(|b| &b[..]),
+        }
+    }
+
     /// Its parameters' values, in the order of [`Layer::params`] (the optimizer's walk).
     pub(crate) fn params_mut(&mut self) -> [Option<&mut AlignedBuf>; 2] {
         match self {
@@ -446,13 +476,14 @@ impl Layer {
     pub(crate) fn forward(
         &self,
         pass: &Pass,
+        weights: Weights<'_>,
         input: LayerInput<'_>,
         out: &mut [f32],
         scratch: &mut [f32],
     ) {
         match self {
-            Layer::Dense(l) => l.forward(pass, input, out),
-            Layer::Conv2D(l) => l.forward(pass, input.values(), out),
+            Layer::Dense(l) => l.forward(pass, weights, input, out),
+            Layer::Conv2D(l) => l.forward(pass, weights, input.values(), out),
             Layer::MaxPooling2D(l) => l.forward(pass, input.values(), out),
             Layer::Flatten(l) => l.forward(input.values(), out),
             Layer::Dropout(l) => l.forward(pass, input.values(), out, scratch),
@@ -464,6 +495,7 @@ impl Layer {
     pub(crate) fn backward(
         &self,
         pass: &Pass,
+        weights: Weights<'_>,
         input: LayerInput<'_>,
         output: &[f32],
         dz: &[f32],
@@ -472,8 +504,10 @@ impl Layer {
         below: Option<Below<'_>>,
     ) -> BelowDone {
         match self {
-            Layer::Dense(l) => l.backward(pass, input, dz, params, below),
-            Layer::Conv2D(l) => l.backward(pass, input.values(), dz, params, scratch, below),
+            Layer::Dense(l) => l.backward(pass, weights, input, dz, params, below),
+            Layer::Conv2D(l) => {
+                l.backward(pass, weights, input.values(), dz, params, scratch, below)
+            }
             Layer::MaxPooling2D(l) => l.backward(pass, input.values(), output, dz, below),
             Layer::Flatten(l) => l.backward(dz, below),
             Layer::Dropout(l) => l.backward(dz, scratch, below),
