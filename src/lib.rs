@@ -38,7 +38,8 @@ pub mod prelude {
     pub use kerno_model::{
         Activation, Callback, Control, Conv2D, CsvLogger, Dense, Dropout, EarlyStopping,
         FitOptions, Flatten, History, Input, Loss, MaxPooling2D, Metric, ModelCheckpoint,
-        Optimizer, Padding, RunSettings, Sequential, TerminateOnNaN, TrainingCheckpoint, Verbosity,
+        Optimizer, Padding, Policy, RunSettings, Sequential, TerminateOnNaN, TrainingCheckpoint,
+        Verbosity,
     };
     pub use kerno_tensor::{Samples, Tensor};
 }
