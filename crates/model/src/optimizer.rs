@@ -160,8 +160,8 @@ impl Optimizer {
 
     /// Applies one update to every parameter from the gradients in `ws`, and
     /// refreshes its bf16 copies there under `mixed_bfloat16`; returns whether
-    /// every value it wrote into the first layer's kernel and its state is
-    /// finite (the rows it skipped keep what they held).
+    /// every value it wrote into the first layer's kernel, its state and its
+    /// copy is finite (the rows it skipped keep what they held).
     pub(crate) fn apply(
         &self,
         state: &mut OptimizerState,
@@ -220,7 +220,7 @@ impl Optimizer {
     /// One update of `w`, whose gradient is `g`, zeros in `zero_rows` if given
     /// (only RMSprop takes the shortcut; the others' updates there are not just
     /// their state's decay), and of its bf16 copy if given (`mixed_bfloat16`);
-    /// whether every value it wrote is finite.
+    /// whether every value it wrote, the copy's included, is finite.
     fn step(
         &self,
         w: &mut [f32],
@@ -276,10 +276,10 @@ impl Optimizer {
             }
             _ => unreachable!("state holds {} slots per parameter", self.slots()),
         };
-        if let Some(copy) = copy_after {
-            kerno_tensor::bf16::round_into(w, copy);
+        match copy_after {
+            Some(copy) => kerno_tensor::bf16::round_into(w, copy) && finite,
+            None => finite,
         }
-        finite
     }
 }
 

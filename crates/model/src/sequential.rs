@@ -173,6 +173,8 @@ impl Sequential {
     /// [`with_dtype_policy`](Self::with_dtype_policy) in place.
     pub fn set_dtype_policy(&mut self, policy: Policy) {
         self.policy = policy;
+        // Its record of whether the first layer is finite was of the other policy's kernel.
+        self.weights_replaced();
     }
 
     pub fn dtype_policy(&self) -> Policy {

@@ -32,8 +32,8 @@ pub(crate) struct Workspace {
     pub zero_inputs: Vec<bool>,
     /// Whether a sparse batch may take the sparse products (the model's setting).
     pub skip_input_zeros: bool,
-    /// Whether the first layer's kernel and its optimizer state hold only finite
-    /// values. The sparse products skip the zeros of a batch, which is exact only
+    /// Whether the first layer's kernel (and under `mixed_bfloat16` its bf16
+    /// copy) and its optimizer state hold only finite values. The sparse products skip the zeros of a batch, which is exact only
     /// then: `0 · NaN` and `0 · ∞` are NaN, and RMSprop's update of a row of zero
     /// gradients is its velocity's decay alone only when the velocity is finite.
     pub first_layer_finite: bool,
@@ -133,12 +133,15 @@ impl Workspace {
                 .map(|grads| grads.iter().map(|g| AlignedBuf::zeros(g.len())).collect())
                 .collect();
         }
-        for (copies, layer) in self.compute_params.iter_mut().zip(layers) {
-            for (copy, values) in copies
-                .iter_mut()
-                .zip(layer.param_values().into_iter().flatten())
-            {
-                bf16::round_into(values, copy);
+        for (l, (copies, layer)) in self.compute_params.iter_mut().zip(layers).enumerate() {
+            let params = layer.param_values().into_iter().flatten();
+            for (i, (copy, values)) in copies.iter_mut().zip(params).enumerate() {
+                let finite = bf16::round_into(values, copy);
+                // The sparse products' shortcut needs the kernel they read finite;
+                // a finite weight past bf16's largest is infinite in its copy.
+                if (l, i) == (0, 0) {
+                    self.first_layer_finite &= finite;
+                }
             }
         }
     }

@@ -9,6 +9,7 @@
 use crate::elementwise;
 use crate::parallel::for_each_chunk;
 use crate::simd::Isa;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Values per parallel task: each is rounded on its own, so the split never
 /// changes a result.
@@ -51,19 +52,25 @@ pub fn round_in_place_with(isa: Isa, values: &mut [f32]) {
     });
 }
 
-/// `dst[i] = round(src[i])` ([`round`]), over the pool's threads.
+/// `dst[i] = round(src[i])` ([`round`]), over the pool's threads; whether every
+/// value it wrote is finite (a finite value past bf16's largest, 3.39·10³⁸,
+/// rounds to infinity).
 ///
 /// # Panics
 /// When the slices differ in length.
-pub fn round_into(src: &[f32], dst: &mut [f32]) {
+pub fn round_into(src: &[f32], dst: &mut [f32]) -> bool {
     assert_eq!(src.len(), dst.len(), "bf16 rounding: lengths differ");
     let isa = Isa::detected();
     if src.len() <= CHUNK {
         return elementwise::round_to_bf16_into(isa, src, dst);
     }
+    let finite = AtomicBool::new(true);
     for_each_chunk((src, dst), CHUNK, &|_, (src, dst): (&[f32], &mut [f32])| {
-        elementwise::round_to_bf16_into(isa, src, dst)
+        if !elementwise::round_to_bf16_into(isa, src, dst) {
+            finite.store(false, Ordering::Relaxed);
+        }
     });
+    finite.into_inner()
 }
 
 /// Whether this CPU has bf16 dot-product units (x86's AVX512_BF16, Arm's
@@ -151,7 +158,13 @@ mod tests {
             }
         }
         let mut into = vec![0.0; values.len()];
-        round_into(&values, &mut into);
+        assert!(
+            !round_into(&values, &mut into),
+            "infinities and NaNs among them"
+        );
         assert!(into.iter().zip(&scalar).all(|(x, &s)| x.to_bits() == s));
+        assert!(round_into(&[1.0, -3.0e38, 0.0], &mut into[..3]));
+        // Finite in f32, past bf16's largest: infinite once rounded.
+        assert!(!round_into(&[1.0, f32::MAX, 0.0], &mut into[..3]));
     }
 }

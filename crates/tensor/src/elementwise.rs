@@ -126,18 +126,24 @@ per_instruction_set! {
 }
 
 #[inline(always)]
-fn round_to_bf16_into_body(src: &[f32], dst: &mut [f32]) {
-    dst.iter_mut()
-        .zip(src)
-        .for_each(|(d, &s)| *d = crate::bf16::round(s));
+fn round_to_bf16_into_body(src: &[f32], dst: &mut [f32]) -> bool {
+    // Or-ed as 0/1, as in `rmsprop_body`, so that the loop stays one vector loop.
+    let mut not_finite = 0u32;
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = crate::bf16::round(s);
+        not_finite |= !finite(*d) as u32;
+    }
+    not_finite == 0
 }
 
 per_instruction_set! {
-    /// `dst[i]` = `src[i]` rounded to bf16, with the loop built for `isa`.
+    /// `dst[i]` = `src[i]` rounded to bf16, with the loop built for `isa`;
+    /// whether every value it wrote is finite (a finite value past bf16's
+    /// largest rounds to infinity).
     ///
     /// # Panics
     /// When `isa` is not supported by this CPU.
-    round_to_bf16_into(src: &[f32], dst: &mut [f32]) => round_to_bf16_into_body
+    round_to_bf16_into(src: &[f32], dst: &mut [f32]) -> bool => round_to_bf16_into_body
 }
 
 /// `eˣ` from additions, multiplications and the bits of a float alone (Cephes'

@@ -42,7 +42,7 @@ pub fn rmsprop_step(
 /// with), each weight it updates is also written there rounded to bf16, while
 /// in cache; the rows of zeros, unchanged, are not.
 ///
-/// Returns whether every weight it wrote is finite. (A NaN velocity makes its
+/// Returns whether every weight it wrote, and every value of the copy, is finite. (A NaN velocity makes its
 /// weight NaN; an infinite one leaves it unchanged, as a decayed one does.)
 ///
 /// # Panics
@@ -73,7 +73,9 @@ pub fn rmsprop_step_with(
             finite.store(false, Ordering::Relaxed);
         }
         if let Some(copy) = copy {
-            elementwise::round_to_bf16_into(isa, w, copy);
+            if !elementwise::round_to_bf16_into(isa, w, copy) {
+                finite.store(false, Ordering::Relaxed);
+            }
         }
     };
     let Some(zero_rows) = zero_rows else {
