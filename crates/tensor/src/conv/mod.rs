@@ -22,7 +22,7 @@ mod patches;
 
 pub use geometry::{Padding, Windows};
 
-use crate::gemm::{gemm_one_task, with_buffer, Epilogue};
+use crate::gemm::{gemm_one_task, gemm_one_task_packed, pack_b_once, with_buffer, Epilogue};
 use crate::matrix::{MatMut, MatRef};
 use crate::parallel::{for_each_chunk, Units};
 use crate::simd::Isa;
@@ -52,6 +52,9 @@ const CHUNK_FLOATS: usize = 96 * 1024;
 thread_local! {
     /// The patches of the chunk of images a task works on.
     static PATCHES: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
+    /// The kernel (or its transpose) packed once for a pass by the thread that
+    /// runs it, read by every chunk's GEMM on every thread.
+    static KERNEL_PANELS: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
 }
 
 /// Images whose patches are made and multiplied at once: as many as fit in
@@ -141,21 +144,24 @@ pub fn conv2d_forward_with(
     let input = &input[..images * windows.input_len()];
     let kernel = MatRef::row_major(kernel, depth, filters);
     let per_task = images_per_task(windows);
-    for_each_chunk(
-        &mut out[..images * image_out],
-        per_task * image_out,
-        &|task, out: &mut [f32]| {
-            let first = task * per_task;
-            let count = out.len() / image_out.max(1);
-            for_each_chunk_of_patches(windows, input, first, count, |start, n, patches| {
-                let rows = n * positions;
-                let a = MatRef::new(patches, rows, depth, depth + 1, 1);
-                let out = &mut out[(start - first) * image_out..][..n * image_out];
-                let c = MatMut::row_major(out, rows, filters);
-                gemm_one_task(isa, a, kernel, c, false, epilogue);
-            });
-        },
-    );
+    with_buffer(&KERNEL_PANELS, |panels| {
+        let packed = pack_b_once(isa, kernel, panels);
+        for_each_chunk(
+            &mut out[..images * image_out],
+            per_task * image_out,
+            &|task, out: &mut [f32]| {
+                let first = task * per_task;
+                let count = out.len() / image_out.max(1);
+                for_each_chunk_of_patches(windows, input, first, count, |start, n, patches| {
+                    let rows = n * positions;
+                    let a = MatRef::new(patches, rows, depth, depth + 1, 1);
+                    let out = &mut out[(start - first) * image_out..][..n * image_out];
+                    let c = MatMut::row_major(out, rows, filters);
+                    gemm_one_task_packed(isa, a, kernel, packed, c, false, epilogue);
+                });
+            },
+        );
+    })
 }
 
 /// Floats of scratch [`conv2d_backward`] needs for `images` images: a partial
@@ -226,8 +232,8 @@ pub fn conv2d_backward_with(
     let tasks = images.div_ceil(per_task);
     let (partials, kernel_t) = scratch.split_at_mut(tasks * grad_len);
     let kernel_t = &mut kernel_t[..depth * filters];
-    // `kernelᵀ` row-major, so that the input gradient's GEMM reads it in place
-    // instead of packing it for every chunk.
+    // `kernelᵀ` row-major, which the input gradient's GEMM reads in place where
+    // its microkernels read B in place, and is packed once from otherwise.
     if dx.is_some() {
         for (t, row) in kernel.chunks_exact(filters.max(1)).enumerate() {
             for (f, &value) in row.iter().enumerate() {
@@ -240,34 +246,41 @@ pub fn conv2d_backward_with(
     // A task's partial sum of the kernel gradient, and its images' input gradient.
     type TaskOutputs<'a> = (Units<&'a mut [f32]>, Option<Units<&'a mut [f32]>>);
     let outputs: TaskOutputs<'_> = (Units(&mut *partials, grad_len), dx);
-    for_each_chunk(
-        outputs,
-        1,
-        &|task, (Units(partial, _), dx): TaskOutputs<'_>| {
-            let first = task * per_task;
-            let count = per_task.min(images - first);
-            let mut dx = dx.map(|Units(dx, _)| dx);
-            for_each_chunk_of_patches(windows, input, first, count, |start, n, patches| {
-                let rows = n * positions;
-                let dz =
-                    MatRef::row_major(&dz[start * image_dz..][..rows * filters], rows, filters);
-                let p = MatRef::row_major(patches, rows, row_len);
-                let c = MatMut::row_major(partial, row_len, filters);
-                gemm_one_task(isa, p.t(), dz, c, start > first, Epilogue::None);
-                if let Some(dx) = dx.as_deref_mut() {
-                    let dp = MatMut::new(patches, rows, depth, row_len);
-                    gemm_one_task(isa, dz, kernel_t, dp, false, Epilogue::None);
-                    let dx = &mut dx[(start - first) * image_len..][..n * image_len];
-                    for (rows, image) in patches
-                        .chunks_exact(row_len * positions)
-                        .zip(dx.chunks_exact_mut(image_len))
-                    {
-                        add_image_patches(windows, rows, image);
+    with_buffer(&KERNEL_PANELS, |panels| {
+        let packed = match outputs.1.is_some() {
+            true => pack_b_once(isa, kernel_t, panels),
+            false => None,
+        };
+        for_each_chunk(
+            outputs,
+            1,
+            &|task, (Units(partial, _), dx): TaskOutputs<'_>| {
+                let first = task * per_task;
+                let count = per_task.min(images - first);
+                let mut dx = dx.map(|Units(dx, _)| dx);
+                for_each_chunk_of_patches(windows, input, first, count, |start, n, patches| {
+                    let rows = n * positions;
+                    let dz = &dz[start * image_dz..][..rows * filters];
+                    let dz = MatRef::row_major(dz, rows, filters);
+                    let p = MatRef::row_major(patches, rows, row_len);
+                    let c = MatMut::row_major(partial, row_len, filters);
+                    gemm_one_task(isa, p.t(), dz, c, start > first, Epilogue::None);
+                    if let Some(dx) = dx.as_deref_mut() {
+                        let dp = MatMut::new(patches, rows, depth, row_len);
+                        let none = Epilogue::None;
+                        gemm_one_task_packed(isa, dz, kernel_t, packed, dp, false, none);
+                        let dx = &mut dx[(start - first) * image_len..][..n * image_len];
+                        for (rows, image) in patches
+                            .chunks_exact(row_len * positions)
+                            .zip(dx.chunks_exact_mut(image_len))
+                        {
+                            add_image_patches(windows, rows, image);
+                        }
                     }
-                }
-            });
-        },
-    );
+                });
+            },
+        );
+    });
     // The tasks' partial sums added in task order: the kernel's rows, then the
     // bias row.
     let (partials, kernel_len) = (&*partials, depth * filters);

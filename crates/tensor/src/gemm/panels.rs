@@ -50,22 +50,13 @@ pub(super) fn with_b_panels<R>(
         return f(BPanels::PerTask(b));
     }
     let run = |packed: &mut AlignedBuf| {
-        let depth = depth_block(k);
-        let block_len = depth * n.next_multiple_of(nr);
-        let packed = packed.grow(k * n.next_multiple_of(nr));
+        let packed = packed.grow(packed_len(k, n, nr));
         // Each thread a group of strips of each depth block (two groups a thread).
         let group = match packed.len() >= PARALLEL_PACKING {
             true => n.div_ceil(nr).div_ceil(2 * rayon::current_num_threads()),
             false => n.div_ceil(nr),
         };
-        for (i, block) in packed.chunks_mut(block_len.max(1)).enumerate() {
-            let (pc, cols) = (i * depth, group * nr);
-            let kc = depth.min(k - pc);
-            for_each_chunk(block, group * kc * nr, &|g, strips| {
-                let first = g * cols;
-                pack_b(b.cols_range(first, cols.min(n - first)), pc, kc, nr, strips)
-            });
-        }
+        pack_whole(b, nr, group, packed);
         f(BPanels::Packed {
             data: packed,
             width: n.next_multiple_of(nr),
@@ -73,6 +64,28 @@ pub(super) fn with_b_panels<R>(
         })
     };
     with_buffer(&PACKED_B, run)
+}
+
+/// Floats of a `k × n` B packed whole as strips of `nr` columns.
+pub(super) fn packed_len(k: usize, n: usize, nr: usize) -> usize {
+    k * n.next_multiple_of(nr)
+}
+
+/// Packs all of B into `packed` ([`packed_len`] floats) as [`BPanels::Packed`]
+/// reads it: depth blocks one after another, each its strips of `nr` columns,
+/// `group` strips of each block a task over the pool's threads.
+pub(super) fn pack_whole(b: MatRef<'_>, nr: usize, group: usize, packed: &mut [f32]) {
+    let (k, n) = (b.rows(), b.cols());
+    let depth = depth_block(k);
+    let block_len = depth * n.next_multiple_of(nr);
+    for (i, block) in packed.chunks_mut(block_len.max(1)).enumerate() {
+        let (pc, cols) = (i * depth, group * nr);
+        let kc = depth.min(k - pc);
+        for_each_chunk(block, group * kc * nr, &|g, strips| {
+            let first = g * cols;
+            pack_b(b.cols_range(first, cols.min(n - first)), pc, kc, nr, strips)
+        });
+    }
 }
 
 /// Where the microkernels read B from.
