@@ -158,8 +158,7 @@ pub(crate) fn pack_b_once<'a>(
     // The kernel of a tall A: the one every chunk of patches takes.
     let kernel = isa.kernel_for(usize::MAX);
     let (k, n, nr) = (b.rows(), b.cols(), kernel.nr);
-    let in_place = kernel.b_in_place && b.col_stride() == 1 && n.is_multiple_of(nr);
-    if in_place || k * n >= SMALL_SHARED_B {
+    if kernel.reads_b_in_place(b) || k * n >= SMALL_SHARED_B {
         return None;
     }
     let data = buffer.grow(packed_len(k, n, nr));

@@ -39,9 +39,7 @@ pub(super) fn with_b_panels<R>(
     f: impl FnOnce(BPanels<'_>) -> R,
 ) -> R {
     let (k, n, nr) = (b.rows(), b.cols(), kernel.nr);
-    if b.col_stride() == 1
-        && n.is_multiple_of(nr)
-        && kernel.b_in_place
+    if kernel.reads_b_in_place(b)
         && (k * n < SMALL_SHARED_B || (!shared && task_cols <= kernel.block_cols(depth_block(k))))
     {
         return f(BPanels::InPlace(b));
