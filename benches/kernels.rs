@@ -400,14 +400,18 @@ fn convnet_kernels(c: &mut Criterion) {
             .map(|_| rng.gen_range(-0.5f32..1.0).max(0.0))
             .collect();
         let mut out = AlignedBuf::zeros(images * w.positions() * w.channels);
+        // As training runs it: each maximum's window recorded for the backward pass.
+        let mut which = AlignedBuf::zeros(out.len());
         group.bench_function(format!("max pooling {name}"), |b| {
-            iter_in_pool(b, || max_pool2d_forward(&w, images, &x, &mut out))
+            iter_in_pool(b, || {
+                max_pool2d_forward(&w, images, &x, &mut out, Some(&mut which))
+            })
         });
         let d_out = random(out.len(), &mut rng);
         let mut dx = AlignedBuf::zeros(x.len());
         group.bench_function(format!("max pooling gradient + relu {name}"), |b| {
             iter_in_pool(b, || {
-                max_pool2d_backward(&w, images, &x, &out, &d_out, &mut dx, true)
+                max_pool2d_backward(&w, images, &which, &out, &d_out, &mut dx, true)
             })
         });
     }

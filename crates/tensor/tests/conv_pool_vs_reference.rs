@@ -168,12 +168,19 @@ fn max_pool2d_matches_the_reference_ties_included() {
             let out_len = images * w.positions() * w.channels;
             let d_out = random(&mut rng, out_len);
             let (exact, exact_dx) = reference::max_pool2d(&w, images, &to_f64(&x), &to_f64(&d_out));
-            let mut out = vec![f32::NAN; out_len];
-            max_pool2d_forward(&w, images, &x, &mut out);
+            let (mut out, mut which) = (vec![f32::NAN; out_len], vec![f32::NAN; out_len]);
+            max_pool2d_forward(&w, images, &x, &mut out, Some(&mut which));
             let case = format!("{input:?} window {window:?} strides {strides:?} {padding}");
             assert_eq!(to_f64(&out), exact, "{case} forward");
+            // Inference's pass, which records no window, pools alike.
+            let mut untracked = vec![f32::NAN; out_len];
+            max_pool2d_forward(&w, images, &x, &mut untracked, None);
+            assert!(
+                same_bits(&untracked, &out),
+                "{case} forward without windows"
+            );
             let mut dx = vec![f32::NAN; x.len()];
-            max_pool2d_backward(&w, images, &x, &out, &d_out, &mut dx, false);
+            max_pool2d_backward(&w, images, &which, &out, &d_out, &mut dx, false);
             let err = rel_err(&dx, &exact_dx);
             assert!(err < 1e-6, "{case} backward: rel err {err}");
             // Through a relu below: its output's gradient masked where it is 0.
@@ -186,12 +193,28 @@ fn max_pool2d_matches_the_reference_ties_included() {
                 }
             }
             let mut relu_out = vec![f32::NAN; out_len];
-            max_pool2d_forward(&w, images, &relu_x, &mut relu_out);
-            max_pool2d_backward(&w, images, &relu_x, &relu_out, &d_out, &mut dx, true);
+            max_pool2d_forward(&w, images, &relu_x, &mut relu_out, Some(&mut which));
+            max_pool2d_backward(&w, images, &which, &relu_out, &d_out, &mut dx, true);
             let err = rel_err(&dx, &exact_relu_dx);
             assert!(err < 1e-6, "{case} backward through a relu: rel err {err}");
         }
     }
+}
+
+/// A window whose maximum is NaN (its first input) passes its gradient to no
+/// input, as no input equals NaN; a NaN after a number is passed over.
+#[test]
+fn a_nan_maximum_takes_no_gradient() {
+    let w = Windows::new([2, 2, 2], [2, 2], [2, 2], Padding::Valid).expect("fits");
+    // Channel 0: NaN first; channel 1: 1, NaN, 3, 2.
+    let x = [f32::NAN, 1.0, 0.0, f32::NAN, 0.0, 3.0, 0.0, 2.0];
+    let (mut out, mut which) = ([0.0; 2], [0.0; 2]);
+    max_pool2d_forward(&w, 1, &x, &mut out, Some(&mut which));
+    assert!(out[0].is_nan());
+    assert_eq!(out[1], 3.0);
+    let mut dx = [f32::NAN; 8];
+    max_pool2d_backward(&w, 1, &which, &out, &[5.0, 7.0], &mut dx, false);
+    assert_eq!(dx, [0.0, 0.0, 0.0, 0.0, 0.0, 7.0, 0.0, 0.0]);
 }
 
 #[test]
@@ -219,9 +242,10 @@ fn conv2d_and_pooling_give_the_same_bits_on_one_and_two_threads() {
             let (dk, dx) = conv.backward(&x, &out, true);
             let dx = dx.expect("asked for");
             let mut pooled = vec![0.0; images * pool.positions() * 64];
-            max_pool2d_forward(&pool, images, &out, &mut pooled);
+            let mut which = vec![0.0; pooled.len()];
+            max_pool2d_forward(&pool, images, &out, &mut pooled, Some(&mut which));
             let mut d_pool = vec![0.0; out.len()];
-            max_pool2d_backward(&pool, images, &out, &pooled, &pooled, &mut d_pool, true);
+            max_pool2d_backward(&pool, images, &which, &pooled, &pooled, &mut d_pool, true);
             [out, dk, dx, pooled, d_pool]
         })
     };

@@ -79,7 +79,8 @@ impl MaxPooling2D {
         Ok(Plan {
             output_shape: vec![w.out_height, w.out_width, w.channels],
             params: Vec::new(),
-            scratch_per_sample: 0,
+            // Each output's window position of its maximum, for the backward pass.
+            scratch_per_sample: w.positions() * w.channels,
         })
     }
 
@@ -114,17 +115,22 @@ impl MaxPooling2DLayer {
             .bytes(4 * values as u64)
     }
 
-    pub(crate) fn forward(&self, pass: &Pass, x: &[f32], out: &mut [f32]) {
+    /// `out = max over each window of x`; when training, each maximum's window
+    /// position into `scratch` for the backward pass.
+    pub(crate) fn forward(&self, pass: &Pass, x: &[f32], out: &mut [f32], scratch: &mut [f32]) {
         let _span = profile::span(|| self.work("max pooling", pass));
-        max_pool2d_forward(&self.windows, pass.rows, x, out);
+        let which = pass.training.then_some(scratch);
+        max_pool2d_forward(&self.windows, pass.rows, x, out, which);
     }
 
+    /// `dx`: each `dy` to the input its window's maximum came from (`scratch`,
+    /// from the training forward pass).
     pub(crate) fn backward(
         &self,
         pass: &Pass,
-        x: &[f32],
         y: &[f32],
         dy: &[f32],
+        scratch: &[f32],
         below: Option<Below<'_>>,
     ) -> BelowDone {
         let Some(below) = below else {
@@ -138,7 +144,7 @@ impl MaxPooling2DLayer {
             "max pooling gradient"
         };
         let _span = profile::span(|| self.work(name, pass));
-        max_pool2d_backward(&self.windows, pass.rows, x, y, dy, below.d_out, relu);
+        max_pool2d_backward(&self.windows, pass.rows, scratch, y, dy, below.d_out, relu);
         BelowDone {
             activation: relu || below.activation == Activation::Linear,
             bias: false,

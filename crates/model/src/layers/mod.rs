@@ -442,11 +442,13 @@ impl Layer {
     }
 
     /// Floats of scratch a pass over `rows` samples needs (the partial sums
-    /// of a convolution's kernel gradient, a dropout's mask).
+    /// of a convolution's kernel gradient, a dropout's mask, where each max
+    /// pooling's maxima came from).
     pub(crate) fn scratch_len(&self, rows: usize) -> usize {
         match self {
             Layer::Conv2D(l) => l.scratch_len(rows),
             Layer::Dropout(l) => rows * l.shapes.output.iter().product::<usize>(),
+            Layer::MaxPooling2D(l) => rows * l.shapes.output.iter().product::<usize>(),
             _ => 0,
         }
     }
@@ -484,7 +486,7 @@ impl Layer {
         match self {
             Layer::Dense(l) => l.forward(pass, weights, input, out),
             Layer::Conv2D(l) => l.forward(pass, weights, input.values(), out),
-            Layer::MaxPooling2D(l) => l.forward(pass, input.values(), out),
+            Layer::MaxPooling2D(l) => l.forward(pass, input.values(), out, scratch),
             Layer::Flatten(l) => l.forward(input.values(), out),
             Layer::Dropout(l) => l.forward(pass, input.values(), out, scratch),
         }
@@ -508,7 +510,7 @@ impl Layer {
             Layer::Conv2D(l) => {
                 l.backward(pass, weights, input.values(), dz, params, scratch, below)
             }
-            Layer::MaxPooling2D(l) => l.backward(pass, input.values(), output, dz, below),
+            Layer::MaxPooling2D(l) => l.backward(pass, output, dz, scratch, below),
             Layer::Flatten(l) => l.backward(dz, below),
             Layer::Dropout(l) => l.backward(dz, scratch, below),
         }
