@@ -264,45 +264,35 @@ pub(crate) fn backward(layers: &[Layer], ws: &mut Workspace, step: StepRun, run:
         };
         let output = &outputs[l][..rows * layer.output_len()];
         let pass = step.pass(l, true);
+        // The first layer's input gradient is never needed.
+        let (input, below) = match l {
+            0 => (LayerInput::Batch(&mut *input), None),
+            _ => {
+                let below_layer = &layers[l - 1];
+                let below_len = rows * below_layer.output_len();
+                let below_out = &outputs[l - 1][..below_len];
+                let below = Below {
+                    d_out: &mut lower_grads[l - 1][..below_len],
+                    output: below_out,
+                    activation: below_layer.activation(),
+                    bias_sums: match below_layer {
+                        Layer::Dense(_) => Some(&mut lower_dparams[l - 1][1][..]),
+                        _ => None,
+                    },
+                };
+                (LayerInput::Values(below_out), Some(below))
+            }
+        };
+        let scratch = &mut scratch[l];
+        let done = layer.backward(&pass, weights, input, output, dz, params, scratch, below);
         if l == 0 {
-            let input = LayerInput::Batch(input);
-            layer.backward(
-                &pass,
-                weights,
-                input,
-                output,
-                dz,
-                params,
-                &mut scratch[l],
-                None,
-            );
             break;
         }
-        let below_layer = &layers[l - 1];
-        let below_len = rows * below_layer.output_len();
-        let below_out = &outputs[l - 1][..below_len];
-        let below = Below {
-            d_out: &mut lower_grads[l - 1][..below_len],
-            output: below_out,
-            activation: below_layer.activation(),
-            bias_sums: match below_layer {
-                Layer::Dense(_) => Some(&mut lower_dparams[l - 1][1][..]),
-                _ => None,
-            },
-        };
-        let input = LayerInput::Values(below_out);
-        let done = layer.backward(
-            &pass,
-            weights,
-            input,
-            output,
-            dz,
-            params,
-            &mut scratch[l],
-            Some(below),
-        );
         bias_grad_done[l - 1] = done.bias;
         if !done.activation {
+            let below_layer = &layers[l - 1];
+            let below_len = rows * below_layer.output_len();
+            let below_out = &outputs[l - 1][..below_len];
             let _span = profile::span(|| {
                 Work::kernel("activation gradient")
                     .layer(l - 1)
