@@ -310,8 +310,9 @@ impl Sequential {
     }
 
     /// Drops the workspace, whose record of whether the first layer is finite
-    /// (kept up to date by the updates) no longer holds once weights or optimizer
-    /// state are replaced from outside; the next workspace checks them afresh.
+    /// and bf16 copies of the weights (kept up to date by the updates) no longer
+    /// hold once weights or optimizer state are replaced from outside; the next
+    /// workspace makes them afresh.
     pub(crate) fn weights_replaced(&mut self) {
         self.workspace = None;
     }
@@ -337,20 +338,19 @@ impl Sequential {
 
     /// The workspace for batches of up to `rows`, reused when it fits.
     pub(crate) fn take_workspace(&mut self, rows: usize) -> Workspace {
-        // A kept workspace knows whether the first layer is finite: the updates
-        // keep that up to date, and every other change of the weights or the
-        // optimizer's state drops the workspace (`weights_replaced`). A new one
-        // looks, in a pass over them.
+        // A kept workspace knows whether the first layer is finite and holds the
+        // weights' bf16 copies: the updates keep both up to date, and every other
+        // change of the weights, the optimizer's state or the policy drops the
+        // workspace (`weights_replaced`). A new one looks, in a pass over them.
         let mut ws = match self.workspace.take() {
             Some(ws) if ws.fits(&self.layers, self.input_dim(), rows) => ws,
             _ => {
                 let mut ws = Workspace::new(&self.layers, self.input_dim(), rows.max(1));
                 ws.first_layer_finite = self.first_layer_finite();
+                ws.use_policy(self.policy, &self.layers);
                 ws
             }
         };
-        // The weights may have changed since the workspace's bf16 copies were made.
-        ws.use_policy(self.policy, &self.layers);
         // Only a first `Dense` reads a batch by its nonzeros.
         let first_dense = self.layers.first().is_some_and(|l| l.as_dense().is_some());
         ws.skip_input_zeros = self.skip_input_zeros && first_dense;

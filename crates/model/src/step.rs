@@ -264,15 +264,16 @@ pub(crate) fn backward(layers: &[Layer], ws: &mut Workspace, step: StepRun, run:
         };
         let output = &outputs[l][..rows * layer.output_len()];
         let pass = step.pass(l, true);
-        // The first layer's input gradient is never needed.
-        let (input, below) = match l {
-            0 => (LayerInput::Batch(&mut *input), None),
-            _ => {
-                let below_layer = &layers[l - 1];
-                let below_len = rows * below_layer.output_len();
-                let below_out = &outputs[l - 1][..below_len];
+        // The layer below and its output; the first layer's input gradient is
+        // never needed.
+        let below_layer = l.checked_sub(1).map(|b| {
+            let output = &outputs[b][..rows * layers[b].output_len()];
+            (&layers[b], output)
+        });
+        let (input, below) = match below_layer {
+            Some((below_layer, below_out)) => {
                 let below = Below {
-                    d_out: &mut lower_grads[l - 1][..below_len],
+                    d_out: &mut lower_grads[l - 1][..below_out.len()],
                     output: below_out,
                     activation: below_layer.activation(),
                     bias_sums: match below_layer {
@@ -282,17 +283,16 @@ pub(crate) fn backward(layers: &[Layer], ws: &mut Workspace, step: StepRun, run:
                 };
                 (LayerInput::Values(below_out), Some(below))
             }
+            None => (LayerInput::Batch(&mut *input), None),
         };
         let scratch = &mut scratch[l];
         let done = layer.backward(&pass, weights, input, output, dz, params, scratch, below);
-        if l == 0 {
+        let Some((below_layer, below_out)) = below_layer else {
             break;
-        }
+        };
+        let below_len = below_out.len();
         bias_grad_done[l - 1] = done.bias;
         if !done.activation {
-            let below_layer = &layers[l - 1];
-            let below_len = rows * below_layer.output_len();
-            let below_out = &outputs[l - 1][..below_len];
             let _span = profile::span(|| {
                 Work::kernel("activation gradient")
                     .layer(l - 1)

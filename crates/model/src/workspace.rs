@@ -112,37 +112,29 @@ impl Workspace {
         }
     }
 
-    /// Computes under `policy` from now on: under `mixed_bfloat16`, with
-    /// `layers`' parameters as they are now, rounded to bf16.
+    /// Computes under `policy` (a new workspace's is `float32`): under
+    /// `mixed_bfloat16`, with `layers`' parameters as they are now, rounded to bf16.
     pub fn use_policy(&mut self, policy: Policy, layers: &[Layer]) {
         self.policy = policy;
         self.input.round_to_bf16 = policy.is_bf16();
+        self.compute_params.clear();
         if !policy.is_bf16() {
-            self.compute_params.clear();
             return;
         }
-        // Kept from the last call (no allocation): they have the gradients' shapes.
-        let shaped_as_grads = |copies: &Vec<Vec<AlignedBuf>>| {
-            copies.len() == self.dparams.len()
-                && copies.iter().zip(&self.dparams).all(|(c, g)| {
-                    c.len() == g.len() && c.iter().zip(g).all(|(c, g)| c.len() == g.len())
-                })
-        };
-        if !shaped_as_grads(&self.compute_params) {
-            self.compute_params = (self.dparams.iter())
-                .map(|grads| grads.iter().map(|g| AlignedBuf::zeros(g.len())).collect())
-                .collect();
-        }
-        for (l, (copies, layer)) in self.compute_params.iter_mut().zip(layers).enumerate() {
+        for (l, layer) in layers.iter().enumerate() {
             let params = layer.param_values().into_iter().flatten();
-            for (i, (copy, values)) in copies.iter_mut().zip(params).enumerate() {
-                let finite = bf16::round_into(values, copy);
+            let mut copies = Vec::with_capacity(2);
+            for (i, values) in params.enumerate() {
+                let mut copy = AlignedBuf::zeros(values.len());
+                let finite = bf16::round_into(values, &mut copy);
                 // The sparse products' shortcut needs the kernel they read finite;
                 // a finite weight past bf16's largest is infinite in its copy.
                 if (l, i) == (0, 0) {
                     self.first_layer_finite &= finite;
                 }
+                copies.push(copy);
             }
+            self.compute_params.push(copies);
         }
     }
 
