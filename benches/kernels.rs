@@ -10,8 +10,9 @@
 
 use criterion::{black_box, criterion_group, Bencher, BenchmarkId, Criterion, Throughput};
 use kerno::tensor::conv::{
-    backward_scratch_len, conv2d_backward, conv2d_forward, patch_buffer_len, reserve_patch_buffers,
-    ConvGradients, Padding, Windows,
+    backward_scratch_len, chunk_output_len, conv2d_backward, conv2d_forward, conv2d_pool_forward,
+    patch_buffer_len, reserve_patch_buffers, ConvGradients, OutputGradient, Padding, Pooling,
+    Windows,
 };
 use kerno::tensor::loss::{softmax_xent_fwd_bwd, LogitsGradient, Targets};
 use kerno::tensor::optim::RmsProp;
@@ -332,20 +333,22 @@ fn rmsprop(c: &mut Criterion) {
 
 /// The convnet's kernels on a batch of 64: its three convolutions forward
 /// (im2col, GEMM, bias and relu) and backward (im2col again, the kernel's
-/// gradient, and below the first layer the input's: GEMM and col2im), and both
-/// max poolings forward and backward.
+/// gradient, and below the first layer the input's: GEMM and col2im), the
+/// first two also with the max pooling above them taken as the output is made
+/// (forward) and their output gradient made from the pooling's (backward), as
+/// training runs them; and both max poolings alone, forward and backward.
 fn convnet_kernels(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let images = 64;
     let mut group = c.benchmark_group("convnet convolutions, batch 64");
     group.sample_size(30);
-    for (name, input, filters) in [
-        ("conv1 28x28x1", [28, 28, 1], 32),
-        ("conv2 13x13x32", [13, 13, 32], 64),
-        ("conv3 5x5x64", [5, 5, 64], 64),
+    for (name, input, filters, pooled_above) in [
+        ("conv1 28x28x1", [28, 28, 1], 32, true),
+        ("conv2 13x13x32", [13, 13, 32], 64, true),
+        ("conv3 5x5x64", [5, 5, 64], 64, false),
     ] {
         let w = Windows::new(input, [3, 3], [1, 1], Padding::Valid).expect("fits");
-        reserve_patch_buffers(patch_buffer_len(&w));
+        reserve_patch_buffers(patch_buffer_len(&w), chunk_output_len(&w, filters));
         let x = random(images * w.input_len(), &mut rng);
         let kernel = random(w.patch_len() * filters, &mut rng);
         let bias = random(filters, &mut rng);
@@ -357,22 +360,57 @@ fn convnet_kernels(c: &mut Criterion) {
                 conv2d_forward(&w, images, &x, &kernel, Epilogue::BiasRelu(&bias), &mut out)
             })
         });
+        let pool_windows = [w.out_height, w.out_width, filters];
+        let pool = Windows::new(pool_windows, [2, 2], [2, 2], Padding::Valid).expect("fits");
+        let pooled_len = images * pool.positions() * filters;
+        let (mut pooled, mut which) =
+            (AlignedBuf::zeros(pooled_len), AlignedBuf::zeros(pooled_len));
+        if pooled_above {
+            group.bench_function(format!("conv + max pooling forward {name}"), |b| {
+                iter_in_pool(b, || {
+                    let pooling = Pooling {
+                        windows: &pool,
+                        out: &mut pooled,
+                        window_of_max: Some(&mut which),
+                        round_to_bf16: false,
+                    };
+                    let epilogue = Epilogue::BiasRelu(&bias);
+                    conv2d_pool_forward(&w, images, &x, &kernel, epilogue, pooling)
+                })
+            });
+        }
         let first = input[2] == 1;
         group.throughput(Throughput::Elements(if first { 2 } else { 4 } * products));
         let dz = random(out.len(), &mut rng);
+        let d_pooled = random(pooled_len, &mut rng);
         let (mut dk, mut db) = (AlignedBuf::zeros(kernel.len()), AlignedBuf::zeros(filters));
         let mut scratch = AlignedBuf::zeros(backward_scratch_len(&w, filters, images));
         let mut dx = AlignedBuf::zeros(x.len());
-        group.bench_function(format!("conv backward {name}"), |b| {
+        let mut backward = |b: &mut Bencher<'_>, dz: OutputGradient<'_>| {
             iter_in_pool(b, || {
                 let grads = ConvGradients {
                     kernel: &mut dk,
                     bias: Some(&mut db),
                     input: (!first).then_some(&mut dx[..]),
                 };
-                conv2d_backward(&w, images, &x, &kernel, &dz, grads, &mut scratch)
+                conv2d_backward(&w, images, &x, &kernel, dz, grads, &mut scratch)
             })
+        };
+        group.bench_function(format!("conv backward {name}"), |b| {
+            backward(b, OutputGradient::Given(&dz))
         });
+        if pooled_above {
+            let from_pooling = OutputGradient::Pooled {
+                windows: &pool,
+                window_of_max: &which,
+                out: &pooled,
+                d_out: &d_pooled,
+                relu: true,
+            };
+            group.bench_function(format!("conv + max pooling backward {name}"), |b| {
+                backward(b, from_pooling)
+            });
+        }
     }
     group.finish();
     let mut group = c.benchmark_group("convnet pooling, batch 64");

@@ -1,11 +1,12 @@
 //! The network loop: load a batch, each layer forward, the loss (fused with
 //! the softmax), each layer backward in reverse. The layers' math is in `layers/`.
 
-use crate::layers::{Below, Layer, LayerInput, ParamGrads, Pass};
+use crate::layers::{pooled_conv, Below, Layer, LayerInput, ParamGrads, Pass};
 use crate::loss::Loss;
 use crate::sequential::Sequential;
 use crate::targets::TargetTable;
 use crate::workspace::{InputBatch, Workspace};
+use kerno_tensor::conv::OutputGradient;
 use kerno_tensor::loss::{self, LogitsGradient, LossStats, Targets};
 use kerno_tensor::profile::{self, Work};
 use kerno_tensor::sparse::SPARSE_DENSITY_LIMIT;
@@ -131,13 +132,25 @@ pub(crate) fn forward(
         ..
     } = ws;
     let bf16 = policy.is_bf16();
-    for l in run {
+    let mut ls = run.clone();
+    while let Some(l) = ls.next() {
         let layer = &layers[l];
         let (before, rest) = outputs.split_at_mut(l);
         let input = match l {
             0 => LayerInput::Batch(input),
             _ => LayerInput::Values(&before[l - 1][..step.rows * layers[l - 1].output_len()]),
         };
+        if let Some((conv, pool)) = pooled_conv(layers, l).filter(|_| run.contains(&(l + 1))) {
+            // The pooling's output is the maximum of bf16 values, a bf16 value.
+            let pooled = &mut rest[1][..step.rows * layers[l + 1].output_len()];
+            let which = step.training.then(|| &mut scratch[l + 1][..pooled.len()]);
+            let weights = layer.weights(compute_params.get(l).map(|c| &c[..]));
+            let values = input.values();
+            let pass = step.pass(l, true);
+            conv.forward_pooled(&pass, weights, values, pool, pooled, which, bf16);
+            ls.next();
+            continue;
+        }
         let out = &mut rest[0][..step.rows * layer.output_len()];
         let activate = last_activation || l + 1 < layers.len();
         // Under mixed_bfloat16 the last layer's softmax is computed in f32 from
@@ -247,14 +260,24 @@ pub(crate) fn backward(layers: &[Layer], ws: &mut Workspace, step: StepRun, run:
         ..
     } = ws;
     let rows = step.rows;
-    for l in run.rev() {
+    for l in run.clone().rev() {
         let layer = &layers[l];
+        // A convolution whose output the pooling above takes as it is made
+        // makes its output gradient from the pooling's; the pooling takes no
+        // pass of its own (and the gradient it hands down is through the relu).
+        let pooled_above = pooled_conv(layers, l).filter(|_| run.contains(&(l + 1)));
+        let pooling_of_below = l > run.start && pooled_conv(layers, l - 1).is_some();
         let (lower_grads, upper_grads) = grads.split_at_mut(l);
         let (lower_dparams, upper_dparams) = dparams.split_at_mut(l);
-        let dz = &mut upper_grads[0][..rows * layer.output_len()];
-        if policy.is_bf16() {
+        let (dz, grads_above) = upper_grads.split_first_mut().expect("a gradient a layer");
+        let dz = &mut dz[..rows * layer.output_len()];
+        if policy.is_bf16() && pooled_above.is_none() {
             let _span = rounding_span(Some(l), dz.len());
             bf16::round_in_place(dz);
+        }
+        if pooling_of_below {
+            bias_grad_done[l - 1] = false;
+            continue;
         }
         let dz = &*dz;
         let weights = layer.weights(compute_params.get(l).map(|c| &c[..]));
@@ -285,8 +308,21 @@ pub(crate) fn backward(layers: &[Layer], ws: &mut Workspace, step: StepRun, run:
             }
             None => (LayerInput::Batch(&mut *input), None),
         };
-        let scratch = &mut scratch[l];
-        let done = layer.backward(&pass, weights, input, output, dz, params, scratch, below);
+        let (scratch, scratch_above) = scratch[l..].split_first_mut().expect("scratch a layer");
+        let done = match pooled_above {
+            Some((conv, pool)) => {
+                let pooled_len = rows * layers[l + 1].output_len();
+                let dz = OutputGradient::Pooled {
+                    windows: &pool.windows,
+                    window_of_max: &scratch_above[0][..pooled_len],
+                    out: &outputs[l + 1][..pooled_len],
+                    d_out: &grads_above[0][..pooled_len],
+                    relu: conv.config.activation == Activation::Relu,
+                };
+                conv.backward(&pass, weights, input.values(), dz, params, scratch, below)
+            }
+            None => layer.backward(&pass, weights, input, output, dz, params, scratch, below),
+        };
         let Some((below_layer, below_out)) = below_layer else {
             break;
         };

@@ -68,7 +68,11 @@ impl Workspace {
         kerno_tensor::reserve_packing_buffers(deepest.unwrap_or(0).max(capacity));
         let patches = layers.iter().map(Layer::patch_buffer_len).max();
         if let Some(len) = patches.filter(|&len| len > 0) {
-            kerno_tensor::conv::reserve_patch_buffers(len);
+            let chunk_outputs = (0..layers.len())
+                .filter_map(|l| crate::layers::pooled_conv(layers, l))
+                .map(|(conv, _)| conv.chunk_output_len())
+                .max();
+            kerno_tensor::conv::reserve_patch_buffers(len, chunk_outputs.unwrap_or(0));
         }
         let outputs_len = layers.last().map_or(input_len, Layer::output_len);
         let per_layer = |len: &dyn Fn(&Layer) -> usize| {

@@ -2,10 +2,12 @@
 //! both paddings, strides 1 and 2, and every instruction set of this machine.
 
 use kerno_tensor::conv::{
-    backward_scratch_len, conv2d_backward_with, conv2d_forward_with, ConvGradients, Padding,
-    Windows,
+    backward_scratch_len, conv2d_backward_with, conv2d_forward_with, conv2d_pool_forward_with,
+    ConvGradients, OutputGradient, Padding, Pooling, Windows,
 };
-use kerno_tensor::pool::{max_pool2d_backward, max_pool2d_forward};
+use kerno_tensor::pool::{
+    max_pool2d_backward, max_pool2d_backward_with, max_pool2d_forward, max_pool2d_forward_with,
+};
 use kerno_tensor::{reference, Epilogue, Isa};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -59,6 +61,16 @@ impl Conv<'_> {
 
     /// The kernel and bias gradient, and the input's when `with_dx`.
     fn backward(&self, x: &[f32], dz: &[f32], with_dx: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+        self.backward_from(x, OutputGradient::Given(dz), with_dx)
+    }
+
+    /// [`Conv::backward`] from the output gradient as `dz` says.
+    fn backward_from(
+        &self,
+        x: &[f32],
+        dz: OutputGradient<'_>,
+        with_dx: bool,
+    ) -> (Vec<f32>, Option<Vec<f32>>) {
         let mut dk = vec![f32::NAN; self.kernel.len()];
         let mut db = vec![f32::NAN; self.filters()];
         let mut dx = with_dx.then(|| vec![f32::NAN; x.len()]);
@@ -150,14 +162,21 @@ fn conv2d_forward_and_gradients_match_the_reference() {
 #[test]
 fn max_pool2d_matches_the_reference_ties_included() {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
+    // The 2×2 windows of the convnet, other windows, a window of more pixels
+    // than the vector path takes (5×4), and odd channel counts.
     let cases = [
         ([26, 26, 32], [2, 2], [2, 2]),
         ([11, 11, 64], [2, 2], [2, 2]),
         ([7, 5, 3], [3, 3], [2, 2]),
         ([6, 6, 130], [2, 3], [1, 2]),
         ([1, 1, 5], [1, 1], [1, 1]),
+        ([9, 9, 3], [5, 4], [2, 3]),
+        ([5, 7, 13], [2, 2], [2, 2]),
     ];
-    for (input, window, strides) in cases {
+    for ((input, window, strides), isa) in cases
+        .into_iter()
+        .flat_map(|case| Isa::available().into_iter().map(move |isa| (case, isa)))
+    {
         for padding in [Padding::Valid, Padding::Same] {
             let w = Windows::new(input, window, strides, padding).expect("the window fits");
             let images = 5;
@@ -169,18 +188,19 @@ fn max_pool2d_matches_the_reference_ties_included() {
             let d_out = random(&mut rng, out_len);
             let (exact, exact_dx) = reference::max_pool2d(&w, images, &to_f64(&x), &to_f64(&d_out));
             let (mut out, mut which) = (vec![f32::NAN; out_len], vec![f32::NAN; out_len]);
-            max_pool2d_forward(&w, images, &x, &mut out, Some(&mut which));
-            let case = format!("{input:?} window {window:?} strides {strides:?} {padding}");
+            max_pool2d_forward_with(isa, &w, images, &x, &mut out, Some(&mut which));
+            let case = format!("{isa:?} {input:?} window {window:?} strides {strides:?} {padding}");
             assert_eq!(to_f64(&out), exact, "{case} forward");
             // Inference's pass, which records no window, pools alike.
             let mut untracked = vec![f32::NAN; out_len];
-            max_pool2d_forward(&w, images, &x, &mut untracked, None);
+            max_pool2d_forward_with(isa, &w, images, &x, &mut untracked, None);
             assert!(
                 same_bits(&untracked, &out),
                 "{case} forward without windows"
             );
             let mut dx = vec![f32::NAN; x.len()];
-            max_pool2d_backward(&w, images, &which, &out, &d_out, &mut dx, false);
+            let gradients = (&d_out[..], &mut dx[..]);
+            max_pool2d_backward_with(isa, &w, images, &which, &out, gradients, false);
             let err = rel_err(&dx, &exact_dx);
             assert!(err < 1e-6, "{case} backward: rel err {err}");
             // Through a relu below: its output's gradient masked where it is 0.
@@ -193,8 +213,9 @@ fn max_pool2d_matches_the_reference_ties_included() {
                 }
             }
             let mut relu_out = vec![f32::NAN; out_len];
-            max_pool2d_forward(&w, images, &relu_x, &mut relu_out, Some(&mut which));
-            max_pool2d_backward(&w, images, &which, &relu_out, &d_out, &mut dx, true);
+            max_pool2d_forward_with(isa, &w, images, &relu_x, &mut relu_out, Some(&mut which));
+            let gradients = (&d_out[..], &mut dx[..]);
+            max_pool2d_backward_with(isa, &w, images, &which, &relu_out, gradients, true);
             let err = rel_err(&dx, &exact_relu_dx);
             assert!(err < 1e-6, "{case} backward through a relu: rel err {err}");
         }
@@ -205,16 +226,19 @@ fn max_pool2d_matches_the_reference_ties_included() {
 /// input, as no input equals NaN; a NaN after a number is passed over.
 #[test]
 fn a_nan_maximum_takes_no_gradient() {
-    let w = Windows::new([2, 2, 2], [2, 2], [2, 2], Padding::Valid).expect("fits");
-    // Channel 0: NaN first; channel 1: 1, NaN, 3, 2.
-    let x = [f32::NAN, 1.0, 0.0, f32::NAN, 0.0, 3.0, 0.0, 2.0];
-    let (mut out, mut which) = ([0.0; 2], [0.0; 2]);
-    max_pool2d_forward(&w, 1, &x, &mut out, Some(&mut which));
-    assert!(out[0].is_nan());
-    assert_eq!(out[1], 3.0);
-    let mut dx = [f32::NAN; 8];
-    max_pool2d_backward(&w, 1, &which, &out, &[5.0, 7.0], &mut dx, false);
-    assert_eq!(dx, [0.0, 0.0, 0.0, 0.0, 0.0, 7.0, 0.0, 0.0]);
+    for isa in Isa::available() {
+        let w = Windows::new([2, 2, 2], [2, 2], [2, 2], Padding::Valid).expect("fits");
+        // Channel 0: NaN first; channel 1: 1, NaN, 3, 2.
+        let x = [f32::NAN, 1.0, 0.0, f32::NAN, 0.0, 3.0, 0.0, 2.0];
+        let (mut out, mut which) = ([0.0; 2], [0.0; 2]);
+        max_pool2d_forward_with(isa, &w, 1, &x, &mut out, Some(&mut which));
+        assert!(out[0].is_nan(), "{isa:?}");
+        assert_eq!(out[1], 3.0, "{isa:?}");
+        let mut dx = [f32::NAN; 8];
+        let gradients = (&[5.0, 7.0][..], &mut dx[..]);
+        max_pool2d_backward_with(isa, &w, 1, &which, &out, gradients, false);
+        assert_eq!(dx, [0.0, 0.0, 0.0, 0.0, 0.0, 7.0, 0.0, 0.0], "{isa:?}");
+    }
 }
 
 #[test]
@@ -252,5 +276,97 @@ fn conv2d_and_pooling_give_the_same_bits_on_one_and_two_threads() {
     let (one, two) = (run(1), run(2));
     for (a, b) in one.iter().zip(&two) {
         assert!(same_bits(a, b));
+    }
+}
+
+/// (conv input, conv window, filters, padding, pool window, pool strides)
+type PooledConvCase = (
+    [usize; 3],
+    [usize; 2],
+    usize,
+    Padding,
+    [usize; 2],
+    [usize; 2],
+);
+
+/// A convolution whose output is pooled as it is made, and whose output
+/// gradient is made from the pooling's, gives the bits of the two kernels run
+/// one after the other: the convnet's two pairs (one tiling its input exactly,
+/// one not), a window that overlaps, "same" padding, several tasks and chunks
+/// of images; training (windows recorded) and inference, with and without
+/// rounding to bf16 before the pooling; on every instruction set.
+#[test]
+fn a_pooled_convolution_gives_the_bits_of_the_two_kernels() {
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let cases: [PooledConvCase; 4] = [
+        ([28, 28, 1], [3, 3], 32, Padding::Valid, [2, 2], [2, 2]),
+        ([13, 13, 32], [3, 3], 64, Padding::Valid, [2, 2], [2, 2]),
+        ([9, 7, 3], [3, 2], 5, Padding::Same, [3, 3], [2, 1]),
+        ([6, 6, 4], [2, 2], 17, Padding::Valid, [2, 2], [1, 1]),
+    ];
+    for (input, window, filters, padding, pool_window, pool_strides) in cases {
+        let w = Windows::new(input, window, [1, 1], padding).expect("fits");
+        let pool_input = [w.out_height, w.out_width, filters];
+        let pool =
+            Windows::new(pool_input, pool_window, pool_strides, Padding::Valid).expect("fits");
+        let images = 19;
+        let x = random(&mut rng, images * w.input_len());
+        let kernel = random(&mut rng, w.patch_len() * filters);
+        let bias = random(&mut rng, filters);
+        let pooled_len = images * pool.positions() * filters;
+        let d_pooled = random(&mut rng, pooled_len);
+        for (isa, round_to_bf16) in Isa::available()
+            .into_iter()
+            .flat_map(|isa| [(isa, false), (isa, true)])
+        {
+            let case = format!("{isa:?} {input:?} pool {pool_window:?} bf16 {round_to_bf16}");
+            let conv = Conv {
+                isa,
+                w: &w,
+                images,
+                kernel: &kernel,
+            };
+            // The two kernels in turn.
+            let mut out = conv.forward(&x, &bias);
+            if round_to_bf16 {
+                kerno_tensor::bf16::round_in_place_with(isa, &mut out);
+            }
+            let (mut pooled, mut which) = (vec![f32::NAN; pooled_len], vec![f32::NAN; pooled_len]);
+            max_pool2d_forward_with(isa, &pool, images, &out, &mut pooled, Some(&mut which));
+            let mut dz = vec![f32::NAN; out.len()];
+            let gradients = (&d_pooled[..], &mut dz[..]);
+            max_pool2d_backward_with(isa, &pool, images, &which, &pooled, gradients, true);
+            let (dk, dx) = conv.backward(&x, &dz, true);
+
+            // As one.
+            let run = |which: Option<&mut [f32]>| {
+                let mut fused = vec![f32::NAN; pooled_len];
+                let pooling = Pooling {
+                    windows: &pool,
+                    out: &mut fused,
+                    window_of_max: which,
+                    round_to_bf16,
+                };
+                let epilogue = Epilogue::BiasRelu(&bias);
+                conv2d_pool_forward_with(isa, &w, images, &x, &kernel, epilogue, pooling);
+                fused
+            };
+            let mut fused_which = vec![f32::NAN; pooled_len];
+            let fused = run(Some(&mut fused_which));
+            assert!(same_bits(&fused, &pooled), "{case} forward");
+            assert!(same_bits(&fused_which, &which), "{case} windows");
+            assert!(same_bits(&run(None), &pooled), "{case} inference");
+            let from_pooling = OutputGradient::Pooled {
+                windows: &pool,
+                window_of_max: &which,
+                out: &pooled,
+                d_out: &d_pooled,
+                relu: true,
+            };
+            let (fused_dk, fused_dx) = conv.backward_from(&x, from_pooling, true);
+            assert!(same_bits(&fused_dk, &dk), "{case} kernel gradient");
+            let (fused_dx, dx) = (fused_dx.expect("asked for"), dx.expect("asked for"));
+            assert!(same_bits(&fused_dx, &dx), "{case} input gradient");
+        }
     }
 }

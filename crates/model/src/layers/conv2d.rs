@@ -8,11 +8,18 @@
 //! gradient is one more row of the product), `dx = patches⁻¹(dz·Wᵀ)` (each
 //! patch row added back onto the pixels it came from); the patches are made
 //! again from `x`.
+//!
+//! Followed by a `MaxPooling2D`, it pools its output as it makes it, and makes
+//! its output gradient from the pooling's as it needs it (`forward_pooled`,
+//! `backward` from `OutputGradient::Pooled`): the step runs the two layers as
+//! one pass each way, same bits, without writing out the output between them.
 
-use super::{image_windows, Below, BelowDone, ParamGrads, Pass, Plan, Shapes, Weights};
+use super::{
+    image_windows, Below, BelowDone, MaxPooling2DLayer, ParamGrads, Pass, Plan, Shapes, Weights,
+};
 use kerno_tensor::conv::{
-    backward_scratch_len, conv2d_backward, conv2d_forward, patch_buffer_len, ConvGradients,
-    Padding, Windows,
+    backward_scratch_len, chunk_output_len, conv2d_backward, conv2d_forward, conv2d_pool_forward,
+    patch_buffer_len, ConvGradients, OutputGradient, Padding, Pooling, Windows,
 };
 use kerno_tensor::profile::{self, Work};
 use kerno_tensor::{Activation, AlignedBuf, Epilogue};
@@ -183,27 +190,48 @@ impl Conv2DLayer {
         patch_buffer_len(&self.windows)
     }
 
+    /// Floats of a chunk's output a thread keeps where it is pooled as made.
+    pub(crate) fn chunk_output_len(&self) -> usize {
+        chunk_output_len(&self.windows, self.config.filters)
+    }
+
+    /// The epilogue of the forward GEMM; whether it applies the activation.
+    fn epilogue<'a>(&self, pass: &Pass, weights: Weights<'a>) -> (Epilogue<'a>, bool) {
+        let relu = pass.activate && self.config.activation == Activation::Relu;
+        match (weights.bias, relu) {
+            (Some(bias), true) => (Epilogue::BiasRelu(bias), true),
+            (Some(bias), false) => (Epilogue::Bias(bias), !pass.activate || !self.activates()),
+            (None, _) => (Epilogue::None, !pass.activate || !self.activates()),
+        }
+    }
+
+    /// Whether it has an activation other than the identity.
+    fn activates(&self) -> bool {
+        self.config.activation != Activation::Linear
+    }
+
+    /// Whether the pooling above can take its output as it is made: the
+    /// activation, if any, is a relu applied in the GEMM's epilogue (the
+    /// pooling's backward pass then takes the gradient through it).
+    pub(crate) fn pools_as_made(&self) -> bool {
+        !self.activates() || (self.config.activation == Activation::Relu && self.bias.is_some())
+    }
+
     /// `out = act(patches(x)·W + b)`.
     pub(crate) fn forward(&self, pass: &Pass, weights: Weights<'_>, x: &[f32], out: &mut [f32]) {
-        let (rows, filters) = (pass.rows, self.config.filters);
-        let relu = pass.activate && self.config.activation == Activation::Relu;
-        let epilogue = match (weights.bias, relu) {
-            (Some(bias), true) => Epilogue::BiasRelu(bias),
-            (Some(bias), false) => Epilogue::Bias(bias),
-            (None, _) => Epilogue::None,
-        };
+        let filters = self.config.filters;
+        let (epilogue, activated) = self.epilogue(pass, weights);
         {
-            let name = if relu {
+            let name = if matches!(epilogue, Epilogue::BiasRelu(_)) {
                 "conv forward: im2col, GEMM + bias + relu"
             } else {
                 "conv forward: im2col, GEMM + bias"
             };
             let _span = profile::span(|| self.work(name, pass, 1));
-            conv2d_forward(&self.windows, rows, x, weights.kernel, epilogue, out);
+            conv2d_forward(&self.windows, pass.rows, x, weights.kernel, epilogue, out);
         }
         // Without a bias there is no epilogue to fuse the relu into.
-        let separate = pass.activate && (!relu || self.bias.is_none());
-        if separate && self.config.activation != Activation::Linear {
+        if !activated {
             let _span = profile::span(|| {
                 Work::kernel("activation")
                     .layer(pass.layer)
@@ -211,6 +239,45 @@ impl Conv2DLayer {
             });
             self.config.activation.forward_inplace(out, filters);
         }
+    }
+
+    /// `pooled = pool(act(patches(x)·W + b))` for the `MaxPooling2D` above
+    /// (where [`pools_as_made`](Self::pools_as_made)), and when training where
+    /// each maximum came from into `which`; under `mixed_bfloat16` the output
+    /// is rounded before it is pooled, as the layer-by-layer step rounds it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_pooled(
+        &self,
+        pass: &Pass,
+        weights: Weights<'_>,
+        x: &[f32],
+        pool: &MaxPooling2DLayer,
+        pooled: &mut [f32],
+        which: Option<&mut [f32]>,
+        round_to_bf16: bool,
+    ) {
+        let (epilogue, activated) = self.epilogue(pass, weights);
+        assert!(activated, "a pooled convolution activates in its epilogue");
+        let name = if matches!(epilogue, Epilogue::BiasRelu(_)) {
+            "conv forward + max pooling: im2col, GEMM + bias + relu, pooling"
+        } else {
+            "conv forward + max pooling: im2col, GEMM + bias, pooling"
+        };
+        let _span = profile::span(|| self.work(name, pass, 1));
+        let pooling = Pooling {
+            windows: &pool.windows,
+            out: pooled,
+            window_of_max: which,
+            round_to_bf16,
+        };
+        conv2d_pool_forward(
+            &self.windows,
+            pass.rows,
+            x,
+            weights.kernel,
+            epilogue,
+            pooling,
+        );
     }
 
     /// `[dW; db] = [P 1]ᵀ·dz`, and below the first layer `dx = patches⁻¹(dz·Wᵀ)`
@@ -221,18 +288,27 @@ impl Conv2DLayer {
         pass: &Pass,
         weights: Weights<'_>,
         x: &[f32],
-        dz: &[f32],
+        dz: OutputGradient<'_>,
         params: ParamGrads<'_>,
         scratch: &mut [f32],
         below: Option<Below<'_>>,
     ) -> BelowDone {
         let rows = pass.rows;
-        let (name, products) = match below {
-            Some(_) => (
+        let pooled = matches!(dz, OutputGradient::Pooled { .. });
+        let (name, products) = match (below.is_some(), pooled) {
+            (true, false) => (
                 "conv backward: im2col, weight- and input-gradient GEMMs, col2im",
                 2,
             ),
-            None => ("conv backward: im2col, weight-gradient GEMM", 1),
+            (false, false) => ("conv backward: im2col, weight-gradient GEMM", 1),
+            (true, true) => (
+                "conv backward + max pooling gradient: unpooling, im2col, weight- and input-gradient GEMMs, col2im",
+                2,
+            ),
+            (false, true) => (
+                "conv backward + max pooling gradient: unpooling, im2col, weight-gradient GEMM",
+                1,
+            ),
         };
         let _span = profile::span(|| self.work(name, pass, products));
         let (kernel, bias) = match params.grads {

@@ -31,7 +31,7 @@ pub use input::Input;
 pub use max_pooling2d::{MaxPooling2D, MaxPooling2DLayer};
 
 use crate::workspace::InputBatch;
-use kerno_tensor::conv::{Padding, Windows};
+use kerno_tensor::conv::{OutputGradient, Padding, Windows};
 use kerno_tensor::{Activation, AlignedBuf};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -256,6 +256,22 @@ impl LayerInput<'_> {
             }
             LayerInput::Values(values) => values,
         }
+    }
+}
+
+/// The `Conv2D` at `l` and the `MaxPooling2D` right above it, where the step
+/// runs the two as one pass each way: the convolution's output pooled as it is
+/// made, its gradient made from the pooling's as the backward pass needs it,
+/// neither written out (5.5 MB each a batch below the convnet's first pooling).
+pub(crate) fn pooled_conv(
+    layers: &[Layer],
+    l: usize,
+) -> Option<(&Conv2DLayer, &MaxPooling2DLayer)> {
+    match (layers.get(l)?, layers.get(l + 1)?) {
+        (Layer::Conv2D(conv), Layer::MaxPooling2D(pool)) if conv.pools_as_made() => {
+            Some((conv, pool))
+        }
+        _ => None,
     }
 }
 
@@ -508,6 +524,7 @@ impl Layer {
         match self {
             Layer::Dense(l) => l.backward(pass, weights, input, dz, params, below),
             Layer::Conv2D(l) => {
+                let dz = OutputGradient::Given(dz);
                 l.backward(pass, weights, input.values(), dz, params, scratch, below)
             }
             Layer::MaxPooling2D(l) => l.backward(pass, output, dz, scratch, below),

@@ -13,6 +13,12 @@
 //! writing it out and reading it back from memory cost more than the products
 //! on it. The backward pass makes the patches again rather than keep them.
 //!
+//! A max pooling of the output can be taken chunk by chunk as the output is
+//! made ([`conv2d_pool_forward`]), and the backward pass can make its output
+//! gradient chunk by chunk from the pooling's ([`OutputGradient::Pooled`]):
+//! the convolution's output and its gradient (5.5 MB each a batch, for the
+//! convnet's first layer) are then never written out and read back.
+//!
 //! Tasks take fixed groups of images, each summing its images' kernel
 //! gradient in order into its own partial sum, and the partial sums are added
 //! in group order: the same bits on any number of threads.
@@ -22,9 +28,13 @@ mod patches;
 
 pub use geometry::{Padding, Windows};
 
-use crate::gemm::{gemm_one_task, gemm_one_task_packed, pack_b_once, with_buffer, Epilogue};
+use crate::elementwise;
+use crate::gemm::{
+    gemm_one_task, gemm_one_task_packed, pack_b_once, with_buffer, Epilogue, PackedB,
+};
 use crate::matrix::{MatMut, MatRef};
 use crate::parallel::{for_each_chunk, Units};
+use crate::pool::{pool_images, unpool_images};
 use crate::simd::Isa;
 use crate::AlignedBuf;
 use patches::{add_image_patches, image_patches_of};
@@ -55,6 +65,8 @@ thread_local! {
     /// The kernel (or its transpose) packed once for a pass by the thread that
     /// runs it, read by every chunk's GEMM on every thread.
     static KERNEL_PANELS: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
+    /// A chunk's output, or its gradient, where a pooling takes it as it is made.
+    static CHUNK_OUTPUT: RefCell<AlignedBuf> = const { RefCell::new(AlignedBuf::new()) };
 }
 
 /// Images whose patches are made and multiplied at once: as many as fit in
@@ -69,14 +81,26 @@ pub fn patch_buffer_len(windows: &Windows) -> usize {
     images_per_chunk(windows) * windows.positions() * windows.patch_row_len()
 }
 
-/// Gives every thread of the current rayon pool its patch buffer at `len`
-/// floats (the largest [`patch_buffer_len`] of a model's convolutions): a
-/// thread that rayon first gives part of a convolution then allocates nothing.
-pub fn reserve_patch_buffers(len: usize) {
+/// Floats of a chunk's output (or its gradient) that each thread keeps for a
+/// convolution over `windows` into `filters` whose output is pooled as it is
+/// made ([`conv2d_pool_forward`], [`OutputGradient::Pooled`]).
+pub fn chunk_output_len(windows: &Windows, filters: usize) -> usize {
+    images_per_chunk(windows) * windows.positions() * filters
+}
+
+/// Gives every thread of the current rayon pool its patch buffer at `patches`
+/// floats (the largest [`patch_buffer_len`] of a model's convolutions) and its
+/// chunk output buffer at `chunk_outputs` (the largest [`chunk_output_len`] of
+/// its pooled ones): a thread that rayon first gives part of a convolution
+/// then allocates nothing.
+pub fn reserve_patch_buffers(patches: usize, chunk_outputs: usize) {
     rayon::broadcast(|_| {
         PATCHES.with(|buffer| {
-            buffer.borrow_mut().grow(len);
-        })
+            buffer.borrow_mut().grow(patches);
+        });
+        CHUNK_OUTPUT.with(|buffer| {
+            buffer.borrow_mut().grow(chunk_outputs);
+        });
     });
 }
 
@@ -153,14 +177,122 @@ pub fn conv2d_forward_with(
                 let first = task * per_task;
                 let count = out.len() / image_out.max(1);
                 for_each_chunk_of_patches(windows, input, first, count, |start, n, patches| {
-                    let rows = n * positions;
-                    let a = MatRef::new(patches, rows, depth, depth + 1, 1);
                     let out = &mut out[(start - first) * image_out..][..n * image_out];
-                    let c = MatMut::row_major(out, rows, filters);
-                    gemm_one_task_packed(isa, a, kernel, packed, c, false, epilogue);
+                    multiply_chunk(isa, windows, patches, kernel, packed, epilogue, out);
                 });
             },
         );
+    })
+}
+
+/// The products of a chunk's patches (of `out.len()` / filters output
+/// positions) with the kernel into their outputs, the epilogue applied.
+fn multiply_chunk(
+    isa: Isa,
+    windows: &Windows,
+    patches: &[f32],
+    kernel: MatRef<'_>,
+    packed: Option<PackedB<'_>>,
+    epilogue: Epilogue<'_>,
+    out: &mut [f32],
+) {
+    let (depth, filters) = (windows.patch_len(), kernel.cols());
+    let rows = out.len() / filters.max(1);
+    let a = MatRef::new(patches, rows, depth, depth + 1, 1);
+    let c = MatMut::row_major(out, rows, filters);
+    gemm_one_task_packed(isa, a, kernel, packed, c, false, epilogue);
+}
+
+/// A max pooling of a convolution's output, taken as each chunk of the output
+/// is made ([`conv2d_pool_forward`]).
+pub struct Pooling<'a> {
+    /// The pooling's windows over the convolution's output.
+    pub windows: &'a Windows,
+    /// The pooled output, `[images · pooled positions × filters]`.
+    pub out: &'a mut [f32],
+    /// Where each maximum came from, for the backward pass (as
+    /// [`max_pool2d_forward`](crate::pool::max_pool2d_forward) records it).
+    pub window_of_max: Option<&'a mut [f32]>,
+    /// Whether the convolution's output is rounded to bf16 before it is pooled
+    /// (`mixed_bfloat16`, where each layer's output is).
+    pub round_to_bf16: bool,
+}
+
+/// [`conv2d_forward`] whose output is max-pooled as it is made: `pooling.out`
+/// is `max_pool2d(conv2d(input))`, bit for bit as the two kernels give it,
+/// and the convolution's output is never written out.
+///
+/// # Panics
+/// When a buffer is shorter than `images` need, or the pooling's input is not
+/// the convolution's output.
+pub fn conv2d_pool_forward(
+    windows: &Windows,
+    images: usize,
+    input: &[f32],
+    kernel: &[f32],
+    epilogue: Epilogue<'_>,
+    pooling: Pooling<'_>,
+) {
+    let isa = Isa::detected();
+    conv2d_pool_forward_with(isa, windows, images, input, kernel, epilogue, pooling)
+}
+
+/// [`conv2d_pool_forward`] with a chosen instruction set (tests force each one).
+pub fn conv2d_pool_forward_with(
+    isa: Isa,
+    windows: &Windows,
+    images: usize,
+    input: &[f32],
+    kernel: &[f32],
+    epilogue: Epilogue<'_>,
+    pooling: Pooling<'_>,
+) {
+    let Pooling {
+        windows: pool,
+        out,
+        window_of_max,
+        round_to_bf16,
+    } = pooling;
+    let (positions, depth) = (windows.positions(), windows.patch_len());
+    let filters = kernel.len() / depth.max(1);
+    assert_eq!(
+        (pool.input_len(), pool.channels),
+        (positions * filters, filters),
+        "conv2d: the pooling's input must be the convolution's output"
+    );
+    let (image_out, pooled_len) = (positions * filters, pool.positions() * filters);
+    let input = &input[..images * windows.input_len()];
+    let kernel = MatRef::row_major(kernel, depth, filters);
+    let per_task = images_per_task(windows);
+    let task_len = per_task * pooled_len;
+    // A task's pooled outputs, and where their maxima came from.
+    type Pooled<'a> = (Units<&'a mut [f32]>, Option<Units<&'a mut [f32]>>);
+    let outputs: Pooled<'_> = (
+        Units(&mut out[..images * pooled_len], task_len),
+        window_of_max.map(|which| Units(&mut which[..images * pooled_len], task_len)),
+    );
+    let chunk_len = chunk_output_len(windows, filters);
+    with_buffer(&KERNEL_PANELS, |panels| {
+        let packed = pack_b_once(isa, kernel, panels);
+        for_each_chunk(outputs, 1, &|task, (Units(out, _), which): Pooled<'_>| {
+            let first = task * per_task;
+            let count = out.len() / pooled_len.max(1);
+            let mut which = which.map(|Units(which, _)| which);
+            with_buffer(&CHUNK_OUTPUT, |conv_out: &mut AlignedBuf| {
+                let conv_out = conv_out.grow(chunk_len);
+                for_each_chunk_of_patches(windows, input, first, count, |start, n, patches| {
+                    let conv_out = &mut conv_out[..n * image_out];
+                    multiply_chunk(isa, windows, patches, kernel, packed, epilogue, conv_out);
+                    if round_to_bf16 {
+                        elementwise::round_to_bf16(isa, conv_out);
+                    }
+                    let at = (start - first) * pooled_len;
+                    let out = &mut out[at..][..n * pooled_len];
+                    let which = which.as_deref_mut().map(|w| &mut w[at..][..n * pooled_len]);
+                    pool_images(isa, pool, conv_out, out, which);
+                });
+            })
+        });
     })
 }
 
@@ -176,8 +308,8 @@ pub fn backward_scratch_len(windows: &Windows, filters: usize, images: usize) ->
 /// bias gradient `Σ_rows dz`), and when `dx` is given the input's,
 /// `dx = col2im(dz·kernelᵀ)`.
 /// `dz` is the gradient with respect to the convolution's output before its
-/// activation, `[images · positions × filters]`; `scratch` holds
-/// [`backward_scratch_len`] floats.
+/// activation, `[images · positions × filters]`, or the pooling's it is made
+/// from; `scratch` holds [`backward_scratch_len`] floats.
 ///
 /// # Panics
 /// When a buffer is shorter than `images` need.
@@ -186,12 +318,32 @@ pub fn conv2d_backward(
     images: usize,
     input: &[f32],
     kernel: &[f32],
-    dz: &[f32],
+    dz: OutputGradient<'_>,
     grads: ConvGradients<'_>,
     scratch: &mut [f32],
 ) {
     let isa = Isa::detected();
     conv2d_backward_with(isa, windows, images, input, kernel, dz, grads, scratch)
+}
+
+/// The gradient with respect to a convolution's output before its activation,
+/// as [`conv2d_backward`] reads it.
+#[derive(Clone, Copy)]
+pub enum OutputGradient<'a> {
+    /// The gradient itself, `[images · positions × filters]`.
+    Given(&'a [f32]),
+    /// The gradient of a max pooling of the output, from which the output's is
+    /// made chunk by chunk (bit for bit as
+    /// [`max_pool2d_backward`](crate::pool::max_pool2d_backward) makes it) and
+    /// never written out: the pooling's windows, where each maximum came from,
+    /// the pooled output, its gradient, and whether a relu lies between.
+    Pooled {
+        windows: &'a Windows,
+        window_of_max: &'a [f32],
+        out: &'a [f32],
+        d_out: &'a [f32],
+        relu: bool,
+    },
 }
 
 /// Where [`conv2d_backward`] writes: the kernel's gradient, and the bias's and
@@ -210,7 +362,7 @@ pub fn conv2d_backward_with(
     images: usize,
     input: &[f32],
     kernel: &[f32],
-    dz: &[f32],
+    dz: OutputGradient<'_>,
     grads: ConvGradients<'_>,
     scratch: &mut [f32],
 ) {
@@ -226,7 +378,15 @@ pub fn conv2d_backward_with(
     );
     let filters = kernel.len() / depth.max(1);
     let (image_len, image_dz) = (windows.input_len(), positions * filters);
-    let (input, dz) = (&input[..images * image_len], &dz[..images * image_dz]);
+    let input = &input[..images * image_len];
+    if let OutputGradient::Pooled { windows: pool, .. } = dz {
+        assert_eq!(
+            (pool.input_len(), pool.channels),
+            (image_dz, filters),
+            "conv2d: the pooling's input must be the convolution's output"
+        );
+    }
+    let chunk_len = chunk_output_len(windows, filters);
     let grad_len = row_len * filters;
     let per_task = images_per_task(windows);
     let tasks = images.div_ceil(per_task);
@@ -258,25 +418,32 @@ pub fn conv2d_backward_with(
                 let first = task * per_task;
                 let count = per_task.min(images - first);
                 let mut dx = dx.map(|Units(dx, _)| dx);
-                for_each_chunk_of_patches(windows, input, first, count, |start, n, patches| {
-                    let rows = n * positions;
-                    let dz = &dz[start * image_dz..][..rows * filters];
-                    let dz = MatRef::row_major(dz, rows, filters);
-                    let p = MatRef::row_major(patches, rows, row_len);
-                    let c = MatMut::row_major(partial, row_len, filters);
-                    gemm_one_task(isa, p.t(), dz, c, start > first, Epilogue::None);
-                    if let Some(dx) = dx.as_deref_mut() {
-                        let dp = MatMut::new(patches, rows, depth, row_len);
-                        let none = Epilogue::None;
-                        gemm_one_task_packed(isa, dz, kernel_t, packed, dp, false, none);
-                        let dx = &mut dx[(start - first) * image_len..][..n * image_len];
-                        for (rows, image) in patches
-                            .chunks_exact(row_len * positions)
-                            .zip(dx.chunks_exact_mut(image_len))
-                        {
-                            add_image_patches(windows, rows, image);
+                with_buffer(&CHUNK_OUTPUT, |made: &mut AlignedBuf| {
+                    // Only a pooled output's gradient is made here.
+                    let made = match dz {
+                        OutputGradient::Pooled { .. } => made.grow(chunk_len),
+                        OutputGradient::Given(_) => &mut [],
+                    };
+                    for_each_chunk_of_patches(windows, input, first, count, |start, n, patches| {
+                        let rows = n * positions;
+                        let dz = chunk_gradient(isa, dz, start, n, image_dz, made);
+                        let dz = MatRef::row_major(dz, rows, filters);
+                        let p = MatRef::row_major(patches, rows, row_len);
+                        let c = MatMut::row_major(partial, row_len, filters);
+                        gemm_one_task(isa, p.t(), dz, c, start > first, Epilogue::None);
+                        if let Some(dx) = dx.as_deref_mut() {
+                            let dp = MatMut::new(patches, rows, depth, row_len);
+                            let none = Epilogue::None;
+                            gemm_one_task_packed(isa, dz, kernel_t, packed, dp, false, none);
+                            let dx = &mut dx[(start - first) * image_len..][..n * image_len];
+                            for (rows, image) in patches
+                                .chunks_exact(row_len * positions)
+                                .zip(dx.chunks_exact_mut(image_len))
+                            {
+                                add_image_patches(windows, rows, image);
+                            }
                         }
-                    }
+                    });
                 });
             },
         );
@@ -291,6 +458,39 @@ pub fn conv2d_backward_with(
     );
     if let Some(bias_grad) = bias_grad {
         add_partials(partials, grad_len, kernel_len, &mut bias_grad[..filters]);
+    }
+}
+
+/// The output gradient of the `n` images from `start`: a slice of it where it
+/// is given, else made from the pooling's in `made`.
+fn chunk_gradient<'a>(
+    isa: Isa,
+    dz: OutputGradient<'a>,
+    start: usize,
+    n: usize,
+    image_dz: usize,
+    made: &'a mut [f32],
+) -> &'a [f32] {
+    match dz {
+        OutputGradient::Given(dz) => &dz[start * image_dz..][..n * image_dz],
+        OutputGradient::Pooled {
+            windows,
+            window_of_max,
+            out,
+            d_out,
+            relu,
+        } => {
+            let (at, len) = (start * windows.positions(), n * windows.positions());
+            let c = windows.channels;
+            let (which, out, d_out) = (
+                &window_of_max[at * c..][..len * c],
+                &out[at * c..][..len * c],
+                &d_out[at * c..][..len * c],
+            );
+            let made = &mut made[..n * image_dz];
+            unpool_images(isa, windows, which, out, (d_out, &mut *made), relu);
+            made
+        }
     }
 }
 

@@ -3,11 +3,15 @@
 //! written as loops over slices that the compiler turns into vector max,
 //! compare and blend instructions.
 //!
+//! The loops are compiled for each instruction set (`per_instruction_set!`):
+//! built for baseline x86-64 alone they ran on 4-float SSE vectors.
+//!
 //! The batch splits into fixed chunks of images, each image done by one
 //! thread: the same bits on any thread count.
 
 use crate::conv::Windows;
 use crate::parallel::for_each_chunk;
+use crate::simd::Isa;
 
 /// Images per parallel task (a pooled image is a few microseconds of work).
 const IMAGES_PER_TASK: usize = 8;
@@ -30,30 +34,101 @@ pub fn max_pool2d_forward(
     out: &mut [f32],
     window_of_max: Option<&mut [f32]>,
 ) {
+    let isa = Isa::detected();
+    max_pool2d_forward_with(isa, windows, images, input, out, window_of_max)
+}
+
+/// [`max_pool2d_forward`] with a chosen instruction set (tests force each one).
+///
+/// # Panics
+/// As [`max_pool2d_forward`], and when `isa` is not supported by this CPU.
+pub fn max_pool2d_forward_with(
+    isa: Isa,
+    windows: &Windows,
+    images: usize,
+    input: &[f32],
+    out: &mut [f32],
+    window_of_max: Option<&mut [f32]>,
+) {
     let (in_len, out_len) = (windows.input_len(), windows.positions() * windows.channels);
     let input = &input[..images * in_len];
     let out = &mut out[..images * out_len];
-    let image = |n: usize| &input[n * in_len..][..in_len];
+    let task_input = |task: usize, out: &[f32]| {
+        &input[task * IMAGES_PER_TASK * in_len..][..out.len() / out_len.max(1) * in_len]
+    };
     match window_of_max {
         Some(which) => for_each_chunk(
             (out, &mut which[..images * out_len]),
             IMAGES_PER_TASK * out_len,
             &|task, (out, which): (&mut [f32], &mut [f32])| {
-                let images = out
-                    .chunks_exact_mut(out_len)
-                    .zip(which.chunks_exact_mut(out_len));
-                for (i, (out, which)) in images.enumerate() {
-                    pool_image::<true>(windows, image(task * IMAGES_PER_TASK + i), out, which);
-                }
+                pool_images(isa, windows, task_input(task, out), out, Some(which))
             },
         ),
         None => for_each_chunk(out, IMAGES_PER_TASK * out_len, &|task, out: &mut [f32]| {
-            for (i, out) in out.chunks_exact_mut(out_len).enumerate() {
-                pool_image::<false>(windows, image(task * IMAGES_PER_TASK + i), out, &mut []);
-            }
+            pool_images(isa, windows, task_input(task, out), out, None)
         }),
     }
 }
+
+#[inline(always)]
+fn pool_images_body(
+    windows: &Windows,
+    input: &[f32],
+    out: &mut [f32],
+    window_of_max: Option<&mut [f32]>,
+) {
+    let (in_len, out_len) = (windows.input_len(), windows.positions() * windows.channels);
+    let images = input
+        .chunks_exact(in_len)
+        .zip(out.chunks_exact_mut(out_len));
+    match window_of_max {
+        Some(which) => {
+            for ((image, out), which) in images.zip(which.chunks_exact_mut(out_len)) {
+                pool_image::<true>(windows, image, out, which);
+            }
+        }
+        None => {
+            for (image, out) in images {
+                pool_image::<false>(windows, image, out, &mut []);
+            }
+        }
+    }
+}
+
+/// The loops' entry points for each instruction set (the dispatch calls the
+/// `target_feature` builds, which takes `unsafe`).
+#[allow(unsafe_code)]
+mod per_isa {
+    use super::{pool_images_body, unpool_images_body, Windows};
+    use crate::simd::{per_instruction_set, Isa};
+
+    per_instruction_set! {
+        /// [`max_pool2d_forward`] of the images in `input` on the calling thread,
+        /// with the loops built for `isa`: for a kernel that has split the batch
+        /// among the threads already (a convolution whose output is pooled as it
+        /// is made).
+        pool_images(
+            windows: &Windows,
+            input: &[f32],
+            out: &mut [f32],
+            window_of_max: Option<&mut [f32]>
+        ) => pool_images_body
+    }
+
+    per_instruction_set! {
+        /// [`max_pool2d_backward`] of the images in `d_input` on the calling
+        /// thread, with the loops built for `isa` (see [`pool_images`]);
+        /// `gradients` is `(d_out, d_input)`.
+        unpool_images(
+            windows: &Windows,
+            window_of_max: &[f32],
+            out: &[f32],
+            gradients: (&[f32], &mut [f32]),
+            input_is_relu: bool
+        ) => unpool_images_body
+    }
+}
+pub(crate) use per_isa::{pool_images, unpool_images};
 
 /// `if pick { a } else { b }` as bit operations: written as a branch, a select
 /// of a value already stored (`*x = if c { v } else { *x }`) was compiled into
@@ -64,49 +139,135 @@ fn select(pick: bool, a: f32, b: f32) -> f32 {
     f32::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
 }
 
+/// Pixels of the largest window pooled by [`pool_lanes`] (a 4×4 window).
+const MAX_WINDOW: usize = 16;
+
 /// One image's pooling; with `TRACK`, each output's window of its maximum too.
+#[inline(always)]
 fn pool_image<const TRACK: bool>(w: &Windows, image: &[f32], out: &mut [f32], which: &mut [f32]) {
     let c = w.channels;
+    let window_len = w.window[0] * w.window[1];
     for (position, max) in out.chunks_exact_mut(c).enumerate() {
         let (oy, ox) = (position / w.out_width, position % w.out_width);
+        // The window's pixels inside the image, in window order, with their
+        // window positions.
+        let mut pixels = [(0, 0.0); MAX_WINDOW];
+        let mut count = 0;
+        for ky in 0..w.window[0] {
+            for kx in 0..w.window[1] {
+                if let Some((y, x)) = w.source(oy, ox, ky, kx).filter(|_| count < MAX_WINDOW) {
+                    pixels[count] = ((y * w.width + x) * c, (ky * w.window[1] + kx) as f32);
+                    count += 1;
+                }
+            }
+        }
         let which = match TRACK {
             true => &mut which[position * c..][..c],
             false => &mut [][..],
         };
-        let mut first = true;
-        for ky in 0..w.window[0] {
-            for kx in 0..w.window[1] {
-                let Some((y, x)) = w.source(oy, ox, ky, kx) else {
-                    continue;
-                };
-                let pixel = &image[(y * w.width + x) * c..][..c];
-                let k = (ky * w.window[1] + kx) as f32;
-                if first {
-                    max.copy_from_slice(pixel);
-                    if TRACK {
-                        which.fill(k);
-                    }
-                    first = false;
-                } else if TRACK {
-                    for ((m, i), &v) in max.iter_mut().zip(which.iter_mut()).zip(pixel) {
-                        // `>`: a later input equal to the maximum does not take it.
-                        let greater = v > *m;
-                        *m = select(greater, v, *m);
-                        *i = select(greater, k, *i);
-                    }
-                } else {
-                    // `>` rather than `f32::max`: one vector compare and blend.
-                    for (m, &v) in max.iter_mut().zip(pixel) {
-                        *m = if v > *m { v } else { *m };
-                    }
+        if count == 4 && window_len == 4 {
+            // A whole 2×2 window, the common case, in vectors.
+            pool_lanes::<TRACK, 4>(image, &pixels[..4], max, which);
+        } else if window_len <= MAX_WINDOW {
+            pool_lanes::<TRACK, 0>(image, &pixels[..count], max, which);
+        } else {
+            pool_window::<TRACK>(w, image, oy, ox, max, which);
+        }
+    }
+}
+
+/// The maximum over `pixels` (offsets in `image` and window positions, at
+/// least one) of each channel into `max`, and with `TRACK` the window position
+/// it came from into `which`; `N` is their count where it is known, else 0.
+/// Each output is computed in registers and stored once: selects into the
+/// output itself (`*m = if v > *m { v } else { *m }`, pixel by pixel) were
+/// compiled for AVX2 into masked stores, slower than the SSE build.
+#[inline(always)]
+fn pool_lanes<const TRACK: bool, const N: usize>(
+    image: &[f32],
+    pixels: &[(usize, f32)],
+    max: &mut [f32],
+    which: &mut [f32],
+) {
+    let c = max.len();
+    if N > 0 {
+        // Slices of the channels' length: the loop runs in vectors, without
+        // bounds checks.
+        let sources: [(&[f32], f32); N] =
+            std::array::from_fn(|j| (&image[pixels[j].0..][..c], pixels[j].1));
+        let which = &mut which[..if TRACK { c } else { 0 }];
+        for i in 0..c {
+            let (mut m, mut from) = (sources[0].0[i], sources[0].1);
+            for &(pixel, k) in &sources[1..] {
+                // `>`: a later input equal to the maximum does not take it.
+                let greater = pixel[i] > m;
+                m = select(greater, pixel[i], m);
+                from = select(greater, k, from);
+            }
+            max[i] = m;
+            if TRACK {
+                // A NaN maximum (the first input's) equals no input.
+                which[i] = select(m.is_nan(), NO_WINDOW, from);
+            }
+        }
+        return;
+    }
+    let (first, k0) = pixels[0];
+    let first = &image[first..][..c];
+    for i in 0..c {
+        let (mut m, mut from) = (first[i], k0);
+        for &(at, k) in &pixels[1..] {
+            let v = image[at + i];
+            let greater = v > m;
+            m = select(greater, v, m);
+            from = select(greater, k, from);
+        }
+        max[i] = m;
+        if TRACK {
+            which[i] = select(m.is_nan(), NO_WINDOW, from);
+        }
+    }
+}
+
+/// One output's pooling over a window larger than [`MAX_WINDOW`], pixel by
+/// pixel.
+fn pool_window<const TRACK: bool>(
+    w: &Windows,
+    image: &[f32],
+    oy: usize,
+    ox: usize,
+    max: &mut [f32],
+    which: &mut [f32],
+) {
+    let c = w.channels;
+    let mut first = true;
+    for ky in 0..w.window[0] {
+        for kx in 0..w.window[1] {
+            let Some((y, x)) = w.source(oy, ox, ky, kx) else {
+                continue;
+            };
+            let pixel = &image[(y * w.width + x) * c..][..c];
+            let k = (ky * w.window[1] + kx) as f32;
+            if first {
+                max.copy_from_slice(pixel);
+                if TRACK {
+                    which.fill(k);
+                }
+                first = false;
+                continue;
+            }
+            for (i, &v) in pixel.iter().enumerate() {
+                let greater = v > max[i];
+                max[i] = select(greater, v, max[i]);
+                if TRACK {
+                    which[i] = select(greater, k, which[i]);
                 }
             }
         }
-        if TRACK {
-            // A NaN maximum (the first input's) equals no input.
-            for (i, &m) in which.iter_mut().zip(max.iter()) {
-                *i = select(m.is_nan(), NO_WINDOW, *i);
-            }
+    }
+    if TRACK {
+        for (i, &m) in which.iter_mut().zip(max.iter()) {
+            *i = select(m.is_nan(), NO_WINDOW, *i);
         }
     }
 }
@@ -130,6 +291,26 @@ pub fn max_pool2d_backward(
     d_input: &mut [f32],
     input_is_relu: bool,
 ) {
+    let isa = Isa::detected();
+    let d = (d_out, d_input);
+    max_pool2d_backward_with(isa, windows, images, window_of_max, out, d, input_is_relu)
+}
+
+/// [`max_pool2d_backward`] with a chosen instruction set (tests force each
+/// one); `gradients` is `(d_out, d_input)`.
+///
+/// # Panics
+/// As [`max_pool2d_backward`], and when `isa` is not supported by this CPU.
+pub fn max_pool2d_backward_with(
+    isa: Isa,
+    windows: &Windows,
+    images: usize,
+    window_of_max: &[f32],
+    out: &[f32],
+    gradients: (&[f32], &mut [f32]),
+    input_is_relu: bool,
+) {
+    let (d_out, d_input) = gradients;
     let (in_len, out_len) = (windows.input_len(), windows.positions() * windows.channels);
     let (which, out, d_out) = (
         &window_of_max[..images * out_len],
@@ -139,18 +320,32 @@ pub fn max_pool2d_backward(
     for_each_chunk(
         &mut d_input[..images * in_len],
         IMAGES_PER_TASK * in_len,
-        &|task, chunk: &mut [f32]| {
-            for (i, d_image) in chunk.chunks_exact_mut(in_len).enumerate() {
-                let at = (task * IMAGES_PER_TASK + i) * out_len;
-                let (which, max, d_max) = (
-                    &which[at..][..out_len],
-                    &out[at..][..out_len],
-                    &d_out[at..][..out_len],
-                );
-                unpool_image(windows, which, max, d_max, d_image, input_is_relu);
-            }
+        &|task, d_input: &mut [f32]| {
+            let at = task * IMAGES_PER_TASK * out_len;
+            let len = d_input.len() / in_len.max(1) * out_len;
+            let (which, out, d_out) = (&which[at..][..len], &out[at..][..len], &d_out[at..][..len]);
+            unpool_images(isa, windows, which, out, (d_out, d_input), input_is_relu);
         },
     );
+}
+
+#[inline(always)]
+fn unpool_images_body(
+    windows: &Windows,
+    window_of_max: &[f32],
+    out: &[f32],
+    gradients: (&[f32], &mut [f32]),
+    input_is_relu: bool,
+) {
+    let (d_out, d_input) = gradients;
+    let (in_len, out_len) = (windows.input_len(), windows.positions() * windows.channels);
+    let outputs = window_of_max
+        .chunks_exact(out_len)
+        .zip(out.chunks_exact(out_len))
+        .zip(d_out.chunks_exact(out_len));
+    for (((which, max), d_max), d_image) in outputs.zip(d_input.chunks_exact_mut(in_len)) {
+        unpool_image(windows, which, max, d_max, d_image, input_is_relu);
+    }
 }
 
 /// Whether every input pixel is in exactly one window.
@@ -161,6 +356,7 @@ fn tiles_exactly(w: &Windows) -> bool {
         && w.out_width * w.window[1] == w.width
 }
 
+#[inline(always)]
 fn unpool_image(
     w: &Windows,
     which: &[f32],
@@ -197,7 +393,7 @@ fn unpool_image(
 /// Each gradient `d_max[i]` whose maximum came from window position `k` (and
 /// passes the relu below, if any) to `grads[i]`, written (or added unless
 /// `exact`); 0 to the others.
-#[inline]
+#[inline(always)]
 fn hand_over(
     grads: &mut [f32],
     which: &[f32],
