@@ -292,14 +292,15 @@ type PooledConvCase = (
 /// A convolution whose output is pooled as it is made, and whose output
 /// gradient is made from the pooling's, gives the bits of the two kernels run
 /// one after the other: the convnet's two pairs (one tiling its input exactly,
-/// one not), a window that overlaps, "same" padding, several tasks and chunks
-/// of images; training (windows recorded) and inference, with and without
+/// one not), a 3×3×3 window whose pooling leaves a column out, a window that overlaps,
+/// "same" padding, several tasks and chunks of images; training (windows recorded) and inference, with and without
 /// rounding to bf16 before the pooling; on every instruction set.
 #[test]
 fn a_pooled_convolution_gives_the_bits_of_the_two_kernels() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
-    let cases: [PooledConvCase; 4] = [
+    let cases: [PooledConvCase; 5] = [
         ([28, 28, 1], [3, 3], 32, Padding::Valid, [2, 2], [2, 2]),
+        ([12, 11, 3], [3, 3], 16, Padding::Valid, [2, 2], [2, 2]),
         ([13, 13, 32], [3, 3], 64, Padding::Valid, [2, 2], [2, 2]),
         ([9, 7, 3], [3, 2], 5, Padding::Same, [3, 3], [2, 1]),
         ([6, 6, 4], [2, 2], 17, Padding::Valid, [2, 2], [1, 1]),

@@ -139,6 +139,22 @@ fn select(pick: bool, a: f32, b: f32) -> f32 {
     f32::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
 }
 
+/// One step of a window's maximum: the input `v` from window position `k`
+/// against the maximum `m` so far, from `from`: `>`, so that a later input
+/// equal to the maximum does not take it, nor does a NaN.
+#[inline(always)]
+fn take_greater(m: f32, from: f32, v: f32, k: f32) -> (f32, f32) {
+    let greater = v > m;
+    (select(greater, v, m), select(greater, k, from))
+}
+
+/// The window position recorded for a maximum `m` taken from `from`: none for
+/// a NaN maximum (the first input's), which equals no input.
+#[inline(always)]
+fn recorded_window(m: f32, from: f32) -> f32 {
+    select(m.is_nan(), NO_WINDOW, from)
+}
+
 /// Pixels of the largest window pooled by [`pool_lanes`] (a 4×4 window).
 const MAX_WINDOW: usize = 16;
 
@@ -199,15 +215,11 @@ fn pool_lanes<const TRACK: bool, const N: usize>(
         for i in 0..c {
             let (mut m, mut from) = (sources[0].0[i], sources[0].1);
             for &(pixel, k) in &sources[1..] {
-                // `>`: a later input equal to the maximum does not take it.
-                let greater = pixel[i] > m;
-                m = select(greater, pixel[i], m);
-                from = select(greater, k, from);
+                (m, from) = take_greater(m, from, pixel[i], k);
             }
             max[i] = m;
             if TRACK {
-                // A NaN maximum (the first input's) equals no input.
-                which[i] = select(m.is_nan(), NO_WINDOW, from);
+                which[i] = recorded_window(m, from);
             }
         }
         return;
@@ -217,14 +229,11 @@ fn pool_lanes<const TRACK: bool, const N: usize>(
     for i in 0..c {
         let (mut m, mut from) = (first[i], k0);
         for &(at, k) in &pixels[1..] {
-            let v = image[at + i];
-            let greater = v > m;
-            m = select(greater, v, m);
-            from = select(greater, k, from);
+            (m, from) = take_greater(m, from, image[at + i], k);
         }
         max[i] = m;
         if TRACK {
-            which[i] = select(m.is_nan(), NO_WINDOW, from);
+            which[i] = recorded_window(m, from);
         }
     }
 }
@@ -257,17 +266,18 @@ fn pool_window<const TRACK: bool>(
                 continue;
             }
             for (i, &v) in pixel.iter().enumerate() {
-                let greater = v > max[i];
-                max[i] = select(greater, v, max[i]);
+                let from = if TRACK { which[i] } else { k };
+                let (m, from) = take_greater(max[i], from, v, k);
+                max[i] = m;
                 if TRACK {
-                    which[i] = select(greater, k, which[i]);
+                    which[i] = from;
                 }
             }
         }
     }
     if TRACK {
         for (i, &m) in which.iter_mut().zip(max.iter()) {
-            *i = select(m.is_nan(), NO_WINDOW, *i);
+            *i = recorded_window(m, *i);
         }
     }
 }
