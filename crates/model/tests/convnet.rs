@@ -129,6 +129,48 @@ fn an_interrupted_convnet_resumes_to_the_uninterrupted_weights() {
     }
 }
 
+/// A convolution and the max pooling right above it run as one pass each way
+/// (its output pooled as it is made, its gradient made from the pooling's);
+/// with a `Dropout(0)` between them, an identity that keeps them apart, they
+/// run one after the other. Both train to the same bits and predict alike,
+/// under both dtype policies (`mixed_bfloat16` rounds the convolution's output
+/// before the pooling either way).
+#[test]
+fn a_convolution_pooled_as_made_trains_as_the_two_layers_apart() {
+    let (x, y) = data();
+    let model = |apart: bool, policy: Policy| {
+        let mut m = Sequential::new(Input::shape([SIDE, SIDE, 1]))
+            .with_seed(4)
+            .with_dtype_policy(policy)
+            .add(Conv2D::new(8, 3).activation(Activation::Relu));
+        if apart {
+            m = m.add(Dropout::new(0.0));
+        }
+        let mut m = m
+            .add(MaxPooling2D::new(2))
+            .add(Conv2D::new(8, 2))
+            .add(MaxPooling2D::new(2))
+            .add(Flatten::new())
+            .add(Dense::new(4, Activation::Softmax));
+        m.compile(Optimizer::rmsprop(), Loss::CategoricalCrossentropy, &[])
+            .unwrap();
+        m
+    };
+    for policy in [Policy::Float32, Policy::MixedBfloat16] {
+        let mut pooled_as_made = model(false, policy);
+        let mut apart = model(true, policy);
+        apart.set_weights(&pooled_as_made.weights()).unwrap();
+        pooled_as_made.fit(&x, &y, &options()).unwrap();
+        apart.fit(&x, &y, &options()).unwrap();
+        assert_eq!(bits(&pooled_as_made), bits(&apart), "{policy}");
+        assert_eq!(
+            pooled_as_made.predict(&x, 64).unwrap(),
+            apart.predict(&x, 64).unwrap(),
+            "{policy}"
+        );
+    }
+}
+
 #[test]
 fn a_saved_convnet_loads_with_its_layers_weights_and_predictions() {
     let (x, y) = data();
