@@ -205,6 +205,7 @@ fn multiply_chunk(
 
 /// A max pooling of a convolution's output, taken as each chunk of the output
 /// is made ([`conv2d_pool_forward`]).
+#[derive(Debug)]
 pub struct Pooling<'a> {
     /// The pooling's windows over the convolution's output.
     pub windows: &'a Windows,
@@ -328,7 +329,7 @@ pub fn conv2d_backward(
 
 /// The gradient with respect to a convolution's output before its activation,
 /// as [`conv2d_backward`] reads it.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub enum OutputGradient<'a> {
     /// The gradient itself, `[images · positions × filters]`.
     Given(&'a [f32]),
