@@ -358,12 +358,26 @@ fn unpool_images_body(
     }
 }
 
-/// Whether every input pixel is in exactly one window.
-fn tiles_exactly(w: &Windows) -> bool {
-    w.strides == w.window
-        && w.pad_before == [0, 0]
-        && w.out_height * w.window[0] == w.height
-        && w.out_width * w.window[1] == w.width
+/// Whether the windows tile the input from its top-left corner: every pixel
+/// in at most one window, those of the last rows and columns that no window
+/// reaches (an odd size pooled by 2 without padding) in none.
+fn tiles(w: &Windows) -> bool {
+    w.strides == w.window && w.pad_before == [0, 0]
+}
+
+/// Zeros the gradients of the pixels no window reaches, below and right of
+/// the windows' tiling.
+fn zero_untiled(w: &Windows, d_image: &mut [f32]) {
+    // ("same" padding's last windows reach past the input.)
+    let (c, tiled_rows, tiled_cols) = (
+        w.channels,
+        (w.out_height * w.window[0]).min(w.height),
+        (w.out_width * w.window[1]).min(w.width),
+    );
+    for (y, row) in d_image.chunks_exact_mut(w.width * c).enumerate() {
+        let from = if y < tiled_rows { tiled_cols * c } else { 0 };
+        row[from..].fill(0.0);
+    }
 }
 
 #[inline(always)]
@@ -376,10 +390,13 @@ fn unpool_image(
     input_is_relu: bool,
 ) {
     let c = w.channels;
-    // Where every input is in exactly one window, each gradient is written
-    // once; elsewhere they are summed into zeros.
-    let exact = tiles_exactly(w);
-    if !exact {
+    // Where the windows tile the input, each gradient is written once (and
+    // those no window reaches are zeroed); elsewhere they are summed into
+    // zeros.
+    let exact = tiles(w);
+    if exact {
+        zero_untiled(w, d_image);
+    } else {
         d_image.fill(0.0);
     }
     for oy in 0..w.out_height {
