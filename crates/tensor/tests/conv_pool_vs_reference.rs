@@ -199,8 +199,16 @@ fn max_pool2d_matches_the_reference_ties_included() {
                 "{case} forward without windows"
             );
             let mut dx = vec![f32::NAN; x.len()];
-            let gradients = (&d_out[..], &mut dx[..]);
-            max_pool2d_backward_with(isa, &w, images, &which, &out, gradients, false);
+            max_pool2d_backward_with(
+                isa,
+                &w,
+                images,
+                &which,
+                &out,
+                &d_out[..],
+                &mut dx[..],
+                false,
+            );
             let err = rel_err(&dx, &exact_dx);
             assert!(err < 1e-6, "{case} backward: rel err {err}");
             // Through a relu below: its output's gradient masked where it is 0.
@@ -214,8 +222,16 @@ fn max_pool2d_matches_the_reference_ties_included() {
             }
             let mut relu_out = vec![f32::NAN; out_len];
             max_pool2d_forward_with(isa, &w, images, &relu_x, &mut relu_out, Some(&mut which));
-            let gradients = (&d_out[..], &mut dx[..]);
-            max_pool2d_backward_with(isa, &w, images, &which, &relu_out, gradients, true);
+            max_pool2d_backward_with(
+                isa,
+                &w,
+                images,
+                &which,
+                &relu_out,
+                &d_out[..],
+                &mut dx[..],
+                true,
+            );
             let err = rel_err(&dx, &exact_relu_dx);
             assert!(err < 1e-6, "{case} backward through a relu: rel err {err}");
         }
@@ -235,8 +251,7 @@ fn a_nan_maximum_takes_no_gradient() {
         assert!(out[0].is_nan(), "{isa:?}");
         assert_eq!(out[1], 3.0, "{isa:?}");
         let mut dx = [f32::NAN; 8];
-        let gradients = (&[5.0, 7.0][..], &mut dx[..]);
-        max_pool2d_backward_with(isa, &w, 1, &which, &out, gradients, false);
+        max_pool2d_backward_with(isa, &w, 1, &which, &out, &[5.0, 7.0], &mut dx, false);
         assert_eq!(dx, [0.0, 0.0, 0.0, 0.0, 0.0, 7.0, 0.0, 0.0], "{isa:?}");
     }
 }
@@ -335,8 +350,16 @@ fn a_pooled_convolution_gives_the_bits_of_the_two_kernels() {
             let (mut pooled, mut which) = (vec![f32::NAN; pooled_len], vec![f32::NAN; pooled_len]);
             max_pool2d_forward_with(isa, &pool, images, &out, &mut pooled, Some(&mut which));
             let mut dz = vec![f32::NAN; out.len()];
-            let gradients = (&d_pooled[..], &mut dz[..]);
-            max_pool2d_backward_with(isa, &pool, images, &which, &pooled, gradients, true);
+            max_pool2d_backward_with(
+                isa,
+                &pool,
+                images,
+                &which,
+                &pooled,
+                &d_pooled[..],
+                &mut dz[..],
+                true,
+            );
             let (dk, dx) = conv.backward(&x, &dz, true);
 
             // As one.

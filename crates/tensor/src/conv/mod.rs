@@ -203,6 +203,16 @@ fn multiply_chunk(
     gemm_one_task_packed(isa, a, kernel, packed, c, false, epilogue);
 }
 
+/// Panics unless `pool`'s windows are over the output of the convolution over
+/// `windows` into `filters`.
+fn assert_pools_output(pool: &Windows, windows: &Windows, filters: usize) {
+    assert_eq!(
+        (pool.input_len(), pool.channels),
+        (windows.positions() * filters, filters),
+        "conv2d: the pooling's input must be the convolution's output"
+    );
+}
+
 /// A max pooling of a convolution's output, taken as each chunk of the output
 /// is made ([`conv2d_pool_forward`]).
 #[derive(Debug)]
@@ -256,11 +266,7 @@ pub fn conv2d_pool_forward_with(
     } = pooling;
     let (positions, depth) = (windows.positions(), windows.patch_len());
     let filters = kernel.len() / depth.max(1);
-    assert_eq!(
-        (pool.input_len(), pool.channels),
-        (positions * filters, filters),
-        "conv2d: the pooling's input must be the convolution's output"
-    );
+    assert_pools_output(pool, windows, filters);
     let (image_out, pooled_len) = (positions * filters, pool.positions() * filters);
     let input = &input[..images * windows.input_len()];
     let kernel = MatRef::row_major(kernel, depth, filters);
@@ -381,11 +387,7 @@ pub fn conv2d_backward_with(
     let (image_len, image_dz) = (windows.input_len(), positions * filters);
     let input = &input[..images * image_len];
     if let OutputGradient::Pooled { windows: pool, .. } = dz {
-        assert_eq!(
-            (pool.input_len(), pool.channels),
-            (image_dz, filters),
-            "conv2d: the pooling's input must be the convolution's output"
-        );
+        assert_pools_output(pool, windows, filters);
     }
     let chunk_len = chunk_output_len(windows, filters);
     let grad_len = row_len * filters;
@@ -489,7 +491,7 @@ fn chunk_gradient<'a>(
                 &d_out[at * c..][..len * c],
             );
             let made = &mut made[..n * image_dz];
-            unpool_images(isa, windows, which, out, (d_out, &mut *made), relu);
+            unpool_images(isa, windows, which, out, d_out, made, relu);
             made
         }
     }

@@ -117,13 +117,13 @@ mod per_isa {
 
     per_instruction_set! {
         /// [`max_pool2d_backward`] of the images in `d_input` on the calling
-        /// thread, with the loops built for `isa` (see [`pool_images`]);
-        /// `gradients` is `(d_out, d_input)`.
+        /// thread, with the loops built for `isa` (see [`pool_images`]).
         unpool_images(
             windows: &Windows,
             window_of_max: &[f32],
             out: &[f32],
-            gradients: (&[f32], &mut [f32]),
+            d_out: &[f32],
+            d_input: &mut [f32],
             input_is_relu: bool
         ) => unpool_images_body
     }
@@ -302,25 +302,35 @@ pub fn max_pool2d_backward(
     input_is_relu: bool,
 ) {
     let isa = Isa::detected();
-    let d = (d_out, d_input);
-    max_pool2d_backward_with(isa, windows, images, window_of_max, out, d, input_is_relu)
+    let relu = input_is_relu;
+    max_pool2d_backward_with(
+        isa,
+        windows,
+        images,
+        window_of_max,
+        out,
+        d_out,
+        d_input,
+        relu,
+    )
 }
 
 /// [`max_pool2d_backward`] with a chosen instruction set (tests force each
-/// one); `gradients` is `(d_out, d_input)`.
+/// one).
 ///
 /// # Panics
 /// As [`max_pool2d_backward`], and when `isa` is not supported by this CPU.
+#[allow(clippy::too_many_arguments)]
 pub fn max_pool2d_backward_with(
     isa: Isa,
     windows: &Windows,
     images: usize,
     window_of_max: &[f32],
     out: &[f32],
-    gradients: (&[f32], &mut [f32]),
+    d_out: &[f32],
+    d_input: &mut [f32],
     input_is_relu: bool,
 ) {
-    let (d_out, d_input) = gradients;
     let (in_len, out_len) = (windows.input_len(), windows.positions() * windows.channels);
     let (which, out, d_out) = (
         &window_of_max[..images * out_len],
@@ -334,7 +344,7 @@ pub fn max_pool2d_backward_with(
             let at = task * IMAGES_PER_TASK * out_len;
             let len = d_input.len() / in_len.max(1) * out_len;
             let (which, out, d_out) = (&which[at..][..len], &out[at..][..len], &d_out[at..][..len]);
-            unpool_images(isa, windows, which, out, (d_out, d_input), input_is_relu);
+            unpool_images(isa, windows, which, out, d_out, d_input, input_is_relu);
         },
     );
 }
@@ -344,10 +354,10 @@ fn unpool_images_body(
     windows: &Windows,
     window_of_max: &[f32],
     out: &[f32],
-    gradients: (&[f32], &mut [f32]),
+    d_out: &[f32],
+    d_input: &mut [f32],
     input_is_relu: bool,
 ) {
-    let (d_out, d_input) = gradients;
     let (in_len, out_len) = (windows.input_len(), windows.positions() * windows.channels);
     let outputs = window_of_max
         .chunks_exact(out_len)
