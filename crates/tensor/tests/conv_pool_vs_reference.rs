@@ -16,15 +16,18 @@ mod common;
 use common::{random, rel_err, same_bits};
 
 /// (input [h, w, c], window, strides, filters): odd sizes, windows that do not
-/// tile the input, a single channel, and the convnet's own layers.
+/// tile the input, a single channel (3×3 ones with an odd output height or
+/// width, which the single-channel kernels take), and the convnet's own layers.
 type ConvCase = ([usize; 3], [usize; 2], [usize; 2], usize);
-const CONV_CASES: [ConvCase; 8] = [
+const CONV_CASES: [ConvCase; 10] = [
     ([7, 9, 3], [3, 3], [1, 1], 5),
     ([8, 7, 2], [3, 2], [2, 2], 4),
     ([5, 5, 1], [5, 5], [1, 1], 1),
     ([6, 11, 17], [1, 3], [2, 1], 33),
     ([9, 9, 4], [2, 2], [2, 2], 16),
     ([28, 28, 1], [3, 3], [1, 1], 32),
+    ([12, 9, 1], [3, 3], [1, 1], 16),
+    ([9, 12, 1], [3, 3], [1, 1], 8),
     ([13, 13, 32], [3, 3], [1, 1], 64),
     ([5, 5, 64], [3, 3], [1, 1], 64),
 ];
@@ -256,6 +259,41 @@ fn a_nan_maximum_takes_no_gradient() {
     }
 }
 
+/// A NaN pixel under a one-channel convolution pooled as it is made gives
+/// the bits of the two kernels: NaN maxima recorded as no window, and a NaN
+/// after a number passed over.
+#[test]
+fn a_nan_pixel_pools_as_the_two_kernels_pool_it() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let (images, filters) = (5, 16);
+    let w = Windows::new([10, 11, 1], [3, 3], [1, 1], Padding::Valid).expect("fits");
+    let pool = Windows::new([8, 9, filters], [2, 2], [2, 2], Padding::Valid).expect("fits");
+    let mut x = random(&mut rng, images * w.input_len());
+    x[3 * 11 + 4] = f32::NAN;
+    x[w.input_len() + 7 * 11 + 9] = f32::NAN;
+    let kernel = random(&mut rng, w.patch_len() * filters);
+    let bias = random(&mut rng, filters);
+    let pooled_len = images * pool.positions() * filters;
+    for isa in Isa::available() {
+        let mut out = vec![0.0; images * w.positions() * filters];
+        let epilogue = Epilogue::BiasRelu(&bias);
+        conv2d_forward_with(isa, &w, images, &x, &kernel, epilogue, &mut out);
+        let (mut pooled, mut which) = (vec![0.0; pooled_len], vec![0.0; pooled_len]);
+        max_pool2d_forward_with(isa, &pool, images, &out, &mut pooled, Some(&mut which));
+        assert!(pooled.iter().any(|v| v.is_nan()), "{isa:?} a NaN is pooled");
+        let (mut fused, mut fused_which) = (vec![0.0; pooled_len], vec![0.0; pooled_len]);
+        let pooling = Pooling {
+            windows: &pool,
+            out: &mut fused,
+            window_of_max: Some(&mut fused_which),
+            round_to_bf16: false,
+        };
+        conv2d_pool_forward_with(isa, &w, images, &x, &kernel, epilogue, pooling);
+        assert!(same_bits(&fused, &pooled), "{isa:?} forward");
+        assert!(same_bits(&fused_which, &which), "{isa:?} windows");
+    }
+}
+
 #[test]
 fn conv2d_and_pooling_give_the_same_bits_on_one_and_two_threads() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
@@ -313,8 +351,10 @@ type PooledConvCase = (
 #[test]
 fn a_pooled_convolution_gives_the_bits_of_the_two_kernels() {
     let mut rng = ChaCha8Rng::seed_from_u64(6);
-    let cases: [PooledConvCase; 5] = [
+    let cases: [PooledConvCase; 7] = [
         ([28, 28, 1], [3, 3], 32, Padding::Valid, [2, 2], [2, 2]),
+        ([12, 9, 1], [3, 3], 8, Padding::Valid, [2, 2], [2, 2]),
+        ([11, 14, 1], [3, 3], 16, Padding::Valid, [2, 2], [2, 2]),
         ([12, 11, 3], [3, 3], 16, Padding::Valid, [2, 2], [2, 2]),
         ([13, 13, 32], [3, 3], 64, Padding::Valid, [2, 2], [2, 2]),
         ([9, 7, 3], [3, 2], 5, Padding::Same, [3, 3], [2, 1]),

@@ -19,7 +19,8 @@ use super::{
 };
 use kerno_tensor::conv::{
     backward_scratch_len, chunk_output_len, conv2d_backward, conv2d_forward, conv2d_pool_forward,
-    patch_buffer_len, ConvGradients, OutputGradient, Padding, Pooling, Windows,
+    kernel_gradient_is_direct, patch_buffer_len, pooled_forward_is_direct, ConvGradients,
+    OutputGradient, Padding, Pooling, Windows,
 };
 use kerno_tensor::profile::{self, Work};
 use kerno_tensor::{Activation, AlignedBuf, Epilogue};
@@ -258,10 +259,20 @@ impl Conv2DLayer {
     ) {
         let (epilogue, activated) = self.epilogue(pass, weights);
         assert!(activated, "a pooled convolution activates in its epilogue");
-        let name = if matches!(epilogue, Epilogue::BiasRelu(_)) {
-            "conv forward + max pooling: im2col, GEMM + bias + relu, pooling"
-        } else {
-            "conv forward + max pooling: im2col, GEMM + bias, pooling"
+        let relu = matches!(epilogue, Epilogue::BiasRelu(_));
+        let filters = self.config.filters;
+        let name = match (
+            pooled_forward_is_direct(&self.windows, &pool.windows, filters, &epilogue),
+            relu,
+        ) {
+            (true, true) => {
+                "conv forward + max pooling: one-channel direct kernel + bias + relu, pooling"
+            }
+            (true, false) => {
+                "conv forward + max pooling: one-channel direct kernel + bias, pooling"
+            }
+            (false, true) => "conv forward + max pooling: im2col, GEMM + bias + relu, pooling",
+            (false, false) => "conv forward + max pooling: im2col, GEMM + bias, pooling",
         };
         let _span = profile::span(|| self.work(name, pass, 1));
         let pooling = Pooling {
@@ -295,7 +306,13 @@ impl Conv2DLayer {
     ) -> BelowDone {
         let rows = pass.rows;
         let pooled = matches!(dz, OutputGradient::Pooled { .. });
+        let direct = kernel_gradient_is_direct(&self.windows, self.config.filters, &dz);
         let (name, products) = match (below.is_some(), pooled) {
+            (false, false) if direct => ("conv backward: one-channel direct weight gradient", 1),
+            (false, true) if direct => (
+                "conv backward + max pooling gradient: one-channel direct weight gradient",
+                1,
+            ),
             (true, false) => (
                 "conv backward: im2col, weight- and input-gradient GEMMs, col2im",
                 2,

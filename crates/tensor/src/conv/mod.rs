@@ -25,6 +25,7 @@
 
 mod geometry;
 mod patches;
+mod single_channel;
 
 pub use geometry::{Padding, Windows};
 
@@ -203,6 +204,29 @@ fn multiply_chunk(
     gemm_one_task_packed(isa, a, kernel, packed, c, false, epilogue);
 }
 
+/// Whether [`conv2d_pool_forward`] computes the convolution over `windows`
+/// into `filters`, pooled by `pool`, with `epilogue`, straight from the images
+/// (one channel, 3×3) rather than by im2col and GEMM, on this CPU.
+pub fn pooled_forward_is_direct(
+    windows: &Windows,
+    pool: &Windows,
+    filters: usize,
+    epilogue: &Epilogue<'_>,
+) -> bool {
+    single_channel::applies(Isa::detected(), windows, pool, filters, epilogue)
+}
+
+/// Whether [`conv2d_backward`] computes the kernel's gradient of the
+/// convolution over `windows` into `filters` from `dz` straight from the
+/// images (one channel, 3×3) rather than by im2col and GEMM, on this CPU.
+pub fn kernel_gradient_is_direct(
+    windows: &Windows,
+    filters: usize,
+    dz: &OutputGradient<'_>,
+) -> bool {
+    single_channel::gradient_applies(Isa::detected(), windows, filters, dz)
+}
+
 /// Panics unless `pool`'s windows are over the output of the convolution over
 /// `windows` into `filters`.
 fn assert_pools_output(pool: &Windows, windows: &Windows, filters: usize) {
@@ -278,6 +302,19 @@ pub fn conv2d_pool_forward_with(
         Units(&mut out[..images * pooled_len], task_len),
         window_of_max.map(|which| Units(&mut which[..images * pooled_len], task_len)),
     );
+    if single_channel::applies(isa, windows, pool, filters, &epilogue) {
+        let epilogue = single_channel::OutputEpilogue::new(epilogue, round_to_bf16);
+        let image_len = windows.input_len();
+        for_each_chunk(outputs, 1, &|task, (Units(out, _), which): Pooled<'_>| {
+            let first = task * per_task;
+            let count = out.len() / pooled_len.max(1);
+            let input = &input[first * image_len..][..count * image_len];
+            let which = which.map(|Units(which, _)| which);
+            let kernel = &kernel.data()[..depth * filters];
+            single_channel::pool_images(isa, windows, pool, input, kernel, epilogue, out, which);
+        });
+        return;
+    }
     let chunk_len = chunk_output_len(windows, filters);
     with_buffer(&KERNEL_PANELS, |panels| {
         let packed = pack_b_once(isa, kernel, panels);
@@ -405,11 +442,26 @@ pub fn conv2d_backward_with(
         }
     }
     let kernel_t = MatRef::row_major(kernel_t, filters, depth);
+    // One-channel images' kernel gradient straight from them and the output
+    // gradient (made from a pooling's as it is used); the loop below then runs
+    // for the input's gradient alone, where it is wanted.
+    let direct = single_channel::gradient_applies(isa, windows, filters, &dz);
+    if direct {
+        for_each_chunk(&mut *partials, grad_len, &|task, partial: &mut [f32]| {
+            let first = task * per_task;
+            let count = per_task.min(images - first);
+            let input = &input[first * image_len..][..count * image_len];
+            single_channel::kernel_gradient(isa, windows, input, first, dz, partial);
+        });
+    }
     let dx = dx.map(|dx| Units(&mut dx[..images * image_len], per_task * image_len));
     // A task's partial sum of the kernel gradient, and its images' input gradient.
     type TaskOutputs<'a> = (Units<&'a mut [f32]>, Option<Units<&'a mut [f32]>>);
     let outputs: TaskOutputs<'_> = (Units(&mut *partials, grad_len), dx);
     with_buffer(&KERNEL_PANELS, |panels| {
+        if direct && outputs.1.is_none() {
+            return;
+        }
         let packed = match outputs.1.is_some() {
             true => pack_b_once(isa, kernel_t, panels),
             false => None,
@@ -431,9 +483,11 @@ pub fn conv2d_backward_with(
                         let rows = n * positions;
                         let dz = chunk_gradient(isa, dz, start, n, image_dz, made);
                         let dz = MatRef::row_major(dz, rows, filters);
-                        let p = MatRef::row_major(patches, rows, row_len);
-                        let c = MatMut::row_major(partial, row_len, filters);
-                        gemm_one_task(isa, p.t(), dz, c, start > first, Epilogue::None);
+                        if !direct {
+                            let p = MatRef::row_major(patches, rows, row_len);
+                            let c = MatMut::row_major(&mut *partial, row_len, filters);
+                            gemm_one_task(isa, p.t(), dz, c, start > first, Epilogue::None);
+                        }
                         if let Some(dx) = dx.as_deref_mut() {
                             let dp = MatMut::new(patches, rows, depth, row_len);
                             let none = Epilogue::None;

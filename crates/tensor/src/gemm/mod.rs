@@ -29,7 +29,8 @@ pub(crate) mod tiles;
 
 pub(crate) use microkernel::{Microkernel, PanelLayout, TileEpilogue};
 pub use microkernel::{MAX_MR, MAX_NC, MAX_NR};
-use thin_dots::{has_thin_loop, MAX_THIN_N};
+use thin_dots::has_thin_loop;
+pub(crate) use thin_dots::MAX_THIN_N;
 
 use crate::elementwise;
 use crate::matrix::{MatMut, MatRef};

@@ -17,7 +17,7 @@ use crate::simd::Isa;
 const IMAGES_PER_TASK: usize = 8;
 /// What [`max_pool2d_forward`] records for an output whose maximum is NaN:
 /// no input equals it, so none takes its gradient.
-const NO_WINDOW: f32 = -1.0;
+pub(crate) const NO_WINDOW: f32 = -1.0;
 
 /// `out[y, x, c] = max` of `input[c]` over the window of output position `(y, x)`
 /// (positions in the padding take no part). With `window_of_max` (`out`'s
