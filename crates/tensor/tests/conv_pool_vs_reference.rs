@@ -294,6 +294,62 @@ fn a_nan_pixel_pools_as_the_two_kernels_pool_it() {
     }
 }
 
+/// A one-channel convolution without a relu (a bias alone, or nothing) pooled
+/// as it is made, and its kernel gradient made from the pooling's, give the
+/// bits of the two kernels, on every instruction set.
+#[test]
+fn a_linear_one_channel_convolution_pools_as_the_two_kernels() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let (images, filters) = (6, 24);
+    let w = Windows::new([9, 12, 1], [3, 3], [1, 1], Padding::Valid).expect("fits");
+    let pool_input = [w.out_height, w.out_width, filters];
+    let pool = Windows::new(pool_input, [2, 2], [2, 2], Padding::Valid).expect("fits");
+    let x = random(&mut rng, images * w.input_len());
+    let kernel = random(&mut rng, w.patch_len() * filters);
+    let bias = random(&mut rng, filters);
+    let pooled_len = images * pool.positions() * filters;
+    let d_pooled = random(&mut rng, pooled_len);
+    for isa in Isa::available() {
+        for epilogue in [Epilogue::Bias(&bias), Epilogue::None] {
+            let case = format!("{isa:?} bias {}", matches!(epilogue, Epilogue::Bias(_)));
+            let mut out = vec![f32::NAN; images * w.positions() * filters];
+            conv2d_forward_with(isa, &w, images, &x, &kernel, epilogue, &mut out);
+            let (mut pooled, mut which) = (vec![0.0; pooled_len], vec![0.0; pooled_len]);
+            max_pool2d_forward_with(isa, &pool, images, &out, &mut pooled, Some(&mut which));
+            let (mut fused, mut fused_which) = (vec![0.0; pooled_len], vec![0.0; pooled_len]);
+            let pooling = Pooling {
+                windows: &pool,
+                out: &mut fused,
+                window_of_max: Some(&mut fused_which),
+                round_to_bf16: false,
+            };
+            conv2d_pool_forward_with(isa, &w, images, &x, &kernel, epilogue, pooling);
+            assert!(same_bits(&fused, &pooled), "{case} forward");
+            assert!(same_bits(&fused_which, &which), "{case} windows");
+
+            let mut dz = vec![f32::NAN; out.len()];
+            let (pool_out, d_out) = (&pooled[..], &d_pooled[..]);
+            max_pool2d_backward_with(isa, &pool, images, &which, pool_out, d_out, &mut dz, false);
+            let from_pooling = OutputGradient::Pooled {
+                windows: &pool,
+                window_of_max: &which,
+                out: &pooled,
+                d_out: &d_pooled,
+                relu: false,
+            };
+            let conv = Conv {
+                isa,
+                w: &w,
+                images,
+                kernel: &kernel,
+            };
+            let (given, _) = conv.backward(&x, &dz, false);
+            let (made, _) = conv.backward_from(&x, from_pooling, false);
+            assert!(same_bits(&made, &given), "{case} kernel gradient");
+        }
+    }
+}
+
 #[test]
 fn conv2d_and_pooling_give_the_same_bits_on_one_and_two_threads() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
