@@ -444,7 +444,9 @@ pub fn conv2d_backward_with(
     let kernel_t = MatRef::row_major(kernel_t, filters, depth);
     // One-channel images' kernel gradient straight from them and the output
     // gradient (made from a pooling's as it is used); the loop below then runs
-    // for the input's gradient alone, where it is wanted.
+    // for the input's gradient alone, where it is wanted (a one-channel layer
+    // that is not the first, rare: its patches are still made, their buffer
+    // holding the input gradient's patch rows).
     let direct = single_channel::gradient_applies(isa, windows, filters, &dz);
     if direct {
         for_each_chunk(&mut *partials, grad_len, &|task, partial: &mut [f32]| {
